@@ -1,0 +1,76 @@
+//! The command line: global options and the list of subcommands. Each subcommand's arguments
+//! live with the subcommand, in `src/jobs/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::jobs;
+
+/// Back-office jobs for cron and systemd timers, over one SQLite store.
+///
+/// Every job is a short-lived process: it takes its lock, records a run, does its work and exits
+/// with a code that says how it went (see `crm-jobs help exit-codes` in the README).
+#[derive(Debug, Parser)]
+#[command(name = "crm-jobs", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted by every subcommand.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Configuration file (else `CRM_JOBS_CONFIG`, else ~/.config/crm-jobs/config.toml, else
+    /// /etc/crm-jobs/config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// SQLite store to use instead of `[store] path`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// Print only warnings and errors: no progress, no per-item lines, no summary.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// More detail in the logs (-v debug, -vv trace). Full CPFs are still masked.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print the result (the run's summary, an export) as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Format of the log lines on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event (cron mail, a terminal).
+    Text,
+    /// One JSON object per line (journald, log shippers).
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch the open invoices of due contracts from the Nio API and match them.
+    FetchInvoices(jobs::fetch_invoices::Args),
+    /// Re-attempt invoices whose last attempt failed transiently; give up at the limit.
+    Retry(jobs::retry::Args),
+    /// Import operator spreadsheets (CSV) into the store.
+    #[command(subcommand)]
+    Import(jobs::import::Command),
+    /// Export what the store knows, for the CRM or a spreadsheet.
+    #[command(subcommand)]
+    Export(jobs::export::Command),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(jobs::config::Command),
+    /// Serve the built-in sandbox (fake Nio API) in the foreground for manual tries.
+    Sandbox(jobs::sandbox::Args),
+    /// Run every job end to end against the built-in sandbox, in a temporary folder.
+    Demo(jobs::demo::Args),
+}

@@ -1,0 +1,478 @@
+//! Configuration: resolved once, defaults < file < environment < flags, then validated.
+//!
+//! The file is TOML (`--config`, else `CRM_JOBS_CONFIG`, else `~/.config/crm-jobs/config.toml`,
+//! else `/etc/crm-jobs/config.toml`, else defaults only). Any key can be overridden by an
+//! environment variable `CRM_JOBS_<SECTION>_<KEY>` (e.g. `CRM_JOBS_NIO_BASE_URL`). Unknown keys,
+//! in the file or in such variables, are errors that name them. Secrets never live in the file:
+//! they come from the environment or from a `*_file` path. Relative paths in the file are taken
+//! from the file's folder, never from the working directory cron happens to use.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::exit::CodedError;
+
+/// Environment variables with a meaning of their own, not `[section] key` overrides.
+const RESERVED_ENV: &[&str] = &[
+    "CRM_JOBS_CONFIG",
+    "CRM_JOBS_NOW",
+    "CRM_JOBS_NIO_PASSPHRASE",
+    "CRM_JOBS_LOG",
+];
+
+/// Sections that environment variables may address, longest first so that `nio.fields`
+/// wins over `nio`.
+const SECTIONS: &[&str] = &["nio.fields", "downloads", "store", "fetch", "retry", "nio"];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub downloads: DownloadsConfig,
+    pub nio: NioConfig,
+    pub fetch: FetchConfig,
+    pub retry: RetryConfig,
+}
+
+/// `[store]`: where the SQLite file lives.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Path of the SQLite file (default `~/.local/share/crm-jobs/crm-jobs.db`).
+    pub path: Option<PathBuf>,
+}
+
+/// `[downloads]`: where files (invoice PDFs, boletos) are written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadsConfig {
+    /// Root folder (default: `downloads` beside the store).
+    pub dir: Option<PathBuf>,
+}
+
+/// `[nio]`: the Nio Negocia API (SERVICES.md §1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NioConfig {
+    /// Site root, e.g. `https://negociacao.niointernet.com.br`. No default.
+    pub base_url: Option<String>,
+    /// Bootstrap path answering the encrypted params.
+    pub params_path: String,
+    /// Session path under the API server.
+    pub session_path: String,
+    /// Debts path under the API server; `{cpf}` is replaced by the 11 digits.
+    pub debts_path: String,
+    /// Value of the `origin` query parameter.
+    pub origin: String,
+    /// Debts asked per page (`limit`); the next page is asked while a page is full.
+    pub page_size: u32,
+    /// Header carrying the raw token.
+    pub token_header: String,
+    /// Header carrying the session id.
+    pub session_header: String,
+    /// PDF URL template (`{api}`, `{base}`, `{debtId}`, `{invoiceId}`, `{cpf}`); unset: no PDFs.
+    pub pdf_url_template: Option<String>,
+    /// File holding the passphrase (else `CRM_JOBS_NIO_PASSPHRASE`).
+    pub passphrase_file: Option<PathBuf>,
+    /// How long bootstrap params and the session are reused, across runs too.
+    pub bootstrap_ttl_minutes: u32,
+    /// TCP connect timeout.
+    pub connect_timeout_secs: u64,
+    /// Whole-request timeout.
+    pub timeout_secs: u64,
+    /// Customers queried at once.
+    pub concurrency: u32,
+    /// Extra tries of one request on a transient failure (429, 5xx, timeout, reset).
+    pub request_retries: u32,
+    /// First backoff between tries, doubled each time (a `Retry-After` wins).
+    pub retry_backoff_ms: u64,
+    /// Longest `Retry-After` honoured; a longer one fails the request as transient.
+    pub max_retry_after_secs: u64,
+    /// Field names of the JSON answers.
+    pub fields: NioFields,
+}
+
+impl Default for NioConfig {
+    fn default() -> Self {
+        NioConfig {
+            base_url: None,
+            params_path: "/negociar/params".into(),
+            session_path: "/authentication/sessionId".into(),
+            debts_path: "/debts/customers/{cpf}".into(),
+            origin: "nio".into(),
+            page_size: 50,
+            token_header: "Authorization".into(),
+            session_header: "Session-Id".into(),
+            pdf_url_template: None,
+            passphrase_file: None,
+            bootstrap_ttl_minutes: 30,
+            connect_timeout_secs: 10,
+            timeout_secs: 30,
+            concurrency: 8,
+            request_retries: 2,
+            retry_backoff_ms: 500,
+            max_retry_after_secs: 120,
+            fields: NioFields::default(),
+        }
+    }
+}
+
+/// `[nio.fields]`: JSON field names, so that a differently dressed API is reached by
+/// configuration alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NioFields {
+    pub params_token: String,
+    pub params_api_url: String,
+    pub session_token: String,
+    pub debts: String,
+    pub debt_id: String,
+    pub invoices: String,
+    pub invoice_id: String,
+    pub amount: String,
+    pub due_date: String,
+    pub reference_month: String,
+    pub status: String,
+    pub barcode: String,
+    /// Tried in order; the first non-empty one is the PIX code.
+    pub pix_code: Vec<String>,
+    /// Field of a JSON PDF answer holding the file's URL.
+    pub pdf_url: String,
+}
+
+impl Default for NioFields {
+    fn default() -> Self {
+        NioFields {
+            params_token: "token".into(),
+            params_api_url: "apiServerUrl".into(),
+            session_token: "token".into(),
+            debts: "debts".into(),
+            debt_id: "debtId".into(),
+            invoices: "invoices".into(),
+            invoice_id: "id".into(),
+            amount: "amount".into(),
+            due_date: "dueDate".into(),
+            reference_month: "referenceMonth".into(),
+            status: "status".into(),
+            barcode: "barCode".into(),
+            pix_code: vec!["originalPixCode".into(), "pixCode".into()],
+            pdf_url: "url".into(),
+        }
+    }
+}
+
+/// `[fetch]`: defaults of `fetch-invoices`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// Contracts per run (`--limit`).
+    pub limit: u32,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig { limit: 20 }
+    }
+}
+
+/// `[retry]`: defaults of `retry` and of the retry pass of `fetch-invoices`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Failed attempts after which an invoice is `gave_up`.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { max_attempts: 3 }
+    }
+}
+
+/// The configuration with where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// The file read, if any, and why it was chosen.
+    pub file: Option<(PathBuf, &'static str)>,
+    /// Environment variables that overrode keys.
+    pub env_overrides: Vec<String>,
+}
+
+impl Loaded {
+    /// The store path: `--db`, else `[store] path`, else the default.
+    pub fn store_path(&self, db_flag: Option<&Path>) -> Result<PathBuf> {
+        if let Some(p) = db_flag {
+            return absolute(p);
+        }
+        match &self.config.store.path {
+            Some(p) => Ok(p.clone()),
+            None => Ok(data_home()?.join("crm-jobs").join("crm-jobs.db")),
+        }
+    }
+
+    /// The downloads root: `[downloads] dir`, else `downloads` beside the store.
+    pub fn downloads_dir(&self, store_path: &Path) -> PathBuf {
+        match &self.config.downloads.dir {
+            Some(d) => d.clone(),
+            None => store_path
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("downloads"),
+        }
+    }
+}
+
+/// Loads and validates the configuration.
+pub fn load(flag: Option<&Path>) -> Result<Loaded> {
+    let file = locate(flag)?;
+    let mut table = toml::Table::new();
+    if let Some((path, _)) = &file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CodedError::config(format!(
+                "cannot read config file `{}`: {e}",
+                path.display()
+            ))
+        })?;
+        table = toml::from_str::<toml::Table>(&text).map_err(|e| {
+            CodedError::config(format!("invalid config file `{}`: {e}", path.display()))
+        })?;
+        // Validate the file alone first, so that an error names the file.
+        let mut parsed: Config = table.clone().try_into().map_err(|e: toml::de::Error| {
+            CodedError::config(format!(
+                "invalid config file `{}`: {}",
+                path.display(),
+                e.message()
+            ))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        resolve_paths(&mut parsed, base);
+        table = toml::Table::try_from(&parsed).context("re-encoding the config")?;
+    }
+    let (env_table, env_overrides) = env_overrides()?;
+    for (section, values) in env_table {
+        let target = section_table(&mut table, &section);
+        for (k, v) in values {
+            target.insert(k, v);
+        }
+    }
+    let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
+        CodedError::config(format!("invalid configuration: {}", e.message()))
+    })?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    resolve_paths(&mut config, &cwd);
+    validate(&config)?;
+    Ok(Loaded { config, file, env_overrides })
+}
+
+fn locate(flag: Option<&Path>) -> Result<Option<(PathBuf, &'static str)>> {
+    if let Some(p) = flag {
+        if !p.exists() {
+            return Err(CodedError::config(format!(
+                "config file `{}` (given with --config) does not exist",
+                p.display()
+            )));
+        }
+        return Ok(Some((absolute(p)?, "--config")));
+    }
+    if let Ok(p) = std::env::var("CRM_JOBS_CONFIG")
+        && !p.is_empty()
+    {
+        let p = PathBuf::from(p);
+        if !p.exists() {
+            return Err(CodedError::config(format!(
+                "config file `{}` (from CRM_JOBS_CONFIG) does not exist",
+                p.display()
+            )));
+        }
+        return Ok(Some((absolute(&p)?, "CRM_JOBS_CONFIG")));
+    }
+    let user = config_home().map(|h| h.join("crm-jobs").join("config.toml"));
+    if let Ok(p) = user
+        && p.exists()
+    {
+        return Ok(Some((p, "user config")));
+    }
+    let system = PathBuf::from("/etc/crm-jobs/config.toml");
+    if system.exists() {
+        return Ok(Some((system, "system config")));
+    }
+    Ok(None)
+}
+
+type EnvTable = Vec<(String, Vec<(String, toml::Value)>)>;
+
+/// Reads `CRM_JOBS_<SECTION>_<KEY>` variables into per-section tables, validating each.
+fn env_overrides() -> Result<(EnvTable, Vec<String>)> {
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("CRM_JOBS_") && !RESERVED_ENV.contains(&k.as_str()))
+        .collect();
+    vars.sort();
+    let mut out: EnvTable = Vec::new();
+    let mut names = Vec::new();
+    for (name, raw) in vars {
+        let rest = name["CRM_JOBS_".len()..].to_ascii_lowercase();
+        let Some(section) = SECTIONS
+            .iter()
+            .find(|s| rest.starts_with(&format!("{}_", s.replace('.', "_"))))
+        else {
+            return Err(CodedError::config(format!(
+                "unknown environment variable `{name}`: it names no config section (sections: {})",
+                SECTIONS.join(", ")
+            )));
+        };
+        let key = rest[section.len() + 1..].to_string();
+        let value = parse_env_value(&raw);
+        // Check the key exists in that section by deserializing it alone.
+        let mut probe = toml::Table::new();
+        section_table(&mut probe, section).insert(key.clone(), value.clone());
+        if let Err(e) = Config::deserialize(probe) {
+            return Err(CodedError::config(format!(
+                "invalid environment variable `{name}`: {}",
+                e.message()
+            )));
+        }
+        match out.iter_mut().find(|(s, _)| s == section) {
+            Some((_, values)) => values.push((key, value)),
+            None => out.push((section.to_string(), vec![(key, value)])),
+        }
+        names.push(name);
+    }
+    Ok((out, names))
+}
+
+/// A value from the environment: a TOML literal when it parses as one (numbers, booleans,
+/// arrays), else a plain string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn section_table<'a>(table: &'a mut toml::Table, dotted: &str) -> &'a mut toml::Table {
+    let mut current = table;
+    for part in dotted.split('.') {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        current = entry.as_table_mut().expect("just made a table");
+    }
+    current
+}
+
+fn resolve_paths(config: &mut Config, base: &Path) {
+    let fix = |p: &mut Option<PathBuf>| {
+        if let Some(path) = p
+            && path.is_relative()
+        {
+            *path = base.join(&*path);
+        }
+    };
+    fix(&mut config.store.path);
+    fix(&mut config.downloads.dir);
+    fix(&mut config.nio.passphrase_file);
+}
+
+fn validate(config: &Config) -> Result<()> {
+    let nio = &config.nio;
+    if let Some(url) = &nio.base_url {
+        match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => {
+                return Err(CodedError::config(format!(
+                    "`[nio] base_url` = `{url}` is not an http(s) URL"
+                )));
+            }
+        }
+    }
+    if !(1..=64).contains(&nio.concurrency) {
+        return Err(CodedError::config(format!(
+            "`[nio] concurrency` = {} is out of range (1 to 64)",
+            nio.concurrency
+        )));
+    }
+    if !(1..=500).contains(&nio.page_size) {
+        return Err(CodedError::config(format!(
+            "`[nio] page_size` = {} is out of range (1 to 500)",
+            nio.page_size
+        )));
+    }
+    if nio.timeout_secs == 0 || nio.connect_timeout_secs == 0 {
+        return Err(CodedError::config(
+            "`[nio] timeout_secs` and `connect_timeout_secs` must be at least 1",
+        ));
+    }
+    if !nio.debts_path.contains("{cpf}") {
+        return Err(CodedError::config(format!(
+            "`[nio] debts_path` = `{}` has no `{{cpf}}` placeholder",
+            nio.debts_path
+        )));
+    }
+    if config.retry.max_attempts == 0 {
+        return Err(CodedError::config("`[retry] max_attempts` must be at least 1"));
+    }
+    Ok(())
+}
+
+/// A secret: from the environment variable `env`, else from the file `file` (trailing newline
+/// dropped). The value is never logged.
+pub fn secret(env: &str, file: Option<&Path>) -> Result<Option<String>> {
+    if let Ok(v) = std::env::var(env)
+        && !v.is_empty()
+    {
+        return Ok(Some(v));
+    }
+    let file_env = format!("{env}_FILE");
+    let from_env_file = std::env::var(&file_env).ok().filter(|v| !v.is_empty());
+    let path = from_env_file.map(PathBuf::from).or_else(|| file.map(Path::to_path_buf));
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read the secret file `{}`", p.display()))?;
+            let v = text.trim_end_matches(['\n', '\r']).to_string();
+            if v.is_empty() {
+                bail!("the secret file `{}` is empty", p.display());
+            }
+            Ok(Some(v))
+        }
+        None => Ok(None),
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()
+            .context("cannot read the working directory")?
+            .join(p))
+    }
+}
+
+fn home() -> Result<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .context("HOME is not set: set `[store] path` in the config or pass --db")
+}
+
+fn config_home() -> Result<PathBuf> {
+    match std::env::var_os("XDG_CONFIG_HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h)),
+        None => Ok(home()?.join(".config")),
+    }
+}
+
+fn data_home() -> Result<PathBuf> {
+    match std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h)),
+        None => Ok(home()?.join(".local").join("share")),
+    }
+}

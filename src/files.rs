@@ -1,0 +1,122 @@
+//! Files on disk: private folders, atomic writes (a temporary file in the same folder, synced,
+//! then renamed), so that a killed process never leaves a partial file under a final name.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Prefix and suffix of temporary files; leftovers of a killed process are removed by
+/// [`remove_stale_parts`].
+const PART_PREFIX: &str = ".crm-jobs-";
+const PART_SUFFIX: &str = ".part";
+
+/// Creates a folder (and its parents) readable by the owner only.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Makes a file readable by the owner only.
+pub fn make_private(path: &Path) -> std::io::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+}
+
+/// Writes `bytes` to `dir/name` atomically, private to the owner. Returns the final path.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    create_private_dir(dir).with_context(|| format!("cannot create folder `{}`", dir.display()))?;
+    let target = dir.join(name);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(PART_PREFIX)
+        .suffix(PART_SUFFIX)
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in `{}`", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| {
+            format!(
+                "cannot write `{}` (is the disk full?); nothing was saved under that name",
+                target.display()
+            )
+        })?;
+    tmp.persist(&target)
+        .with_context(|| format!("cannot move the new file into `{}`", target.display()))?;
+    if let Ok(d) = fs::File::open(dir) {
+        d.sync_all().ok();
+    }
+    Ok(target)
+}
+
+/// Removes temporary files left in `dir` (recursively) by a killed process. Returns how many.
+pub fn remove_stale_parts(dir: &Path) -> usize {
+    let mut removed = 0;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if path.is_dir() {
+            removed += remove_stale_parts(&path);
+        } else if name.starts_with(PART_PREFIX)
+            && name.ends_with(PART_SUFFIX)
+            && fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// A name safe as one path component: letters, digits, `-`, `_` and `.` kept, anything else
+/// becomes `_`; never empty, never `.` or `..`.
+pub fn safe_component(raw: &str) -> String {
+    let mut out: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    while out.starts_with('.') {
+        out.replace_range(0..1, "_");
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_component_cannot_escape() {
+        assert_eq!(safe_component("../../etc/passwd"), "_._.._etc_passwd");
+        assert_eq!(safe_component(".."), "__");
+        assert_eq!(safe_component(""), "_");
+        assert_eq!(safe_component("OS-12345"), "OS-12345");
+        assert_eq!(safe_component("a/b"), "a_b");
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_atomic(dir.path(), "x.pdf", b"%PDF-1.4").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"%PDF-1.4");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1);
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

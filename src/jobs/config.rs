@@ -1,0 +1,51 @@
+//! `crm-jobs config check`: validates the configuration and prints the effective values, with
+//! where they came from; secrets are only said to be set or not, never shown.
+
+use anyhow::Result;
+
+use super::Ctx;
+use crate::exit::Code;
+
+/// Configuration commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Validate the configuration and print the effective values (secrets redacted).
+    Check,
+}
+
+pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
+    let Command::Check = command;
+    let loaded = &ctx.loaded;
+    let mut effective = loaded.config.clone();
+    let store = ctx.store_path()?;
+    effective.store.path = Some(store.clone());
+    effective.downloads.dir = Some(loaded.downloads_dir(&store));
+    let passphrase = match ctx.nio_passphrase() {
+        Ok(_) => "set (redacted)",
+        Err(_) => "NOT SET: export CRM_JOBS_NIO_PASSPHRASE or set [nio] passphrase_file",
+    };
+    if ctx.printer.json {
+        ctx.printer.json_out(&serde_json::json!({
+            "file": loaded.file.as_ref().map(|(p, why)| serde_json::json!({"path": p, "found_by": why})),
+            "env_overrides": loaded.env_overrides,
+            "config": effective,
+            "secrets": {"CRM_JOBS_NIO_PASSPHRASE": passphrase},
+        }));
+        return Ok(Code::Success);
+    }
+    match &loaded.file {
+        Some((p, why)) => println!("# config file: {} (found by {why})", p.display()),
+        None => println!("# config file: none found; defaults and environment only"),
+    }
+    for name in &loaded.env_overrides {
+        println!("# overridden by the environment: {name}");
+    }
+    println!("# secrets: CRM_JOBS_NIO_PASSPHRASE {passphrase}");
+    if loaded.config.nio.base_url.is_none() {
+        println!("# warning: [nio] base_url is not set; fetch-invoices and retry need it");
+    }
+    println!();
+    print!("{}", toml::to_string_pretty(&effective)?);
+    ctx.printer.say("configuration is valid");
+    Ok(Code::Success)
+}

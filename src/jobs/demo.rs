@@ -1,0 +1,129 @@
+//! `crm-jobs demo`: the README's first command. Starts the sandbox in this process, writes a
+//! fresh config, store and sample spreadsheets into a temporary folder, runs every job as an
+//! operator would (this same binary, as child processes, with their real output), and ends with
+//! what to look at.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::GlobalArgs;
+use crate::exit::Code;
+use crate::sandbox::{DEFAULT_PASSPHRASE, Fault, Route, Sandbox, scenario};
+
+/// Arguments of `demo`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Sample contracts.
+    #[arg(long, default_value_t = 40)]
+    pub contracts: usize,
+    /// Latency of the sandbox, in milliseconds (plus up to as much again of jitter).
+    #[arg(long, default_value_t = 25)]
+    pub latency_ms: u64,
+}
+
+pub async fn run(args: Args, global: &GlobalArgs) -> Result<Code> {
+    let dir = tempfile::Builder::new()
+        .prefix("crm-jobs-demo-")
+        .tempdir()
+        .context("cannot create the demo folder")?
+        .keep();
+    let sandbox = Sandbox::start(DEFAULT_PASSPHRASE, 0)?;
+    sandbox.faults.set_latency(args.latency_ms, args.latency_ms);
+    let today = crate::clock::Clock::from_env()?.today();
+    let s = scenario::build(&sandbox.nio, args.contracts, today, scenario::Options { varied: true });
+    std::fs::write(dir.join("contracts.csv"), &s.contracts_csv)?;
+    std::fs::write(dir.join("invoices.csv"), &s.invoices_csv)?;
+    let config = format!(
+        r#"# crm-jobs demo configuration (see config.example.toml for every key)
+[store]
+path = "crm-jobs.db"
+
+[downloads]
+dir = "downloads"
+
+[nio]
+base_url = "{}"
+pdf_url_template = "{}"
+concurrency = 8
+request_retries = 1
+retry_backoff_ms = 200
+"#,
+        sandbox.nio_base_url(),
+        sandbox.nio_pdf_template()
+    );
+    std::fs::write(dir.join("config.toml"), config)?;
+    // A few transient failures, so that the retry machinery shows itself.
+    sandbox.faults.push(Route::NioDebts, Fault::Status { status: 503, retry_after: None }, 6);
+    sandbox.faults.push(Route::NioDebts, Fault::Reset, 1);
+
+    eprintln!("crm-jobs demo: sandbox on http://{}, files in {}", sandbox.addr, dir.display());
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let steps: &[&[&str]] = &[
+        &["config", "check"],
+        &["import", "contracts", "contracts.csv"],
+        &["import", "invoices", "invoices.csv"],
+        &["fetch-invoices", "--limit", "100", "--origin", "manual"],
+        &["retry"],
+        &["export", "invoices", "--format", "csv", "--out", "invoices-export.csv"],
+    ];
+    for step in steps {
+        let code = run_step(&exe, &dir, step, global).await?;
+        if !matches!(code, 0 | 3) {
+            bail!("demo step `crm-jobs {}` exited {code}", step.join(" "));
+        }
+    }
+    let export = std::fs::read_to_string(dir.join("invoices-export.csv")).unwrap_or_default();
+    eprintln!();
+    eprintln!("== first lines of invoices-export.csv ==");
+    for line in export.lines().take(4) {
+        eprintln!("{}", shorten(line, 160));
+    }
+    eprintln!();
+    eprintln!("== what to look at ==");
+    eprintln!("  folder:    {}", dir.display());
+    eprintln!("  config:    {}", dir.join("config.toml").display());
+    eprintln!("  store:     sqlite3 {} 'SELECT id, job, status, items_total, items_ok, items_failed, duration_ms FROM runs'", dir.join("crm-jobs.db").display());
+    eprintln!("  invoices:  sqlite3 {} 'SELECT fetch_status, match_outcome, COUNT(*) FROM invoices GROUP BY 1, 2'", dir.join("crm-jobs.db").display());
+    eprintln!("  PDFs:      {}", dir.join("downloads").join("faturas").display());
+    eprintln!("  export:    {}", dir.join("invoices-export.csv").display());
+    eprintln!("  try again: CRM_JOBS_CONFIG={} crm-jobs fetch-invoices --contract 7000100 (with `crm-jobs sandbox` running)", dir.join("config.toml").display());
+    Ok(Code::Success)
+}
+
+async fn run_step(exe: &Path, dir: &Path, step: &[&str], global: &GlobalArgs) -> Result<i32> {
+    eprintln!();
+    eprintln!("$ crm-jobs {}", step.join(" "));
+    let mut cmd = Command::new(exe);
+    cmd.args(step).current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CRM_JOBS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("CRM_JOBS_CONFIG", dir.join("config.toml"))
+        .env("CRM_JOBS_NIO_PASSPHRASE", DEFAULT_PASSPHRASE);
+    if global.quiet {
+        cmd.arg("--quiet");
+    }
+    let status = tokio::task::spawn_blocking(move || cmd.status())
+        .await?
+        .context("cannot start a demo step")?;
+    let code = status.code().unwrap_or(1);
+    let meaning = match code {
+        0 => "success",
+        3 => "some items failed; they are recorded and will be retried",
+        _ => "failure",
+    };
+    eprintln!("→ exit {code} ({meaning})");
+    Ok(code)
+}
+
+fn shorten(line: &str, max: usize) -> String {
+    if line.chars().count() <= max {
+        line.to_string()
+    } else {
+        format!("{}…", line.chars().take(max).collect::<String>())
+    }
+}

@@ -1,0 +1,86 @@
+//! `crm-jobs export invoices`: what the CRM needs back, as CSV or JSON, on stdout or into a
+//! file written atomically.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+
+use super::Ctx;
+use crate::exit::Code;
+
+/// What to export.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Every expected invoice with what Nio answered and the tracking of its attempts.
+    Invoices(Args),
+}
+
+/// Arguments of `export invoices`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Csv)]
+    pub format: Format,
+    /// Only this safra.
+    #[arg(long, value_name = "YYYY-MM")]
+    pub safra: Option<String>,
+    /// Only this contract.
+    #[arg(long, value_name = "NUMBER")]
+    pub contract: Option<String>,
+    /// Write to this file (atomically) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Csv,
+    Json,
+}
+
+pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
+    let Command::Invoices(args) = command;
+    let store = ctx.open_store()?;
+    let rows = store.export_invoices(args.safra.as_deref(), args.contract.as_deref())?;
+    let format = if ctx.global.json { Format::Json } else { args.format };
+    let bytes = match format {
+        Format::Json => {
+            let mut b = serde_json::to_vec_pretty(&rows)?;
+            b.push(b'\n');
+            b
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            for r in &rows {
+                w.serialize(r)?;
+            }
+            if rows.is_empty() {
+                w.write_record(EMPTY_HEADER)?;
+            }
+            w.into_inner().context("writing CSV")?
+        }
+    };
+    match &args.out {
+        Some(path) => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let name = path.file_name().context("`--out` needs a file name")?.to_string_lossy();
+            crate::files::write_atomic(dir, &name, &bytes)?;
+            ctx.printer.say(&format!("exported {} invoice(s) to `{}`", rows.len(), path.display()));
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
+        }
+    }
+    Ok(Code::Success)
+}
+
+/// The CSV header when there is no row (serde writes it only with the first row).
+const EMPTY_HEADER: &[&str] = &[
+    "contract", "service_order", "cpf", "customer", "safra", "number", "due_date", "due_date_source",
+    "amount_centavos", "payment_status", "pix_code", "barcode", "pdf_path", "pdf_sha256",
+    "match_outcome", "match_detail", "fetch_status", "fetch_origin", "attempts", "failed_attempts",
+    "last_attempt_at", "last_duration_ms", "last_error",
+];

@@ -1,0 +1,230 @@
+//! `crm-jobs fetch-invoices`: picks contracts with unpaid, available invoices (least recently
+//! tried first), asks the Nio API once per CPF, matches by due date, records amounts, PIX,
+//! barcodes and PDFs with the tracking of every attempt, then gives this run's transient
+//! failures one more pass.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+
+use super::Ctx;
+use crate::exit::Code;
+use crate::fetching::Engine;
+use crate::lifecycle::JobRun;
+use crate::nio::NioClient;
+use crate::store::FetchSelection;
+
+/// Arguments of `fetch-invoices`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Contracts to take in this run (default `[fetch] limit`, 20).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Only contracts of this safra (installation month).
+    #[arg(long, value_name = "YYYY-MM")]
+    pub safra: Option<String>,
+    /// Only this contract (by its number).
+    #[arg(long, value_name = "NUMBER")]
+    pub contract: Option<String>,
+    /// Origin recorded on the run and each invoice (default: individual with --contract, safra
+    /// with --safra, automatic without a terminal, else manual).
+    #[arg(long, value_enum)]
+    pub origin: Option<Origin>,
+    /// Customers queried at once (default `[nio] concurrency`, 8).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+    /// List the contracts and invoices this run would look up, and stop: no request, no write.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Skip the final pass over this run's transient failures.
+    #[arg(long)]
+    pub no_retry: bool,
+}
+
+/// Why a run was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Origin {
+    Manual,
+    Automatic,
+    Safra,
+    Individual,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Manual => "manual",
+            Origin::Automatic => "automatic",
+            Origin::Safra => "safra",
+            Origin::Individual => "individual",
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
+    if let Some(s) = &args.safra
+        && chrono::NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").is_err()
+    {
+        bail!("`--safra {s}` is not a month: expected YYYY-MM, e.g. 2025-03");
+    }
+    if args.concurrency == Some(0) || args.concurrency.is_some_and(|c| c > 64) {
+        bail!("`--concurrency` must be between 1 and 64");
+    }
+    let cfg = &ctx.loaded.config;
+    let origin = args.origin.unwrap_or(if args.contract.is_some() {
+        Origin::Individual
+    } else if args.safra.is_some() {
+        Origin::Safra
+    } else if std::io::stdin().is_terminal() {
+        Origin::Manual
+    } else {
+        Origin::Automatic
+    });
+    let selection = FetchSelection {
+        today: ctx.clock.today(),
+        limit: args.limit.unwrap_or(cfg.fetch.limit),
+        safra: args.safra.as_deref(),
+        contract: args.contract.as_deref(),
+    };
+    if args.dry_run {
+        return dry_run(ctx, &selection);
+    }
+    let passphrase = ctx.nio_passphrase()?;
+    let store_path = ctx.store_path()?;
+    let mut run = JobRun::start(
+        &store_path,
+        ctx.clock,
+        "fetch-invoices",
+        origin.as_str(),
+        args.safra.as_deref(),
+    )?;
+    if let Some(c) = &args.contract
+        && !run.store.contract_exists(c)?
+    {
+        let err = anyhow::anyhow!(
+            "contract `{c}` is not in the store: import it with `crm-jobs import contracts FILE.csv`"
+        );
+        return run.finish(&ctx.printer, Some(err), "nothing done");
+    }
+    let downloads = ctx.downloads_dir()?;
+    let stale = crate::files::remove_stale_parts(&downloads.join("faturas"));
+    if stale > 0 {
+        tracing::info!("removed {stale} partial file(s) left by an interrupted run");
+    }
+    let work = run.store.contracts_to_fetch(&selection)?;
+    if work.is_empty() {
+        return run.finish(&ctx.printer, None, "no contract has an unpaid invoice available yet");
+    }
+    let client = match NioClient::new(&cfg.nio, &passphrase, run.store.nio_session()?) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return run.finish(&ctx.printer, Some(e), "nothing done"),
+    };
+    let mut engine = Engine {
+        client: client.clone(),
+        printer: ctx.printer,
+        downloads,
+        pdfs: cfg.nio.pdf_url_template.is_some(),
+        concurrency: args.concurrency.unwrap_or(cfg.nio.concurrency) as usize,
+        origin: origin.as_str().to_string(),
+        max_attempts: cfg.retry.max_attempts,
+    };
+    let mut stop = None;
+    match engine.pass(&mut run, work, false).await {
+        Ok(end) if end.transient_failures > 0 && !args.no_retry && !run.cancel.is_cancelled() => {
+            let wait = Duration::from_millis(cfg.nio.retry_backoff_ms.max(100) * 2);
+            tracing::info!(
+                "{} contract(s) failed transiently; one more pass in {:.1}s",
+                end.transient_failures,
+                wait.as_secs_f64()
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = run.cancel.cancelled() => {}
+            }
+            let again = run.store.contracts_to_retry(cfg.retry.max_attempts, Some(run.run_id))?;
+            if !again.is_empty() && !run.cancel.is_cancelled() {
+                engine.origin = "retry".into();
+                if let Err(e) = engine.pass(&mut run, again, true).await {
+                    stop = Some(e);
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => stop = Some(e),
+    }
+    if let Some(cache) = client.cache().await {
+        run.store.save_nio_session(&cache)?;
+    }
+    run.add("requests", client.requests() as i64);
+    let detail = summary(&run);
+    run.finish(&ctx.printer, stop, &detail)
+}
+
+/// The one-line summary of an invoice run.
+pub fn summary(run: &JobRun) -> String {
+    let n = |k: &str| run.counters.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+    let mut parts = vec![format!(
+        "{} contract(s): {} ok, {} failed, {} skipped",
+        run.counts.total, run.counts.ok, run.counts.failed, run.counts.skipped
+    )];
+    let outcomes: Vec<String> = ["matched", "no_match", "ambiguous", "value_mismatch", "no_due_date"]
+        .iter()
+        .filter(|k| n(k) > 0)
+        .map(|k| format!("{} {k}", n(k)))
+        .collect();
+    if !outcomes.is_empty() {
+        parts.push(format!("invoices: {}", outcomes.join(", ")));
+    }
+    for (key, label) in [
+        ("not_available", "not available yet"),
+        ("pdfs_saved", "PDF(s) saved"),
+        ("problems", "invoice problem(s)"),
+        ("retried", "retried"),
+        ("recovered", "recovered on retry"),
+        ("gave_up", "gave up"),
+    ] {
+        if n(key) > 0 {
+            parts.push(format!("{} {label}", n(key)));
+        }
+    }
+    parts.join("; ")
+}
+
+fn dry_run(ctx: &Ctx, selection: &FetchSelection) -> Result<Code> {
+    let store = ctx.open_store()?;
+    let work = store.contracts_to_fetch(selection)?;
+    let mut rows = Vec::new();
+    for w in &work {
+        let numbers: Vec<String> = w.invoices.iter().map(|i| i.number.to_string()).collect();
+        let cpf = crate::domain::cpf::Cpf::parse(&w.cpf)
+            .map(|c| c.masked())
+            .unwrap_or_else(|e| format!("invalid: {e}"));
+        if ctx.printer.json {
+            rows.push(serde_json::json!({
+                "contract": w.contract_number, "cpf": cpf, "safra": w.safra,
+                "invoices": w.invoices.iter().map(|i| i.number).collect::<Vec<_>>(),
+                "not_available": w.not_available,
+            }));
+        } else {
+            println!(
+                "{}\t{}\t{}\tinvoices {}\t({} not available yet)",
+                w.contract_number,
+                cpf,
+                w.safra,
+                numbers.join(","),
+                w.not_available
+            );
+        }
+    }
+    if ctx.printer.json {
+        ctx.printer.json_out(&serde_json::Value::Array(rows));
+    }
+    ctx.printer.say(&format!(
+        "dry run: {} contract(s) would be looked up; nothing was sent or written",
+        work.len()
+    ));
+    Ok(Code::Success)
+}

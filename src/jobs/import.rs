@@ -1,0 +1,258 @@
+//! `crm-jobs import contracts|invoices FILE.csv`: operator spreadsheets into the store. Columns
+//! are found by name (case and spaces ignored; `,` or `;` separated; a UTF-8 BOM is fine). A bad
+//! row is reported with file, line and reason and imports nothing; the other rows import.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use chrono::{Days, NaiveDate};
+
+use super::Ctx;
+use crate::clock;
+use crate::domain::cpf::Cpf;
+use crate::domain::{money, schedule};
+use crate::exit::Code;
+use crate::store::{ContractImport, ExpectedInvoice};
+
+/// What to import.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Contracts: `contrato,cpf,nome,data_instalacao` (+ optional `ordem_servico`, `safra`).
+    /// Creates each contract's ten expected invoices.
+    Contracts {
+        /// The CSV file.
+        file: PathBuf,
+    },
+    /// Due dates from the operator's spreadsheet: `contrato,numero,vencimento` (+ optional
+    /// `valor`). They win over the computed ones.
+    Invoices {
+        /// The CSV file.
+        file: PathBuf,
+    },
+}
+
+pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
+    match command {
+        Command::Contracts { file } => contracts(ctx, &file),
+        Command::Invoices { file } => invoices(ctx, &file),
+    }
+}
+
+/// A CSV file read into named columns.
+struct Sheet {
+    name: String,
+    columns: HashMap<String, usize>,
+    rows: Vec<(u64, Vec<String>)>,
+}
+
+impl Sheet {
+    fn read(path: &Path, required: &[&str]) -> Result<Sheet> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read `{name}`"))?;
+        let text = String::from_utf8(bytes).with_context(|| {
+            format!("`{name}` is not UTF-8 text: save the spreadsheet as CSV UTF-8")
+        })?;
+        let text = text.trim_start_matches('\u{feff}');
+        let header_line = text.lines().next().unwrap_or_default();
+        let delimiter = if header_line.contains(';') && !header_line.contains(',') { b';' } else { b',' };
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        let headers = reader
+            .headers()
+            .with_context(|| format!("cannot read the header row of `{name}`"))?
+            .clone();
+        let columns: HashMap<String, usize> = headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.trim().to_lowercase(), i))
+            .collect();
+        for r in required {
+            if !columns.contains_key(*r) {
+                let found: Vec<&str> = headers.iter().collect();
+                bail!(
+                    "`{name}` has no `{r}` column (its header row is: {}); expected columns: {}",
+                    found.join(", "),
+                    required.join(", ")
+                );
+            }
+        }
+        let mut rows = Vec::new();
+        for rec in reader.records() {
+            let rec = rec.with_context(|| format!("`{name}` is not valid CSV"))?;
+            let line = rec.position().map_or(0, |p| p.line());
+            if rec.iter().all(|f| f.trim().is_empty()) {
+                continue;
+            }
+            if rec.len() > headers.len() {
+                rows.push((line, vec![format!("\u{0}{} fields but the header has {}", rec.len(), headers.len())]));
+                continue;
+            }
+            rows.push((line, rec.iter().map(|f| f.trim().to_string()).collect()));
+        }
+        Ok(Sheet { name, columns, rows })
+    }
+
+    fn get<'a>(&self, row: &'a [String], col: &str) -> Option<&'a str> {
+        self.columns
+            .get(col)
+            .and_then(|&i| row.get(i))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A malformed-row marker left by `read`, if any.
+    fn malformed(row: &[String]) -> Option<String> {
+        row.first()
+            .and_then(|f| f.strip_prefix('\u{0}'))
+            .map(|m| format!("the row has {m}"))
+    }
+}
+
+fn parse_date(text: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .or_else(|_| NaiveDate::parse_from_str(text, "%d/%m/%Y"))
+        .ok()
+}
+
+struct Report {
+    ok: usize,
+    bad: usize,
+}
+
+impl Report {
+    fn bad(&mut self, sheet: &Sheet, line: u64, reason: &str) {
+        self.bad += 1;
+        tracing::warn!("{}:{line}: {reason}; row skipped", sheet.name);
+    }
+
+    fn code(&self) -> Code {
+        if self.bad > 0 { Code::Partial } else { Code::Success }
+    }
+}
+
+fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
+    let sheet = Sheet::read(file, &["contrato", "cpf", "nome", "data_instalacao"])?;
+    let mut store = ctx.open_store()?;
+    let now = clock::to_store(ctx.clock.now());
+    let mut report = Report { ok: 0, bad: 0 };
+    let mut new = 0;
+    for (line, row) in &sheet.rows {
+        if let Some(m) = Sheet::malformed(row) {
+            report.bad(&sheet, *line, &m);
+            continue;
+        }
+        let Some(contract) = sheet.get(row, "contrato") else {
+            report.bad(&sheet, *line, "`contrato` is empty");
+            continue;
+        };
+        let cpf = match Cpf::parse(sheet.get(row, "cpf").unwrap_or_default()) {
+            Ok(c) => c,
+            Err(e) => {
+                report.bad(&sheet, *line, &format!("invalid CPF: {e}"));
+                continue;
+            }
+        };
+        let Some(name) = sheet.get(row, "nome") else {
+            report.bad(&sheet, *line, "`nome` is empty");
+            continue;
+        };
+        let raw_date = sheet.get(row, "data_instalacao").unwrap_or_default();
+        let Some(installed) = parse_date(raw_date) else {
+            report.bad(
+                &sheet,
+                *line,
+                &format!("`data_instalacao` = `{raw_date}` is not a date (expected YYYY-MM-DD or DD/MM/YYYY)"),
+            );
+            continue;
+        };
+        let safra = match sheet.get(row, "safra") {
+            Some(s) if NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").is_ok() => s.to_string(),
+            Some(s) => {
+                report.bad(&sheet, *line, &format!("`safra` = `{s}` is not a month (expected YYYY-MM)"));
+                continue;
+            }
+            None => installed.format("%Y-%m").to_string(),
+        };
+        let expected: Vec<ExpectedInvoice> = (1..=schedule::EXPECTED_INVOICES)
+            .map(|n| {
+                let due = schedule::due_date(installed, n);
+                ExpectedInvoice { number: n, due_date: due, available_from: schedule::available_from(installed, n, due) }
+            })
+            .collect();
+        let is_new = store.upsert_contract(
+            &ContractImport {
+                contract_number: contract,
+                service_order: sheet.get(row, "ordem_servico"),
+                cpf: cpf.digits(),
+                customer_name: name,
+                installed_on: installed,
+                safra: &safra,
+            },
+            &expected,
+            &now,
+        )?;
+        new += usize::from(is_new);
+        report.ok += 1;
+    }
+    ctx.printer.say(&format!(
+        "imported {} contract(s) from `{}` ({new} new, {} updated, {} expected invoices each); {} row(s) skipped",
+        report.ok,
+        sheet.name,
+        report.ok - new,
+        schedule::EXPECTED_INVOICES,
+        report.bad
+    ));
+    Ok(report.code())
+}
+
+fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
+    let sheet = Sheet::read(file, &["contrato", "numero", "vencimento"])?;
+    let mut store = ctx.open_store()?;
+    let mut report = Report { ok: 0, bad: 0 };
+    for (line, row) in &sheet.rows {
+        if let Some(m) = Sheet::malformed(row) {
+            report.bad(&sheet, *line, &m);
+            continue;
+        }
+        let contract = sheet.get(row, "contrato").unwrap_or_default();
+        let Some(installed) = store.contract_installed_on(contract)? else {
+            report.bad(&sheet, *line, &format!("contract `{contract}` is unknown: import it first with `crm-jobs import contracts`"));
+            continue;
+        };
+        let raw_n = sheet.get(row, "numero").unwrap_or_default();
+        let Some(number) = raw_n.parse::<u32>().ok().filter(|n| (1..=schedule::EXPECTED_INVOICES).contains(n)) else {
+            report.bad(&sheet, *line, &format!("`numero` = `{raw_n}` is not an invoice number from 1 to 10"));
+            continue;
+        };
+        let raw_due = sheet.get(row, "vencimento").unwrap_or_default();
+        let Some(due) = parse_date(raw_due) else {
+            report.bad(&sheet, *line, &format!("`vencimento` = `{raw_due}` is not a date (expected YYYY-MM-DD or DD/MM/YYYY)"));
+            continue;
+        };
+        let amount = match sheet.get(row, "valor") {
+            Some(v) => match money::parse_brl(v) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    report.bad(&sheet, *line, &format!("`valor`: {e}"));
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let available = if number == 1 {
+            installed + Days::new(3)
+        } else {
+            due - Days::new(3)
+        };
+        store.import_due_date(contract, number, due, available, amount)?;
+        report.ok += 1;
+    }
+    ctx.printer.say(&format!(
+        "imported {} due date(s) from `{}`; {} row(s) skipped",
+        report.ok, sheet.name, report.bad
+    ));
+    Ok(report.code())
+}

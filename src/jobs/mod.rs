@@ -1,0 +1,85 @@
+//! One file per subcommand: its clap `Args` and its `run`. This module holds what they share:
+//! the resolved context (config, clock, printer, paths) and the dispatch.
+
+pub mod config;
+pub mod demo;
+pub mod export;
+pub mod fetch_invoices;
+pub mod import;
+pub mod retry;
+pub mod sandbox;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::clock::Clock;
+use crate::config::{self as cfg, Loaded};
+use crate::exit::{Code, CodedError};
+use crate::output::Printer;
+use crate::store::Store;
+
+/// What every command gets: the configuration, the clock and the printer.
+pub struct Ctx {
+    pub global: GlobalArgs,
+    pub loaded: Loaded,
+    pub clock: Clock,
+    pub printer: Printer,
+}
+
+impl Ctx {
+    fn load(global: GlobalArgs) -> Result<Ctx> {
+        let loaded = cfg::load(global.config.as_deref())?;
+        let clock = Clock::from_env().map_err(|e| CodedError::config(format!("{e:#}")))?;
+        let printer = Printer::new(&global);
+        Ok(Ctx { global, loaded, clock, printer })
+    }
+
+    /// The store path in force.
+    pub fn store_path(&self) -> Result<PathBuf> {
+        self.loaded.store_path(self.global.db.as_deref())
+    }
+
+    /// Opens the store.
+    pub fn open_store(&self) -> Result<Store> {
+        Store::open(&self.store_path()?)
+    }
+
+    /// The downloads root in force.
+    pub fn downloads_dir(&self) -> Result<PathBuf> {
+        Ok(self.loaded.downloads_dir(&self.store_path()?))
+    }
+
+    /// The Nio passphrase, or a config error saying where to put it.
+    pub fn nio_passphrase(&self) -> Result<String> {
+        cfg::secret(
+            "CRM_JOBS_NIO_PASSPHRASE",
+            self.loaded.config.nio.passphrase_file.as_deref(),
+        )?
+        .ok_or_else(|| {
+            CodedError::config(
+                "the Nio passphrase is not set: export `CRM_JOBS_NIO_PASSPHRASE`, or point `[nio] passphrase_file` (or `CRM_JOBS_NIO_PASSPHRASE_FILE`) to a file holding it",
+            )
+        })
+    }
+}
+
+/// Runs the chosen subcommand.
+pub async fn dispatch(cli: Cli) -> Result<Code> {
+    match cli.command {
+        Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Demo(args) => demo::run(args, &cli.global).await,
+        command => {
+            let ctx = Ctx::load(cli.global)?;
+            match command {
+                Command::FetchInvoices(args) => fetch_invoices::run(&ctx, args).await,
+                Command::Retry(args) => retry::run(&ctx, args).await,
+                Command::Import(c) => import::run(&ctx, c),
+                Command::Export(c) => export::run(&ctx, c),
+                Command::Config(c) => config::run(&ctx, c),
+                Command::Sandbox(_) | Command::Demo(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! crm-jobs: back-office jobs run by cron or systemd timers as short-lived processes over one
+//! SQLite store. `main` parses the command line, sets up logging and the clock, runs one command
+//! and turns its outcome into the process exit code; it is the only place that prints an error
+//! chain.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod exit;
+pub mod fetching;
+pub mod files;
+pub mod jobs;
+pub mod lifecycle;
+pub mod logging;
+pub mod nio;
+pub mod output;
+pub mod sandbox;
+pub mod store;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let color = output::use_color();
+    if let Err(err) = logging::init(&cli.global, color) {
+        eprintln!("error: {err:#}");
+        return exit::Code::Config.into();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return exit::Code::Failure.into();
+        }
+    };
+    let outcome = runtime.block_on(jobs::dispatch(cli));
+    // Workers left behind by an interrupted run must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match outcome {
+        Ok(code) => code.into(),
+        Err(err) => {
+            exit::print_error(&err);
+            exit::code_for_error(&err).into()
+        }
+    }
+}

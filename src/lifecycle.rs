@@ -1,0 +1,316 @@
+//! The life of one job run, the same for every job: take the job's OS lock (released by the
+//! kernel when the process dies), mark runs left `running` by a dead process as `interrupted`,
+//! record the run, listen for SIGTERM/SIGINT, and at the end decide the status and the exit
+//! code once, from the counts.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::clock::{self, Clock};
+use crate::exit::{Code, CodedError};
+use crate::output::{Printer, human_duration};
+use crate::store::{FinishedRun, NewRun, Store};
+
+/// Set when SIGINT or SIGTERM arrives: jobs stop taking new items.
+#[derive(Clone, Default)]
+pub struct Cancel {
+    signal: Arc<AtomicU8>,
+    notify: Arc<Notify>,
+}
+
+impl Cancel {
+    /// Listens for SIGINT and SIGTERM in the background.
+    pub fn install() -> Cancel {
+        let cancel = Cancel::default();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            let sig = tokio::select! {
+                _ = int.recv() => 2,
+                _ = term.recv() => 15,
+            };
+            c.trigger(sig);
+        });
+        cancel
+    }
+
+    /// Cancels as if signal `sig` had arrived.
+    pub fn trigger(&self, sig: u8) {
+        if self.signal.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            tracing::warn!(
+                "received {}: finishing the items in flight, taking no new ones",
+                if sig == 2 { "SIGINT" } else { "SIGTERM" }
+            );
+        }
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.signal.load(Ordering::SeqCst) != 0
+    }
+
+    /// Resolves once cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn exit_code(&self) -> Option<Code> {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => None,
+            2 => Some(Code::Interrupted),
+            _ => Some(Code::Terminated),
+        }
+    }
+}
+
+/// Counts of one run; the status and exit code are derived from them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub total: i64,
+    pub ok: i64,
+    pub failed: i64,
+    pub skipped: i64,
+}
+
+/// A run in progress.
+pub struct JobRun {
+    pub store: Store,
+    pub run_id: i64,
+    pub cancel: Cancel,
+    pub counts: Counts,
+    /// Job-specific counters, stored as JSON and shown in `--json`.
+    pub counters: serde_json::Map<String, Value>,
+    job: &'static str,
+    clock: Clock,
+    started: Instant,
+    started_at: String,
+    durations: Vec<i64>,
+    log: Vec<Value>,
+    _lock: File,
+}
+
+/// Where the lock of `job` lives for the store at `store_path`.
+pub fn lock_path(store_path: &Path, job: &str) -> PathBuf {
+    let mut dir = store_path.as_os_str().to_owned();
+    dir.push(".locks");
+    PathBuf::from(dir).join(format!("{job}.lock"))
+}
+
+impl JobRun {
+    /// Takes the job's lock and records the start of a run.
+    pub fn start(
+        store_path: &Path,
+        clock: Clock,
+        job: &'static str,
+        origin: &str,
+        safra: Option<&str>,
+    ) -> Result<JobRun> {
+        let lock_file = lock_path(store_path, job);
+        if let Some(dir) = lock_file.parent() {
+            crate::files::create_private_dir(dir)
+                .with_context(|| format!("cannot create the lock folder `{}`", dir.display()))?;
+        }
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_file)
+            .with_context(|| format!("cannot open the lock file `{}`", lock_file.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                lock.read_to_string(&mut holder).ok();
+                let holder = holder.trim();
+                let who = if holder.is_empty() {
+                    String::from("another process")
+                } else {
+                    holder.to_string()
+                };
+                return Err(CodedError {
+                    code: Code::Locked,
+                    message: format!(
+                        "`{job}` is already running ({who}); this start does nothing. Wait for it to end, or stop it if it is stuck"
+                    ),
+                }
+                .into());
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| {
+                    format!("cannot lock `{}`", lock_file.display())
+                });
+            }
+        }
+        let mut store = Store::open(store_path)?;
+        let now = clock::to_store(clock.now());
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let args = serde_json::to_string(&args)?;
+        let run_id = store.insert_run(&NewRun {
+            job,
+            origin,
+            args: &args,
+            safra,
+            pid: std::process::id(),
+            started_at: &now,
+        })?;
+        lock.set_len(0).ok();
+        lock.rewind().ok();
+        write!(lock, "pid {}, run #{run_id} since {now}", std::process::id()).ok();
+        lock.flush().ok();
+        let mut run = JobRun {
+            store,
+            run_id,
+            cancel: Cancel::install(),
+            counts: Counts::default(),
+            counters: serde_json::Map::new(),
+            job,
+            clock,
+            started: Instant::now(),
+            started_at: now.clone(),
+            durations: Vec::new(),
+            log: Vec::new(),
+            _lock: lock,
+        };
+        let stale = run.store.mark_interrupted(job, &now, run_id)?;
+        for id in stale {
+            let msg = format!(
+                "run #{id} of `{job}` was left running by a process that died: marked `interrupted`"
+            );
+            tracing::warn!("{msg}");
+            run.event("warn", msg);
+        }
+        Ok(run)
+    }
+
+    /// Adds a notable event to the run's JSON log.
+    pub fn event(&mut self, level: &str, message: impl Into<String>) {
+        self.log.push(json!({
+            "at": clock::to_store(self.clock.now()),
+            "level": level,
+            "message": message.into(),
+        }));
+    }
+
+    /// Records the duration of one item (for min/avg/max).
+    pub fn item_duration(&mut self, ms: i64) {
+        self.durations.push(ms);
+    }
+
+    /// Adds `n` to a job-specific counter.
+    pub fn add(&mut self, counter: &str, n: i64) {
+        let entry = self.counters.entry(counter).or_insert(json!(0));
+        *entry = json!(entry.as_i64().unwrap_or(0) + n);
+    }
+
+    /// Ends the run: decides status and exit code from the counts, stores them, prints the
+    /// one-line summary (and the JSON summary with `--json`).
+    pub fn finish(mut self, printer: &Printer, stop: Option<anyhow::Error>, detail: &str) -> Result<Code> {
+        let elapsed = self.started.elapsed().as_millis() as i64;
+        let (status, code) = if let Some(code) = self.cancel.exit_code() {
+            ("interrupted", code)
+        } else if stop.is_some() || (self.counts.failed > 0 && self.counts.ok == 0) {
+            ("failed", Code::Failure)
+        } else if self.counts.failed > 0 {
+            ("partial", Code::Partial)
+        } else {
+            ("success", Code::Success)
+        };
+        let error = stop.as_ref().map(|e| format!("{e:#}"));
+        if let Some(e) = &error {
+            self.event("error", e.clone());
+        }
+        let item_ms = if self.durations.is_empty() {
+            None
+        } else {
+            let min = *self.durations.iter().min().unwrap_or(&0);
+            let max = *self.durations.iter().max().unwrap_or(&0);
+            let avg = self.durations.iter().sum::<i64>() / self.durations.len() as i64;
+            Some((min, avg, max))
+        };
+        let finished_at = clock::to_store(self.clock.now());
+        let counters = Value::Object(self.counters.clone());
+        self.store.finish_run(
+            self.run_id,
+            &FinishedRun {
+                status,
+                finished_at: &finished_at,
+                duration_ms: elapsed,
+                items_total: self.counts.total,
+                items_ok: self.counts.ok,
+                items_failed: self.counts.failed,
+                items_skipped: self.counts.skipped,
+                counters: &counters.to_string(),
+                item_ms,
+                error: error.as_deref(),
+                log: &Value::Array(self.log.clone()).to_string(),
+            },
+        )?;
+        let line = format!(
+            "{} run #{}: {status} in {}: {}",
+            self.job,
+            self.run_id,
+            human_duration(elapsed),
+            detail
+        );
+        match status {
+            "success" => tracing::info!("{line}"),
+            _ => tracing::warn!("{line}"),
+        }
+        if printer.json {
+            printer.json_out(&json!({
+                "run_id": self.run_id,
+                "job": self.job,
+                "status": status,
+                "exit_code": code as u8,
+                "started_at": self.started_at,
+                "finished_at": finished_at,
+                "duration_ms": elapsed,
+                "items": {
+                    "total": self.counts.total,
+                    "ok": self.counts.ok,
+                    "failed": self.counts.failed,
+                    "skipped": self.counts.skipped,
+                },
+                "counters": counters,
+                "item_ms": item_ms.map(|(min, avg, max)| json!({"min": min, "avg": avg, "max": max})),
+                "error": error,
+                "peak_rss_kb": peak_rss_kb(),
+            }));
+        }
+        if let Some(stop) = stop {
+            // The entry point prints it with its causes; the run is already recorded.
+            return Err(stop);
+        }
+        Ok(code)
+    }
+}
+
+/// The process's peak resident memory (VmHWM), in KiB.
+pub fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

@@ -1,0 +1,96 @@
+//! What a command shows: progress bars on a terminal only, results on stdout (tables, `--json`),
+//! everything for people on stderr. Under cron nothing is drawn.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::{GlobalArgs, LogFormat};
+
+/// Whether stderr gets colors: a terminal, and `NO_COLOR` unset.
+pub fn use_color() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// Decides what is drawn and printed.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    pub quiet: bool,
+    pub json: bool,
+    /// stderr is a terminal and logs are text: draw progress bars.
+    pub interactive: bool,
+    pub color: bool,
+}
+
+impl Printer {
+    pub fn new(global: &GlobalArgs) -> Printer {
+        Printer {
+            quiet: global.quiet,
+            json: global.json,
+            interactive: std::io::stderr().is_terminal()
+                && global.log_format == LogFormat::Text
+                && !global.quiet,
+            color: use_color(),
+        }
+    }
+
+    /// Whether one line per item is logged (not on a terminal, where the bar shows it).
+    pub fn item_lines(&self) -> bool {
+        !self.interactive && !self.quiet
+    }
+
+    /// A progress bar over `len` items, hidden unless interactive.
+    pub fn progress(&self, len: u64, what: &str) -> ProgressBar {
+        if !self.interactive {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+        let template = if self.color {
+            "{spinner:.green} {prefix} [{bar:30.cyan/blue}] {pos}/{len} {percent}% ETA {eta} {wide_msg}"
+        } else {
+            "{spinner} {prefix} [{bar:30}] {pos}/{len} {percent}% ETA {eta} {wide_msg}"
+        };
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(what.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        crate::logging::set_progress_bar(Some(bar.clone()));
+        bar
+    }
+
+    /// Removes a bar and stops routing log lines around it.
+    pub fn finish_progress(&self, bar: &ProgressBar) {
+        bar.finish_and_clear();
+        crate::logging::set_progress_bar(None);
+    }
+
+    /// A line for people (stderr), unless quiet.
+    pub fn say(&self, line: &str) {
+        if !self.quiet {
+            eprintln!("{line}");
+        }
+    }
+
+    /// A JSON result on stdout.
+    pub fn json_out(&self, value: &serde_json::Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+        );
+    }
+}
+
+/// `1.2s`, `350ms`, `2m05s`.
+pub fn human_duration(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}

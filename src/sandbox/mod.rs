@@ -1,0 +1,88 @@
+//! The sandbox: fakes of the outside world speaking the real protocols on 127.0.0.1, for the
+//! tests, the demo, the benchmarks and `crm-jobs sandbox`. Each service lives under its own
+//! path prefix of one HTTP server; faults (latency, error answers, resets, holds) are switched
+//! from Rust (tests) or over HTTP under `/_sandbox/` (manual tries).
+
+pub mod faults;
+pub mod nio;
+pub mod scenario;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+
+pub use faults::{Fault, Faults, Route};
+pub use nio::{NioState, PdfKind, SbDebt, SbInvoice};
+
+/// The passphrase the sandbox's Nio site encrypts its params with, unless told otherwise.
+pub const DEFAULT_PASSPHRASE: &str = "sandbox-nio-passphrase";
+
+/// A running sandbox. Dropping it stops the server.
+pub struct Sandbox {
+    pub addr: SocketAddr,
+    pub nio: Arc<NioState>,
+    pub faults: Arc<Faults>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sandbox {
+    /// Starts the sandbox on its own thread and runtime, on `127.0.0.1:port` (0: any free port).
+    pub fn start(passphrase: &str, port: u16) -> Result<Sandbox> {
+        let faults = Arc::new(Faults::default());
+        let nio = Arc::new(NioState::new(passphrase, faults.clone()));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        nio.set_self_url(&format!("http://{addr}"));
+        let app = Router::new()
+            .merge(nio::routes(nio.clone()))
+            .merge(faults::routes(faults.clone()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sandbox".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("sandbox runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            rx.await.ok();
+                        })
+                        .await
+                        .ok();
+                });
+                rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            })?;
+        Ok(Sandbox { addr, nio, faults, shutdown: Some(tx), thread: Some(thread) })
+    }
+
+    /// The `[nio] base_url` to configure.
+    pub fn nio_base_url(&self) -> String {
+        format!("http://{}/nio", self.addr)
+    }
+
+    /// The `[nio] pdf_url_template` that reaches the sandbox's PDFs.
+    pub fn nio_pdf_template(&self) -> String {
+        "{api}/debts/{debtId}/invoices/{invoiceId}/pdf".into()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.faults.release_all();
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+    }
+}

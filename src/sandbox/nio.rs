@@ -1,0 +1,365 @@
+//! The sandbox's Nio Negocia API (SERVICES.md §1): params encrypted with a passphrase, tokens
+//! that expire on demand, session ids, paginated debts, `400` for unknown CPFs, PDFs (direct,
+//! redirected, behind a JSON link, or a body that is not a PDF), and a captcha wall.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use chrono::NaiveDate;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::faults::{Faults, Route};
+use crate::nio::crypto;
+
+/// How the PDF of an invoice is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PdfKind {
+    /// PDF bytes straight away.
+    Direct,
+    /// A redirect to the bytes.
+    Redirect,
+    /// JSON `{"url": ...}` pointing to the bytes.
+    JsonLink,
+    /// An HTML error page labelled `application/pdf`.
+    NotPdf,
+}
+
+/// One invoice of a debt.
+#[derive(Debug, Clone)]
+pub struct SbInvoice {
+    pub id: String,
+    pub amount_centavos: i64,
+    pub due_date: NaiveDate,
+    pub status: String,
+    pub barcode: String,
+    pub pix_code: String,
+    pub pdf: PdfKind,
+    /// Writes `dueDate` as `YYYY-MM-DD` instead of `YYYYMMDD`.
+    pub dashed_date: bool,
+}
+
+impl SbInvoice {
+    /// An open invoice with a valid barcode and PIX code.
+    pub fn new(id: &str, due_date: NaiveDate, amount_centavos: i64) -> SbInvoice {
+        let digits: String = id.chars().filter(char::is_ascii_digit).collect();
+        let free = format!("{:0>25}", &digits[digits.len().saturating_sub(25)..]);
+        SbInvoice {
+            id: id.to_string(),
+            amount_centavos,
+            due_date,
+            status: "OPEN".into(),
+            barcode: crate::domain::boleto::build_linha("341", due_date, amount_centavos, &free),
+            pix_code: crate::domain::pix::build(
+                "pix@niointernet.com.br",
+                "NIO INTERNET",
+                "RIO DE JANEIRO",
+                amount_centavos,
+                &format!("NIO{}", &digits[digits.len().saturating_sub(20)..]),
+            ),
+            pdf: PdfKind::Direct,
+            dashed_date: false,
+        }
+    }
+}
+
+/// One debt (a product of the customer) with its invoices.
+#[derive(Debug, Clone)]
+pub struct SbDebt {
+    pub debt_id: String,
+    pub invoices: Vec<SbInvoice>,
+}
+
+#[derive(Default)]
+struct Data {
+    self_url: String,
+    customers: HashMap<String, Vec<SbDebt>>,
+    tokens: HashSet<String>,
+    sessions: HashMap<String, String>,
+    captcha: bool,
+    expire_after: Option<u64>,
+    next: u64,
+}
+
+/// The state of the fake Nio API.
+pub struct NioState {
+    key: [u8; 32],
+    data: Mutex<Data>,
+    faults: Arc<Faults>,
+}
+
+impl NioState {
+    pub fn new(passphrase: &str, faults: Arc<Faults>) -> NioState {
+        NioState { key: crypto::key(passphrase), data: Mutex::default(), faults }
+    }
+
+    pub(super) fn set_self_url(&self, url: &str) {
+        self.data.lock().unwrap().self_url = url.to_string();
+    }
+
+    /// Sets the open debts of a customer (11-digit CPF); an empty list answers `400`.
+    pub fn set_customer(&self, cpf: &str, debts: Vec<SbDebt>) {
+        self.data.lock().unwrap().customers.insert(cpf.to_string(), debts);
+    }
+
+    /// Removes an invoice from every customer's list (it was paid).
+    pub fn pay(&self, invoice_id: &str) {
+        let mut data = self.data.lock().unwrap();
+        for debts in data.customers.values_mut() {
+            for d in debts.iter_mut() {
+                d.invoices.retain(|i| i.id != invoice_id);
+            }
+        }
+    }
+
+    /// Turns the captcha wall on or off.
+    pub fn set_captcha(&self, on: bool) {
+        self.data.lock().unwrap().captcha = on;
+    }
+
+    /// Expires every token and session now.
+    pub fn expire_tokens(&self) {
+        let mut data = self.data.lock().unwrap();
+        data.tokens.clear();
+        data.sessions.clear();
+    }
+
+    /// Expires every token after `n` more debts requests.
+    pub fn expire_tokens_after(&self, n: u64) {
+        self.data.lock().unwrap().expire_after = Some(n);
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let token = headers.get("authorization").and_then(|v| v.to_str().ok());
+        let session = headers.get("session-id").and_then(|v| v.to_str().ok());
+        let data = self.data.lock().unwrap();
+        match (token, session) {
+            (Some(t), Some(s)) => {
+                data.tokens.contains(t) && data.sessions.get(s).is_some_and(|owner| owner == t)
+            }
+            _ => false,
+        }
+    }
+
+    fn find_invoice(&self, invoice_id: &str) -> Option<SbInvoice> {
+        let data = self.data.lock().unwrap();
+        data.customers
+            .values()
+            .flatten()
+            .flat_map(|d| d.invoices.iter())
+            .find(|i| i.id == invoice_id)
+            .cloned()
+    }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+pub fn routes(state: Arc<NioState>) -> Router {
+    Router::new()
+        .route("/nio/negociar/params", get(params))
+        .route("/nio-api/authentication/sessionId", get(session))
+        .route("/nio-api/debts/customers/{cpf}", get(debts))
+        .route("/nio-api/debts/{debt}/invoices/{invoice}/pdf", get(pdf))
+        .route("/nio/files/{file}", get(file))
+        .with_state(state)
+}
+
+async fn params(State(s): State<Arc<NioState>>) -> Response {
+    if let Some(r) = s.faults.before(Route::NioParams).await {
+        return r;
+    }
+    let (token, api, captcha) = {
+        let mut data = s.data.lock().unwrap();
+        data.next += 1;
+        let token = format!("tok-{:016x}-{}", fastrand::u64(..), data.next);
+        data.tokens.insert(token.clone());
+        (token, format!("{}/nio-api", data.self_url), data.captcha)
+    };
+    if captcha {
+        return (
+            StatusCode::FORBIDDEN,
+            [("content-type", "text/html")],
+            "<html><body><div class=\"g-recaptcha\"></div>Verifique que você não é um robô</body></html>",
+        )
+            .into_response();
+    }
+    let plain = json!({"token": token, "apiServerUrl": api}).to_string();
+    (
+        [("content-type", "text/plain")],
+        crypto::seal(&s.key, plain.as_bytes()),
+    )
+        .into_response()
+}
+
+async fn session(State(s): State<Arc<NioState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = s.faults.before(Route::NioSession).await {
+        return r;
+    }
+    let token = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let mut data = s.data.lock().unwrap();
+    match token {
+        Some(t) if data.tokens.contains(t) => {
+            data.next += 1;
+            let sid = format!("sid-{:016x}-{}", fastrand::u64(..), data.next);
+            data.sessions.insert(sid.clone(), t.to_string());
+            axum::Json(json!({"token": sid})).into_response()
+        }
+        _ => (StatusCode::UNAUTHORIZED, axum::Json(json!({"message": "Unauthorized"}))).into_response(),
+    }
+}
+
+async fn debts(
+    State(s): State<Arc<NioState>>,
+    Path(cpf): Path<String>,
+    Query(page): Query<Page>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = s.faults.before(Route::NioDebts).await {
+        return r;
+    }
+    {
+        let mut data = s.data.lock().unwrap();
+        if let Some(n) = data.expire_after {
+            if n == 0 {
+                data.tokens.clear();
+                data.sessions.clear();
+                data.expire_after = None;
+            } else {
+                data.expire_after = Some(n - 1);
+            }
+        }
+    }
+    if !s.authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"message": "Token expirado"}))).into_response();
+    }
+    let bad = || {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "Não encontramos débitos para este CPF"})),
+        )
+            .into_response()
+    };
+    if cpf.len() != 11 || !cpf.bytes().all(|b| b.is_ascii_digit()) {
+        return bad();
+    }
+    let debts = s.data.lock().unwrap().customers.get(&cpf).cloned().unwrap_or_default();
+    if debts.iter().all(|d| d.invoices.is_empty()) {
+        return bad();
+    }
+    let offset = page.offset.unwrap_or(0);
+    let limit = page.limit.unwrap_or(50).clamp(1, 50);
+    let list: Vec<Value> = debts
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|d| {
+            json!({
+                "debtId": d.debt_id,
+                "dealCode": format!("DC{}", d.debt_id),
+                "productName": "NIO FIBRA 500MB",
+                "origin": "nio",
+                "status": "OPEN",
+                "invoices": d.invoices.iter().map(|i| invoice_json(i, &cpf)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    axum::Json(json!({"debts": list})).into_response()
+}
+
+fn invoice_json(i: &SbInvoice, cpf: &str) -> Value {
+    let due = if i.dashed_date {
+        i.due_date.format("%Y-%m-%d").to_string()
+    } else {
+        i.due_date.format("%Y%m%d").to_string()
+    };
+    // Reais as a JSON number, as the real API answers (e.g. 99.9).
+    let amount: Value = serde_json::from_str(&format!(
+        "{}.{:02}",
+        i.amount_centavos / 100,
+        i.amount_centavos % 100
+    ))
+    .unwrap_or(Value::Null);
+    json!({
+        "id": i.id,
+        "amount": amount,
+        "referenceMonth": i.due_date.format("%Y%m").to_string(),
+        "dueDate": due,
+        "expirationDate": due,
+        "status": i.status,
+        "barCode": i.barcode,
+        "originalPixCode": i.pix_code,
+        "pixCode": "",
+        "cpfCnpj": cpf,
+    })
+}
+
+async fn pdf(
+    State(s): State<Arc<NioState>>,
+    Path((_debt, invoice)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = s.faults.before(Route::NioPdf).await {
+        return r;
+    }
+    if !s.authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Some(inv) = s.find_invoice(&invoice) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let self_url = s.data.lock().unwrap().self_url.clone();
+    let file_url = format!("{self_url}/nio/files/{}.pdf", inv.id);
+    match inv.pdf {
+        PdfKind::Direct => ([("content-type", "application/pdf")], sample_pdf(&inv.id)).into_response(),
+        PdfKind::Redirect => Redirect::temporary(&file_url).into_response(),
+        PdfKind::JsonLink => axum::Json(json!({"url": file_url})).into_response(),
+        PdfKind::NotPdf => (
+            [("content-type", "application/pdf")],
+            "<html><body>Sessão expirada</body></html>",
+        )
+            .into_response(),
+    }
+}
+
+async fn file(Path(file): Path<String>) -> Response {
+    let id = file.trim_end_matches(".pdf");
+    ([("content-type", "application/pdf")], sample_pdf(id)).into_response()
+}
+
+/// A small, valid one-page PDF naming the invoice.
+pub fn sample_pdf(label: &str) -> Vec<u8> {
+    let text: String = label.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let content = format!("BT /F1 18 Tf 72 720 Td (Fatura {text}) Tj ET");
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_string(),
+        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+    ];
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    for o in offsets {
+        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1)
+            .as_bytes(),
+    );
+    out
+}

@@ -1,0 +1,99 @@
+//! Sample data for the demo and the benchmarks: contracts (as the operator's CSV) and the Nio
+//! answers that go with them, with the cases an operator meets: paid invoices, unknown CPFs,
+//! two invoices on one date, a spreadsheet amount that disagrees, a PDF that is not a PDF.
+
+use chrono::{Days, NaiveDate};
+
+use super::nio::{NioState, PdfKind, SbDebt, SbInvoice};
+use crate::domain::cpf::Cpf;
+use crate::domain::schedule;
+
+const NAMES: &[&str] = &[
+    "MARIA DA SILVA",
+    "JOÃO PEREIRA",
+    "ANA CAROLINA SOUZA",
+    "CARLOS EDUARDO LIMA",
+    "FERNANDA OLIVEIRA",
+    "JOSÉ RAIMUNDO SANTOS",
+    "PATRÍCIA GOMES",
+    "LUIZ FERNANDO COSTA",
+];
+
+/// What a scenario produced.
+pub struct Scenario {
+    /// `contrato,cpf,nome,data_instalacao,ordem_servico,safra`
+    pub contracts_csv: String,
+    /// `contrato,numero,vencimento,valor` (imported due dates and amounts)
+    pub invoices_csv: String,
+    pub contracts: usize,
+}
+
+/// Options for [`build`].
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Mix in unknown CPFs, ambiguous dates, value mismatches, paid invoices and bad PDFs.
+    pub varied: bool,
+}
+
+/// Builds `n` contracts installed before `today` and gives the sandbox their open invoices.
+pub fn build(nio: &NioState, n: usize, today: NaiveDate, opts: Options) -> Scenario {
+    let mut contracts_csv = String::from("contrato,cpf,nome,data_instalacao,ordem_servico,safra\n");
+    let mut invoices_csv = String::from("contrato,numero,vencimento,valor\n");
+    for i in 0..n {
+        let cpf = Cpf::from_base(100_000_000 + (i as u32) * 7919);
+        let installed = today - Days::new(35 + (i as u64 * 37) % 250);
+        let contract = format!("{}", 7_000_100 + i);
+        let name = NAMES[i % NAMES.len()];
+        contracts_csv.push_str(&format!(
+            "{contract},{},{name},{},OS-{},{}\n",
+            cpf.formatted(),
+            installed.format("%d/%m/%Y"),
+            40_000 + i,
+            installed.format("%Y-%m")
+        ));
+        if opts.varied && i % 17 == 5 {
+            // Nio does not know this CPF: it answers 400.
+            continue;
+        }
+        let amount = if i % 3 == 0 { 12_990 } else { 9_990 };
+        let mut invoices = Vec::new();
+        for n in 1..=schedule::EXPECTED_INVOICES {
+            let due = schedule::due_date(installed, n);
+            if schedule::available_from(installed, n, due) > today {
+                break;
+            }
+            let paid = opts.varied && due + Days::new(45) < today && (i + n as usize) % 3 != 0;
+            if paid {
+                continue;
+            }
+            let mut inv = SbInvoice::new(&format!("{}{:02}", 90_000_000 + i, n), due, amount);
+            if opts.varied && i % 29 == 11 && n == 1 {
+                inv.pdf = PdfKind::NotPdf;
+            }
+            if opts.varied && i % 7 == 2 {
+                inv.pdf = PdfKind::JsonLink;
+            }
+            invoices.push(inv);
+        }
+        if opts.varied && i % 23 == 7 {
+            if let Some(first) = invoices.first().cloned() {
+                let mut twin = first.clone();
+                twin.id = format!("{}99", first.id);
+                invoices.push(twin);
+            }
+        }
+        if opts.varied && i % 19 == 3 {
+            let due = schedule::due_date(installed, 1);
+            invoices_csv.push_str(&format!(
+                "{contract},1,{},\"{}\"\n",
+                due.format("%d/%m/%Y"),
+                crate::domain::money::format_brl(amount + 1_000)
+            ));
+        }
+        nio.set_customer(
+            cpf.digits(),
+            vec![SbDebt { debt_id: format!("D{}", 500_000 + i), invoices }],
+        );
+    }
+    Scenario { contracts_csv, invoices_csv, contracts: n }
+}

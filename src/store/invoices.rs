@@ -1,0 +1,603 @@
+//! SQL of contracts, their expected invoices and the Nio bootstrap cache.
+
+use anyhow::Result;
+use chrono::NaiveDate;
+use rusqlite::{OptionalExtension, params};
+
+use super::Store;
+
+const DATE: &str = "%Y-%m-%d";
+
+fn date_text(d: NaiveDate) -> String {
+    d.format(DATE).to_string()
+}
+
+fn parse_date(text: Option<String>) -> Option<NaiveDate> {
+    text.and_then(|t| NaiveDate::parse_from_str(&t, DATE).ok())
+}
+
+/// A contract as imported.
+pub struct ContractImport<'a> {
+    pub contract_number: &'a str,
+    pub service_order: Option<&'a str>,
+    pub cpf: &'a str,
+    pub customer_name: &'a str,
+    pub installed_on: NaiveDate,
+    pub safra: &'a str,
+}
+
+/// One expected invoice computed from the installation date.
+pub struct ExpectedInvoice {
+    pub number: u32,
+    pub due_date: NaiveDate,
+    pub available_from: NaiveDate,
+}
+
+/// A contract picked for fetching, with the invoices to look up.
+#[derive(Debug, Clone)]
+pub struct ContractWork {
+    pub id: i64,
+    pub contract_number: String,
+    pub cpf: String,
+    pub customer_name: String,
+    pub safra: String,
+    /// Invoices to look up: unpaid, available, not given up (or, for `retry`, those to retry).
+    pub invoices: Vec<InvoiceWork>,
+    /// Unpaid invoices of this contract not yet available.
+    pub not_available: u32,
+}
+
+/// An invoice to look up.
+#[derive(Debug, Clone)]
+pub struct InvoiceWork {
+    pub id: i64,
+    pub number: u32,
+    pub due_date: Option<NaiveDate>,
+    pub expected_amount_centavos: Option<i64>,
+    /// The Nio invoice whose PDF is already saved, if any.
+    pub saved_pdf_for: Option<String>,
+}
+
+/// Which contracts `fetch-invoices` takes.
+pub struct FetchSelection<'a> {
+    pub today: NaiveDate,
+    pub limit: u32,
+    pub safra: Option<&'a str>,
+    pub contract: Option<&'a str>,
+}
+
+/// The result of looking up one invoice in an answer.
+#[derive(Debug, Default, Clone)]
+pub struct InvoiceAnswer {
+    pub invoice_id: i64,
+    pub outcome: &'static str,
+    pub detail: Option<String>,
+    pub amount_centavos: Option<i64>,
+    /// `Some("open")` or `Some("paid")` when the answer says so.
+    pub payment_status: Option<&'static str>,
+    pub nio_debt_id: Option<String>,
+    pub nio_invoice_id: Option<String>,
+    pub nio_status: Option<String>,
+    pub reference_month: Option<String>,
+    pub barcode: Option<String>,
+    pub pix_code: Option<String>,
+    pub pdf_path: Option<String>,
+    pub pdf_sha256: Option<String>,
+    /// A part that failed (PDF, bad PIX or barcode): the invoice is `partial`.
+    pub problem: Option<(String, &'static str)>,
+}
+
+/// Tracking fields common to every attempt.
+pub struct Attempt<'a> {
+    pub run_id: i64,
+    pub origin: &'a str,
+    pub at: &'a str,
+    pub duration_ms: i64,
+    pub max_attempts: u32,
+}
+
+/// One exported invoice row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InvoiceExport {
+    pub contract: String,
+    pub service_order: Option<String>,
+    pub cpf: String,
+    pub customer: String,
+    pub safra: String,
+    pub number: u32,
+    pub due_date: Option<String>,
+    pub due_date_source: String,
+    pub amount_centavos: Option<i64>,
+    pub payment_status: String,
+    pub pix_code: Option<String>,
+    pub barcode: Option<String>,
+    pub pdf_path: Option<String>,
+    pub pdf_sha256: Option<String>,
+    pub match_outcome: Option<String>,
+    pub match_detail: Option<String>,
+    pub fetch_status: String,
+    pub fetch_origin: Option<String>,
+    pub attempts: i64,
+    pub failed_attempts: i64,
+    pub last_attempt_at: Option<String>,
+    pub last_duration_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// The Nio bootstrap cache, both parts sealed.
+pub struct NioSessionCache {
+    pub params: String,
+    pub session: Option<String>,
+    pub obtained_at: String,
+}
+
+impl Store {
+    /// Inserts or updates a contract and its ten expected invoices, in one transaction.
+    /// Imported due dates are kept. Returns whether the contract is new.
+    pub fn upsert_contract(
+        &mut self,
+        c: &ContractImport,
+        expected: &[ExpectedInvoice],
+        now: &str,
+    ) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM contracts WHERE contract_number = ?1",
+                [c.contract_number],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let id = match existing {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE contracts SET service_order = ?2, cpf = ?3, customer_name = ?4,
+                            installed_on = ?5, safra = ?6, updated_at = ?7 WHERE id = ?1",
+                    params![
+                        id,
+                        c.service_order,
+                        c.cpf,
+                        c.customer_name,
+                        date_text(c.installed_on),
+                        c.safra,
+                        now
+                    ],
+                )?;
+                id
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO contracts (contract_number, service_order, cpf, customer_name,
+                            installed_on, safra, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                    params![
+                        c.contract_number,
+                        c.service_order,
+                        c.cpf,
+                        c.customer_name,
+                        date_text(c.installed_on),
+                        c.safra,
+                        now
+                    ],
+                )?;
+                tx.last_insert_rowid()
+            }
+        };
+        for e in expected {
+            tx.execute(
+                "INSERT INTO invoices (contract_id, number, due_date, available_from)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (contract_id, number) DO UPDATE SET
+                    due_date = excluded.due_date, available_from = excluded.available_from
+                 WHERE due_date_source = 'computed'",
+                params![
+                    id,
+                    e.number,
+                    date_text(e.due_date),
+                    date_text(e.available_from)
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(existing.is_none())
+    }
+
+    /// The installation date of a contract, by number.
+    pub fn contract_installed_on(&self, contract_number: &str) -> Result<Option<NaiveDate>> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT installed_on FROM contracts WHERE contract_number = ?1",
+                [contract_number],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(parse_date(text))
+    }
+
+    /// Sets an imported due date (and expected amount) on invoice `number` of a contract.
+    /// Returns false when the contract is unknown.
+    pub fn import_due_date(
+        &mut self,
+        contract_number: &str,
+        number: u32,
+        due: NaiveDate,
+        available_from: NaiveDate,
+        amount_centavos: Option<i64>,
+    ) -> Result<bool> {
+        let changed = self.conn.execute(
+            "UPDATE invoices SET due_date = ?3, available_from = ?4, due_date_source = 'imported',
+                    expected_amount_centavos = COALESCE(?5, expected_amount_centavos)
+             WHERE number = ?2
+               AND contract_id = (SELECT id FROM contracts WHERE contract_number = ?1)",
+            params![
+                contract_number,
+                number,
+                date_text(due),
+                date_text(available_from),
+                amount_centavos
+            ],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Contracts with invoices to look up, least recently fetched first.
+    pub fn contracts_to_fetch(&self, sel: &FetchSelection) -> Result<Vec<ContractWork>> {
+        let today = date_text(sel.today);
+        let mut stmt = self.conn.prepare(
+            "SELECT c.id, c.contract_number, c.cpf, c.customer_name, c.safra
+             FROM contracts c
+             WHERE (?2 IS NULL OR c.safra = ?2) AND (?3 IS NULL OR c.contract_number = ?3)
+               AND EXISTS (SELECT 1 FROM invoices i WHERE i.contract_id = c.id
+                             AND i.payment_status <> 'paid' AND i.fetch_status <> 'gave_up'
+                             AND (i.available_from IS NULL OR i.available_from <= ?1))
+             ORDER BY c.last_fetch_at IS NOT NULL, c.last_fetch_at, c.id
+             LIMIT ?4",
+        )?;
+        let contracts = stmt
+            .query_map(params![today, sel.safra, sel.contract, sel.limit], contract_head)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(contracts.len());
+        for mut c in contracts {
+            self.fill_invoices(&mut c, &today, false, 0)?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// Contracts with invoices whose last attempt failed transiently and that are below
+    /// `max_attempts`; only those invoices are listed.
+    pub fn contracts_to_retry(
+        &self,
+        max_attempts: u32,
+        only_run: Option<i64>,
+    ) -> Result<Vec<ContractWork>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.id, c.contract_number, c.cpf, c.customer_name, c.safra
+             FROM contracts c
+             WHERE EXISTS (SELECT 1 FROM invoices i WHERE i.contract_id = c.id
+                             AND i.fetch_status IN ('error', 'partial') AND i.error_kind = 'transient'
+                             AND i.failed_attempts < ?1 AND (?2 IS NULL OR i.last_run_id = ?2))
+             ORDER BY c.last_fetch_at, c.id",
+        )?;
+        let contracts = stmt
+            .query_map(params![max_attempts, only_run], contract_head)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(contracts.len());
+        for mut c in contracts {
+            self.fill_invoices(&mut c, "", true, max_attempts)?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    fn fill_invoices(
+        &self,
+        c: &mut ContractWork,
+        today: &str,
+        retry: bool,
+        max_attempts: u32,
+    ) -> Result<()> {
+        let sql = if retry {
+            "SELECT id, number, due_date, expected_amount_centavos, 1,
+                    CASE WHEN pdf_sha256 IS NOT NULL THEN nio_invoice_id END FROM invoices
+             WHERE contract_id = ?1 AND fetch_status IN ('error', 'partial')
+               AND error_kind = 'transient' AND failed_attempts < ?3
+             ORDER BY number"
+        } else {
+            "SELECT id, number, due_date, expected_amount_centavos,
+                    (available_from IS NULL OR available_from <= ?2),
+                    CASE WHEN pdf_sha256 IS NOT NULL THEN nio_invoice_id END FROM invoices
+             WHERE contract_id = ?1 AND payment_status <> 'paid' AND fetch_status <> 'gave_up'
+             ORDER BY number"
+        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = if retry {
+            stmt.query(params![c.id, today, max_attempts])?
+        } else {
+            stmt.query(params![c.id, today])?
+        };
+        while let Some(r) = rows.next()? {
+            let available: bool = r.get(4)?;
+            if !available {
+                c.not_available += 1;
+                continue;
+            }
+            c.invoices.push(InvoiceWork {
+                id: r.get(0)?,
+                number: r.get(1)?,
+                due_date: parse_date(r.get(2)?),
+                expected_amount_centavos: r.get(3)?,
+                saved_pdf_for: r.get(5)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Invoices at or over the attempt limit whose last attempt failed become `gave_up`.
+    /// Returns how many.
+    pub fn give_up_exhausted(&mut self, max_attempts: u32) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE invoices SET fetch_status = 'gave_up'
+             WHERE fetch_status IN ('error', 'partial') AND error_kind = 'transient'
+               AND failed_attempts >= ?1",
+            [max_attempts],
+        )?)
+    }
+
+    /// Resets given-up invoices (of one contract, or all) so that they are tried again.
+    pub fn reset_gave_up(&mut self, contract_number: Option<&str>) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE invoices SET fetch_status = 'pending', failed_attempts = 0, error_kind = NULL
+             WHERE fetch_status = 'gave_up'
+               AND (?1 IS NULL OR contract_id = (SELECT id FROM contracts WHERE contract_number = ?1))",
+            params![contract_number],
+        )?)
+    }
+
+    /// Whether a contract number exists.
+    pub fn contract_exists(&self, contract_number: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM contracts WHERE contract_number = ?1",
+                [contract_number],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Records a failed attempt on invoices; those reaching `max_attempts` become `gave_up`.
+    /// Returns how many gave up.
+    pub fn record_failure(
+        &mut self,
+        contract_id: i64,
+        invoice_ids: &[i64],
+        attempt: &Attempt,
+        error: &str,
+        kind: &str,
+    ) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut gave_up = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE invoices SET attempts = attempts + 1, failed_attempts = failed_attempts + 1,
+                        fetch_status = CASE WHEN ?6 = 'transient' AND failed_attempts + 1 >= ?7
+                                            THEN 'gave_up' ELSE 'error' END,
+                        error_kind = ?6, last_error = ?5, last_attempt_at = ?3,
+                        last_duration_ms = ?4, fetch_origin = ?2, last_run_id = ?8
+                 WHERE id = ?1 RETURNING fetch_status",
+            )?;
+            for id in invoice_ids {
+                let status: String = stmt.query_row(
+                    params![
+                        id,
+                        attempt.origin,
+                        attempt.at,
+                        attempt.duration_ms,
+                        error,
+                        kind,
+                        attempt.max_attempts,
+                        attempt.run_id
+                    ],
+                    |r| r.get(0),
+                )?;
+                if status == "gave_up" {
+                    gave_up += 1;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE contracts SET last_fetch_at = ?2 WHERE id = ?1",
+            params![contract_id, attempt.at],
+        )?;
+        tx.commit()?;
+        Ok(gave_up)
+    }
+
+    /// Records the answers for a contract's invoices in one transaction. Returns how many
+    /// invoices gave up (a `partial` whose problem is transient counts as a failed attempt).
+    pub fn record_answers(
+        &mut self,
+        contract_id: i64,
+        answers: &[InvoiceAnswer],
+        attempt: &Attempt,
+    ) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut gave_up = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE invoices SET
+                    match_outcome = ?2, match_detail = ?3,
+                    amount_centavos = CASE WHEN ?2 = 'matched' THEN ?4 ELSE amount_centavos END,
+                    payment_status = CASE
+                        WHEN ?5 IS NOT NULL THEN ?5
+                        WHEN ?2 = 'no_match' AND payment_status = 'open' THEN 'paid'
+                        ELSE payment_status END,
+                    paid_detected_at = CASE
+                        WHEN (?5 = 'paid' OR (?5 IS NULL AND ?2 = 'no_match' AND payment_status = 'open'))
+                             AND paid_detected_at IS NULL THEN ?14
+                        ELSE paid_detected_at END,
+                    nio_debt_id = COALESCE(?6, nio_debt_id), nio_invoice_id = COALESCE(?7, nio_invoice_id),
+                    nio_status = COALESCE(?8, nio_status), reference_month = COALESCE(?9, reference_month),
+                    barcode = COALESCE(?10, barcode), pix_code = COALESCE(?11, pix_code),
+                    pdf_path = COALESCE(?12, pdf_path), pdf_sha256 = COALESCE(?13, pdf_sha256),
+                    attempts = attempts + 1,
+                    failed_attempts = CASE WHEN ?15 IS NULL THEN 0 ELSE failed_attempts + 1 END,
+                    fetch_status = CASE WHEN ?15 IS NULL THEN 'success'
+                                        WHEN ?16 = 'transient' AND failed_attempts + 1 >= ?19 THEN 'gave_up'
+                                        ELSE 'partial' END,
+                    error_kind = ?16, last_error = ?15,
+                    last_attempt_at = ?14, last_duration_ms = ?17, fetch_origin = ?18, last_run_id = ?20
+                 WHERE id = ?1 RETURNING fetch_status",
+            )?;
+            for a in answers {
+                let (problem, kind) = match &a.problem {
+                    Some((p, k)) => (Some(p.as_str()), Some(*k)),
+                    None => (None, None),
+                };
+                let status: String = stmt.query_row(
+                    params![
+                        a.invoice_id,
+                        a.outcome,
+                        a.detail,
+                        a.amount_centavos,
+                        a.payment_status,
+                        a.nio_debt_id,
+                        a.nio_invoice_id,
+                        a.nio_status,
+                        a.reference_month,
+                        a.barcode,
+                        a.pix_code,
+                        a.pdf_path,
+                        a.pdf_sha256,
+                        attempt.at,
+                        problem,
+                        kind,
+                        attempt.duration_ms,
+                        attempt.origin,
+                        attempt.max_attempts,
+                        attempt.run_id
+                    ],
+                    |r| r.get(0),
+                )?;
+                if status == "gave_up" {
+                    gave_up += 1;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE contracts SET last_fetch_at = ?2 WHERE id = ?1",
+            params![contract_id, attempt.at],
+        )?;
+        tx.commit()?;
+        Ok(gave_up)
+    }
+
+    /// Invoices for export, by contract and number.
+    pub fn export_invoices(
+        &self,
+        safra: Option<&str>,
+        contract: Option<&str>,
+    ) -> Result<Vec<InvoiceExport>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.contract_number, c.service_order, c.cpf, c.customer_name, c.safra, i.number,
+                    i.due_date, i.due_date_source, i.amount_centavos, i.payment_status, i.pix_code,
+                    i.barcode, i.pdf_path, i.pdf_sha256, i.match_outcome, i.match_detail,
+                    i.fetch_status, i.fetch_origin, i.attempts, i.failed_attempts,
+                    i.last_attempt_at, i.last_duration_ms, i.last_error
+             FROM invoices i JOIN contracts c ON c.id = i.contract_id
+             WHERE (?1 IS NULL OR c.safra = ?1) AND (?2 IS NULL OR c.contract_number = ?2)
+             ORDER BY c.contract_number, i.number",
+        )?;
+        let rows = stmt
+            .query_map(params![safra, contract], |r| {
+                Ok(InvoiceExport {
+                    contract: r.get(0)?,
+                    service_order: r.get(1)?,
+                    cpf: r.get(2)?,
+                    customer: r.get(3)?,
+                    safra: r.get(4)?,
+                    number: r.get(5)?,
+                    due_date: r.get(6)?,
+                    due_date_source: r.get(7)?,
+                    amount_centavos: r.get(8)?,
+                    payment_status: r.get(9)?,
+                    pix_code: r.get(10)?,
+                    barcode: r.get(11)?,
+                    pdf_path: r.get(12)?,
+                    pdf_sha256: r.get(13)?,
+                    match_outcome: r.get(14)?,
+                    match_detail: r.get(15)?,
+                    fetch_status: r.get(16)?,
+                    fetch_origin: r.get(17)?,
+                    attempts: r.get(18)?,
+                    failed_attempts: r.get(19)?,
+                    last_attempt_at: r.get(20)?,
+                    last_duration_ms: r.get(21)?,
+                    last_error: r.get(22)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The cached Nio bootstrap, if any.
+    pub fn nio_session(&self) -> Result<Option<NioSessionCache>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT params, session, obtained_at FROM nio_session WHERE id = 1",
+                [],
+                |r| {
+                    Ok(NioSessionCache {
+                        params: r.get(0)?,
+                        session: r.get(1)?,
+                        obtained_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Replaces the cached Nio bootstrap.
+    pub fn save_nio_session(&mut self, cache: &NioSessionCache) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO nio_session (id, params, session, obtained_at) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET params = excluded.params, session = excluded.session,
+                    obtained_at = excluded.obtained_at",
+            params![cache.params, cache.session, cache.obtained_at],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the cached Nio bootstrap.
+    pub fn clear_nio_session(&mut self) -> Result<()> {
+        self.conn.execute("DELETE FROM nio_session", [])?;
+        Ok(())
+    }
+
+    /// Counts of invoices by fetch status (for summaries and tests).
+    pub fn invoice_status_counts(&self) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT fetch_status, COUNT(*) FROM invoices GROUP BY fetch_status ORDER BY fetch_status",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}
+
+fn contract_head(r: &rusqlite::Row) -> rusqlite::Result<ContractWork> {
+    Ok(ContractWork {
+        id: r.get(0)?,
+        contract_number: r.get(1)?,
+        cpf: r.get(2)?,
+        customer_name: r.get(3)?,
+        safra: r.get(4)?,
+        invoices: Vec::new(),
+        not_available: 0,
+    })
+}

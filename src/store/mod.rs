@@ -1,0 +1,78 @@
+//! The store: one SQLite file (WAL, busy timeout, foreign keys) shared by every job. All SQL of
+//! the project lives in this module and its children; the schema is `sql/NNNN_*.sql`, applied
+//! in order when the store opens and never edited once shipped.
+
+mod invoices;
+mod runs;
+
+pub use invoices::*;
+pub use runs::*;
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rusqlite::Connection;
+use rusqlite_migration::{M, Migrations};
+
+static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
+    Migrations::new(vec![
+        M::up(include_str!("../../sql/0001_runs.sql")),
+        M::up(include_str!("../../sql/0002_invoices.sql")),
+    ])
+});
+
+/// An open store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            crate::files::create_private_dir(dir).with_context(|| {
+                format!("cannot create the store's folder `{}`", dir.display())
+            })?;
+        }
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("cannot open the store `{}`", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(|| format!("cannot switch the store `{}` to WAL", path.display()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        MIGRATIONS.to_latest(&mut conn).with_context(|| {
+            format!(
+                "cannot bring the schema of `{}` up to date (is it a crm-jobs store, written by a newer version?)",
+                path.display()
+            )
+        })?;
+        crate::files::make_private(path).ok();
+        Ok(Store { conn, path: path.to_path_buf() })
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs SQLite's integrity check; `ok` when sound.
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        MIGRATIONS.validate().unwrap();
+    }
+}
