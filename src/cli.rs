@@ -10,9 +10,15 @@ use crate::jobs;
 /// Back-office jobs for cron and systemd timers, over one SQLite store.
 ///
 /// Every job is a short-lived process: it takes its lock, records a run, does its work and exits
-/// with a code that says how it went (see `crm-jobs help exit-codes` in the README).
+/// with a code that says how it went.
 #[derive(Debug, Parser)]
-#[command(name = "crm-jobs", version, about, propagate_version = true)]
+#[command(
+    name = "crm-jobs",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Exit codes: 0 done, 1 the run failed, 2 bad command line, 3 some items failed (recorded, will be retried), 75 the job is already running, 78 bad configuration, 130/143 stopped by SIGINT/SIGTERM."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

@@ -42,8 +42,8 @@ pub fn init(global: &GlobalArgs, color: bool) -> Result<()> {
         "warn"
     } else {
         match global.verbose {
-            0 => "info",
-            1 => "info,crm_jobs=debug",
+            0 => "warn,crm_jobs=info",
+            1 => "warn,crm_jobs=debug",
             _ => "debug,crm_jobs=trace",
         }
     };

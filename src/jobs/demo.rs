@@ -70,7 +70,9 @@ retry_backoff_ms = 200
     ];
     for step in steps {
         let code = run_step(&exe, &dir, step, global).await?;
-        if !matches!(code, 0 | 3) {
+        // A job may end `failed` on the sandbox's bad cases; the commands around them may not.
+        let job = matches!(step[0], "fetch-invoices" | "retry");
+        if !(code == 0 || job && matches!(code, 1 | 3)) {
             bail!("demo step `crm-jobs {}` exited {code}", step.join(" "));
         }
     }
@@ -113,6 +115,7 @@ async fn run_step(exe: &Path, dir: &Path, step: &[&str], global: &GlobalArgs) ->
     let code = status.code().unwrap_or(1);
     let meaning = match code {
         0 => "success",
+        1 => "the run failed; its run row says why",
         3 => "some items failed; they are recorded and will be retried",
         _ => "failure",
     };
