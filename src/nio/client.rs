@@ -97,6 +97,8 @@ pub struct NioClient {
     token_header: HeaderName,
     session_header: HeaderName,
     auth: tokio::sync::Mutex<Option<Auth>>,
+    /// Set by the first stop-the-run failure of a bootstrap, so that no worker tries again.
+    stopped: std::sync::Mutex<Option<String>>,
     requests: AtomicU64,
     bootstraps: AtomicU64,
 }
@@ -135,6 +137,7 @@ impl NioClient {
             cfg: cfg.clone(),
             key,
             auth: tokio::sync::Mutex::new(None),
+            stopped: std::sync::Mutex::new(None),
             requests: AtomicU64::new(0),
             bootstraps: AtomicU64::new(0),
         };
@@ -286,6 +289,9 @@ impl NioClient {
     /// that just failed.
     async fn auth(&self, failed_generation: Option<u64>) -> Result<Auth, NioError> {
         let mut slot = self.auth.lock().await;
+        if let Some(m) = self.stopped.lock().expect("stop lock").clone() {
+            return Err(NioError::Stop(m));
+        }
         let ttl = chrono::Duration::minutes(self.cfg.bootstrap_ttl_minutes as i64);
         if let Some(a) = slot.as_ref() {
             let stale = Utc::now().signed_duration_since(a.obtained_at) > ttl;
@@ -294,7 +300,14 @@ impl NioClient {
             }
         }
         let next = slot.as_ref().map_or(1, |a| a.generation + 1);
-        let fresh = self.bootstrap(next).await?;
+        let fresh = match self.bootstrap(next).await {
+            Ok(a) => a,
+            Err(NioError::Stop(m)) => {
+                *self.stopped.lock().expect("stop lock") = Some(m.clone());
+                return Err(NioError::Stop(m));
+            }
+            Err(e) => return Err(e),
+        };
         *slot = Some(fresh.clone());
         Ok(fresh)
     }

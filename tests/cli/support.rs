@@ -1,0 +1,184 @@
+//! The test harness: a temporary folder with a config pointing at a fresh sandbox, and a
+//! builder-like way to run the binary and read the store.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use crm_jobs::domain::cpf::Cpf;
+use crm_jobs::sandbox::{DEFAULT_PASSPHRASE, Sandbox, SbDebt, SbInvoice};
+
+/// The pinned "now" of every test: 2025-11-10 12:00 in São Paulo.
+pub const NOW: &str = "2025-11-10T12:00:00-03:00";
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub sandbox: Sandbox,
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    fn from(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+pub fn date(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+}
+
+/// A valid CPF, distinct per `n`.
+pub fn cpf(n: u32) -> Cpf {
+    Cpf::from_base(123_000_000 + n * 7919)
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env::with_nio("")
+    }
+
+    /// A fresh env; `extra` goes into the `[nio]` section of the config.
+    pub fn with_nio(extra: &str) -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+            sandbox: Sandbox::start(DEFAULT_PASSPHRASE, 0).unwrap(),
+        };
+        env.write_config(extra);
+        env
+    }
+
+    /// Writes the config; `extra` lines (`key = value`) go into `[nio]`, replacing defaults.
+    pub fn write_config(&self, extra: &str) {
+        let mut nio = vec![
+            format!("base_url = \"{}\"", self.sandbox.nio_base_url()),
+            format!("pdf_url_template = \"{}\"", self.sandbox.nio_pdf_template()),
+            "concurrency = 4".to_string(),
+            "request_retries = 0".to_string(),
+            "retry_backoff_ms = 10".to_string(),
+        ];
+        for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+            let key = line.split('=').next().unwrap().trim();
+            nio.retain(|l| l.split('=').next().unwrap().trim() != key);
+            nio.push(line.to_string());
+        }
+        let config = format!(
+            "[store]\npath = \"store/crm.db\"\n\n[downloads]\ndir = \"downloads\"\n\n[nio]\n{}\n",
+            nio.join("\n")
+        );
+        std::fs::write(self.path("config.toml"), config).unwrap();
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_crm-jobs"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CRM_JOBS_") || k == "NO_COLOR" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args)
+            .current_dir("/")
+            .env("HOME", self.dir.path())
+            .env("CRM_JOBS_CONFIG", self.path("config.toml"))
+            .env("CRM_JOBS_NIO_PASSPHRASE", DEFAULT_PASSPHRASE)
+            .env("CRM_JOBS_NOW", NOW)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        Out::from(self.cmd(args).output().unwrap())
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.path("store/crm.db")).unwrap()
+    }
+
+    pub fn query<T: rusqlite::types::FromSql>(&self, sql: &str) -> T {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Imports contracts from CSV text; panics unless it exits 0.
+    pub fn import_contracts(&self, csv: &str) {
+        let file = self.path("contracts.csv");
+        std::fs::write(&file, csv).unwrap();
+        let out = self.run(&["import", "contracts", file.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+
+    /// One contract `C{n}` installed on 2025-06-05 (invoices due on the 30th from June; on
+    /// 2025-11-10, invoices 1..5 are available and 6..10 are not).
+    pub fn one_contract(&self, n: u32) -> Cpf {
+        let c = cpf(n);
+        self.import_contracts(&format!(
+            "contrato,cpf,nome,data_instalacao\nC{n},{},CLIENTE {n},2025-06-05\n",
+            c.formatted()
+        ));
+        c
+    }
+
+    pub fn downloads(&self) -> PathBuf {
+        self.path("downloads")
+    }
+}
+
+/// The due date of invoice `n` of a contract installed on 2025-06-05.
+pub fn due(n: u32) -> NaiveDate {
+    crm_jobs::domain::schedule::due_date(date("2025-06-05"), n)
+}
+
+/// One debt holding open invoices for the given numbers, 99,90 each.
+pub fn debt(prefix: &str, numbers: &[u32]) -> SbDebt {
+    SbDebt {
+        debt_id: format!("D{prefix}"),
+        invoices: numbers
+            .iter()
+            .map(|&n| SbInvoice::new(&format!("{prefix}{n:02}"), due(n), 9_990))
+            .collect(),
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
