@@ -104,7 +104,7 @@ mod tests {
     fn safe_component_cannot_escape() {
         let escaped = safe_component("../../etc/passwd");
         assert!(!escaped.contains('/') && !escaped.starts_with('.'), "{escaped}");
-        assert_eq!(safe_component(".."), "__");
+        assert_eq!(safe_component(".."), "_.");
         assert_eq!(safe_component(""), "_");
         assert_eq!(safe_component("OS-12345"), "OS-12345");
         assert_eq!(safe_component("a/b"), "a_b");
