@@ -45,5 +45,7 @@ pub fn to_store(t: DateTime<Utc>) -> String {
 
 /// Parses an instant written by [`to_store`] (or any RFC 3339 text).
 pub fn from_store(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }

@@ -232,10 +232,7 @@ pub fn load(flag: Option<&Path>) -> Result<Loaded> {
     let mut table = toml::Table::new();
     if let Some((path, _)) = &file {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            CodedError::config(format!(
-                "cannot read config file `{}`: {e}",
-                path.display()
-            ))
+            CodedError::config(format!("cannot read config file `{}`: {e}", path.display()))
         })?;
         table = toml::from_str::<toml::Table>(&text).map_err(|e| {
             CodedError::config(format!("invalid config file `{}`: {e}", path.display()))
@@ -265,7 +262,11 @@ pub fn load(flag: Option<&Path>) -> Result<Loaded> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     resolve_paths(&mut config, &cwd);
     validate(&config)?;
-    Ok(Loaded { config, file, env_overrides })
+    Ok(Loaded {
+        config,
+        file,
+        env_overrides,
+    })
 }
 
 fn locate(flag: Option<&Path>) -> Result<Option<(PathBuf, &'static str)>> {
@@ -348,7 +349,9 @@ fn env_overrides() -> Result<(EnvTable, Vec<String>)> {
 /// arrays), else a plain string.
 fn parse_env_value(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
@@ -416,7 +419,9 @@ fn validate(config: &Config) -> Result<()> {
         )));
     }
     if config.retry.max_attempts == 0 {
-        return Err(CodedError::config("`[retry] max_attempts` must be at least 1"));
+        return Err(CodedError::config(
+            "`[retry] max_attempts` must be at least 1",
+        ));
     }
     Ok(())
 }
@@ -431,7 +436,9 @@ pub fn secret(env: &str, file: Option<&Path>) -> Result<Option<String>> {
     }
     let file_env = format!("{env}_FILE");
     let from_env_file = std::env::var(&file_env).ok().filter(|v| !v.is_empty());
-    let path = from_env_file.map(PathBuf::from).or_else(|| file.map(Path::to_path_buf));
+    let path = from_env_file
+        .map(PathBuf::from)
+        .or_else(|| file.map(Path::to_path_buf));
     match path {
         Some(p) => {
             let text = std::fs::read_to_string(&p)

@@ -41,7 +41,11 @@ pub struct CodedError {
 
 impl CodedError {
     pub fn config(message: impl Into<String>) -> anyhow::Error {
-        CodedError { code: Code::Config, message: message.into() }.into()
+        CodedError {
+            code: Code::Config,
+            message: message.into(),
+        }
+        .into()
     }
 }
 

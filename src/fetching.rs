@@ -69,7 +69,9 @@ impl Engine {
         retrying: bool,
     ) -> Result<PassEnd> {
         let total = work.len();
-        let bar = self.printer.progress(total as u64, if retrying { "retry" } else { "fetch" });
+        let bar = self
+            .printer
+            .progress(total as u64, if retrying { "retry" } else { "fetch" });
         let queue = Arc::new(Mutex::new(VecDeque::from(work)));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
@@ -166,7 +168,10 @@ impl Engine {
             run.counts.skipped += 1;
             run.add("skipped_invalid_cpf", 1);
             tracing::warn!("{who}: skipped: {reason}");
-            run.event("warn", format!("contract `{}` skipped: {reason}", work.contract_number));
+            run.event(
+                "warn",
+                format!("contract `{}` skipped: {reason}", work.contract_number),
+            );
             return Ok(false);
         }
         for _ in &work.invoices {
@@ -188,9 +193,16 @@ impl Engine {
                 }
                 run.add("errors", 1);
                 run.add("gave_up", gave_up as i64);
-                let tail = if gave_up > 0 { " (gave up: attempt limit reached)" } else { "" };
+                let tail = if gave_up > 0 {
+                    " (gave up: attempt limit reached)"
+                } else {
+                    ""
+                };
                 tracing::warn!("{who}: {kind} error: {err}{tail}");
-                run.event("warn", format!("contract `{}`: {err}", work.contract_number));
+                run.event(
+                    "warn",
+                    format!("contract `{}`: {err}", work.contract_number),
+                );
                 Ok(kind == "transient")
             }
             Ok(answers) => {
@@ -211,11 +223,18 @@ impl Engine {
                     }
                     if let Some((problem, _)) = &a.problem {
                         run.add("problems", 1);
-                        tracing::warn!("{who}: invoice {}: {problem}", number_of(work, a.invoice_id));
+                        tracing::warn!(
+                            "{who}: invoice {}: {problem}",
+                            number_of(work, a.invoice_id)
+                        );
                     }
                     if matches!(a.outcome, "ambiguous" | "value_mismatch") {
                         let detail = a.detail.clone().unwrap_or_default();
-                        tracing::warn!("{who}: invoice {}: {}: {detail}", number_of(work, a.invoice_id), a.outcome);
+                        tracing::warn!(
+                            "{who}: invoice {}: {}: {detail}",
+                            number_of(work, a.invoice_id),
+                            a.outcome
+                        );
                     }
                 }
                 match (retrying, transient) {
@@ -265,13 +284,20 @@ fn describe(work: &ContractWork) -> String {
         Err(_) => {
             let chars: Vec<char> = work.cpf.chars().collect();
             if chars.len() > 5 {
-                format!("{}***{}", chars[..3].iter().collect::<String>(), chars[chars.len() - 2..].iter().collect::<String>())
+                format!(
+                    "{}***{}",
+                    chars[..3].iter().collect::<String>(),
+                    chars[chars.len() - 2..].iter().collect::<String>()
+                )
             } else {
                 "***".into()
             }
         }
     };
-    format!("contract `{}` ({}, {cpf})", work.contract_number, work.customer_name)
+    format!(
+        "contract `{}` ({}, {cpf})",
+        work.contract_number, work.customer_name
+    )
 }
 
 async fn fetch_contract(
@@ -304,7 +330,9 @@ async fn fetch_contract(
     let mut answers = match_all(&work, found, no_debts);
     if pdfs {
         for a in answers.iter_mut() {
-            let Some(inv) = found.iter().find(|f| Some(&f.invoice_id) == a.nio_invoice_id.as_ref())
+            let Some(inv) = found
+                .iter()
+                .find(|f| Some(&f.invoice_id) == a.nio_invoice_id.as_ref())
             else {
                 continue;
             };
@@ -315,7 +343,16 @@ async fn fetch_contract(
             if expected.and_then(|e| e.saved_pdf_for.as_ref()) == Some(&inv.invoice_id) {
                 continue;
             }
-            match save_pdf(client, &cpf, &work, expected.map_or(0, |e| e.number), inv, downloads).await {
+            match save_pdf(
+                client,
+                &cpf,
+                &work,
+                expected.map_or(0, |e| e.number),
+                inv,
+                downloads,
+            )
+            .await
+            {
                 Ok((path, sha)) => {
                     a.pdf_path = Some(path);
                     a.pdf_sha256 = Some(sha);
@@ -345,12 +382,21 @@ async fn save_pdf(
         .join("faturas")
         .join(files::safe_component(&work.safra))
         .join(files::safe_component(&work.contract_number));
-    let due = inv.due_date.map(|d| d.to_string()).unwrap_or_else(|| "sem-vencimento".into());
+    let due = inv
+        .due_date
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "sem-vencimento".into());
     let name = format!("fatura-{number:02}-{due}.pdf");
     let path = tokio::task::spawn_blocking(move || files::write_atomic(&dir, &name, &bytes))
         .await
-        .map_err(|e| NioError::Transient { message: format!("writing the PDF: {e}"), retry_after: None })?
-        .map_err(|e| NioError::Transient { message: format!("{e:#}"), retry_after: None })?;
+        .map_err(|e| NioError::Transient {
+            message: format!("writing the PDF: {e}"),
+            retry_after: None,
+        })?
+        .map_err(|e| NioError::Transient {
+            message: format!("{e:#}"),
+            retry_after: None,
+        })?;
     Ok((path.display().to_string(), sha))
 }
 
@@ -359,7 +405,10 @@ pub fn match_all(work: &ContractWork, found: &[NioInvoice], no_debts: bool) -> V
     let candidates: Vec<Found> = found
         .iter()
         .filter_map(|f| {
-            f.due_date.map(|d| Found { due_date: d, amount_centavos: f.amount_centavos })
+            f.due_date.map(|d| Found {
+                due_date: d,
+                amount_centavos: f.amount_centavos,
+            })
         })
         .collect();
     let dated: Vec<&NioInvoice> = found.iter().filter(|f| f.due_date.is_some()).collect();

@@ -18,7 +18,10 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Makes a file readable by the owner only.
@@ -103,7 +106,10 @@ mod tests {
     #[test]
     fn safe_component_cannot_escape() {
         let escaped = safe_component("../../etc/passwd");
-        assert!(!escaped.contains('/') && !escaped.starts_with('.'), "{escaped}");
+        assert!(
+            !escaped.contains('/') && !escaped.starts_with('.'),
+            "{escaped}"
+        );
         assert_eq!(safe_component(".."), "_.");
         assert_eq!(safe_component(""), "_");
         assert_eq!(safe_component("OS-12345"), "OS-12345");

@@ -50,7 +50,11 @@ impl Cancel {
 
     /// Cancels as if signal `sig` had arrived.
     pub fn trigger(&self, sig: u8) {
-        if self.signal.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+        if self
+            .signal
+            .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
             tracing::warn!(
                 "received {}: finishing the items in flight, taking no new ones",
                 if sig == 2 { "SIGINT" } else { "SIGTERM" }
@@ -157,9 +161,7 @@ impl JobRun {
                 .into());
             }
             Err(TryLockError::Error(e)) => {
-                return Err(e).with_context(|| {
-                    format!("cannot lock `{}`", lock_file.display())
-                });
+                return Err(e).with_context(|| format!("cannot lock `{}`", lock_file.display()));
             }
         }
         let mut store = Store::open(store_path)?;
@@ -176,7 +178,12 @@ impl JobRun {
         })?;
         lock.set_len(0).ok();
         lock.rewind().ok();
-        write!(lock, "pid {}, run #{run_id} since {now}", std::process::id()).ok();
+        write!(
+            lock,
+            "pid {}, run #{run_id} since {now}",
+            std::process::id()
+        )
+        .ok();
         lock.flush().ok();
         let mut run = JobRun {
             store,
@@ -225,7 +232,12 @@ impl JobRun {
 
     /// Ends the run: decides status and exit code from the counts, stores them, prints the
     /// one-line summary (and the JSON summary with `--json`).
-    pub fn finish(mut self, printer: &Printer, stop: Option<anyhow::Error>, detail: &str) -> Result<Code> {
+    pub fn finish(
+        mut self,
+        printer: &Printer,
+        stop: Option<anyhow::Error>,
+        detail: &str,
+    ) -> Result<Code> {
         let elapsed = self.started.elapsed().as_millis() as i64;
         let (status, code) = if let Some(code) = self.cancel.exit_code() {
             ("interrupted", code)

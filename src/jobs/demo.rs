@@ -32,7 +32,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> Result<Code> {
     let sandbox = Sandbox::start(DEFAULT_PASSPHRASE, 0)?;
     sandbox.faults.set_latency(args.latency_ms, args.latency_ms);
     let today = crate::clock::Clock::from_env()?.today();
-    let s = scenario::build(&sandbox.nio, args.contracts, today, scenario::Options { varied: true });
+    let s = scenario::build(
+        &sandbox.nio,
+        args.contracts,
+        today,
+        scenario::Options { varied: true },
+    );
     std::fs::write(dir.join("contracts.csv"), &s.contracts_csv)?;
     std::fs::write(dir.join("invoices.csv"), &s.invoices_csv)?;
     let config = format!(
@@ -55,10 +60,21 @@ retry_backoff_ms = 200
     );
     std::fs::write(dir.join("config.toml"), config)?;
     // A few transient failures, so that the retry machinery shows itself.
-    sandbox.faults.push(Route::NioDebts, Fault::Status { status: 503, retry_after: None }, 6);
+    sandbox.faults.push(
+        Route::NioDebts,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+        6,
+    );
     sandbox.faults.push(Route::NioDebts, Fault::Reset, 1);
 
-    eprintln!("crm-jobs demo: sandbox on http://{}, files in {}", sandbox.addr, dir.display());
+    eprintln!(
+        "crm-jobs demo: sandbox on http://{}, files in {}",
+        sandbox.addr,
+        dir.display()
+    );
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let steps: &[&[&str]] = &[
         &["config", "check"],
@@ -66,7 +82,14 @@ retry_backoff_ms = 200
         &["import", "invoices", "invoices.csv"],
         &["fetch-invoices", "--limit", "100", "--origin", "manual"],
         &["retry"],
-        &["export", "invoices", "--format", "csv", "--out", "invoices-export.csv"],
+        &[
+            "export",
+            "invoices",
+            "--format",
+            "csv",
+            "--out",
+            "invoices-export.csv",
+        ],
     ];
     for step in steps {
         let code = run_step(&exe, &dir, step, global).await?;
@@ -86,11 +109,23 @@ retry_backoff_ms = 200
     eprintln!("== what to look at ==");
     eprintln!("  folder:    {}", dir.display());
     eprintln!("  config:    {}", dir.join("config.toml").display());
-    eprintln!("  store:     sqlite3 {} 'SELECT id, job, status, items_total, items_ok, items_failed, duration_ms FROM runs'", dir.join("crm-jobs.db").display());
-    eprintln!("  invoices:  sqlite3 {} 'SELECT fetch_status, match_outcome, COUNT(*) FROM invoices GROUP BY 1, 2'", dir.join("crm-jobs.db").display());
-    eprintln!("  PDFs:      {}", dir.join("downloads").join("faturas").display());
+    eprintln!(
+        "  store:     sqlite3 {} 'SELECT id, job, status, items_total, items_ok, items_failed, duration_ms FROM runs'",
+        dir.join("crm-jobs.db").display()
+    );
+    eprintln!(
+        "  invoices:  sqlite3 {} 'SELECT fetch_status, match_outcome, COUNT(*) FROM invoices GROUP BY 1, 2'",
+        dir.join("crm-jobs.db").display()
+    );
+    eprintln!(
+        "  PDFs:      {}",
+        dir.join("downloads").join("faturas").display()
+    );
     eprintln!("  export:    {}", dir.join("invoices-export.csv").display());
-    eprintln!("  try again: CRM_JOBS_CONFIG={} crm-jobs fetch-invoices --contract 7000100 (with `crm-jobs sandbox` running)", dir.join("config.toml").display());
+    eprintln!(
+        "  try again: CRM_JOBS_CONFIG={} crm-jobs fetch-invoices --contract 7000100 (with `crm-jobs sandbox` running)",
+        dir.join("config.toml").display()
+    );
     Ok(Code::Success)
 }
 

@@ -44,7 +44,11 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
     let Command::Invoices(args) = command;
     let store = ctx.open_store()?;
     let rows = store.export_invoices(args.safra.as_deref(), args.contract.as_deref())?;
-    let format = if ctx.global.json { Format::Json } else { args.format };
+    let format = if ctx.global.json {
+        Format::Json
+    } else {
+        args.format
+    };
     let bytes = match format {
         Format::Json => {
             let mut b = serde_json::to_vec_pretty(&rows)?;
@@ -64,10 +68,20 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
     };
     match &args.out {
         Some(path) => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            let name = path.file_name().context("`--out` needs a file name")?.to_string_lossy();
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let name = path
+                .file_name()
+                .context("`--out` needs a file name")?
+                .to_string_lossy();
             crate::files::write_atomic(dir, &name, &bytes)?;
-            ctx.printer.say(&format!("exported {} invoice(s) to `{}`", rows.len(), path.display()));
+            ctx.printer.say(&format!(
+                "exported {} invoice(s) to `{}`",
+                rows.len(),
+                path.display()
+            ));
         }
         None => {
             use std::io::Write;
@@ -79,8 +93,27 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
 
 /// The CSV header when there is no row (serde writes it only with the first row).
 const EMPTY_HEADER: &[&str] = &[
-    "contract", "service_order", "cpf", "customer", "safra", "number", "due_date", "due_date_source",
-    "amount_centavos", "payment_status", "pix_code", "barcode", "pdf_path", "pdf_sha256",
-    "match_outcome", "match_detail", "fetch_status", "fetch_origin", "attempts", "failed_attempts",
-    "last_attempt_at", "last_duration_ms", "last_error",
+    "contract",
+    "service_order",
+    "cpf",
+    "customer",
+    "safra",
+    "number",
+    "due_date",
+    "due_date_source",
+    "amount_centavos",
+    "payment_status",
+    "pix_code",
+    "barcode",
+    "pdf_path",
+    "pdf_sha256",
+    "match_outcome",
+    "match_detail",
+    "fetch_status",
+    "fetch_origin",
+    "attempts",
+    "failed_attempts",
+    "last_attempt_at",
+    "last_duration_ms",
+    "last_error",
 ];

@@ -116,7 +116,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     }
     let work = run.store.contracts_to_fetch(&selection)?;
     if work.is_empty() {
-        return run.finish(&ctx.printer, None, "no contract has an unpaid invoice available yet");
+        return run.finish(
+            &ctx.printer,
+            None,
+            "no contract has an unpaid invoice available yet",
+        );
     }
     let client = match NioClient::new(&cfg.nio, &passphrase, run.store.nio_session()?) {
         Ok(c) => Arc::new(c),
@@ -144,7 +148,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                 _ = tokio::time::sleep(wait) => {}
                 _ = run.cancel.cancelled() => {}
             }
-            let again = run.store.contracts_to_retry(cfg.retry.max_attempts, Some(run.run_id))?;
+            let again = run
+                .store
+                .contracts_to_retry(cfg.retry.max_attempts, Some(run.run_id))?;
             if !again.is_empty() && !run.cancel.is_cancelled() {
                 engine.origin = "retry".into();
                 if let Err(e) = engine.pass(&mut run, again, true).await {
@@ -170,11 +176,17 @@ pub fn summary(run: &JobRun) -> String {
         "{} contract(s): {} ok, {} failed, {} skipped",
         run.counts.total, run.counts.ok, run.counts.failed, run.counts.skipped
     )];
-    let outcomes: Vec<String> = ["matched", "no_match", "ambiguous", "value_mismatch", "no_due_date"]
-        .iter()
-        .filter(|k| n(k) > 0)
-        .map(|k| format!("{} {k}", n(k)))
-        .collect();
+    let outcomes: Vec<String> = [
+        "matched",
+        "no_match",
+        "ambiguous",
+        "value_mismatch",
+        "no_due_date",
+    ]
+    .iter()
+    .filter(|k| n(k) > 0)
+    .map(|k| format!("{} {k}", n(k)))
+    .collect();
     if !outcomes.is_empty() {
         parts.push(format!("invoices: {}", outcomes.join(", ")));
     }

@@ -55,7 +55,11 @@ impl Sheet {
         })?;
         let text = text.trim_start_matches('\u{feff}');
         let header_line = text.lines().next().unwrap_or_default();
-        let delimiter = if header_line.contains(';') && !header_line.contains(',') { b';' } else { b',' };
+        let delimiter = if header_line.contains(';') && !header_line.contains(',') {
+            b';'
+        } else {
+            b','
+        };
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .flexible(true)
@@ -87,12 +91,23 @@ impl Sheet {
                 continue;
             }
             if rec.len() > headers.len() {
-                rows.push((line, vec![format!("\u{0}{} fields but the header has {}", rec.len(), headers.len())]));
+                rows.push((
+                    line,
+                    vec![format!(
+                        "\u{0}{} fields but the header has {}",
+                        rec.len(),
+                        headers.len()
+                    )],
+                ));
                 continue;
             }
             rows.push((line, rec.iter().map(|f| f.trim().to_string()).collect()));
         }
-        Ok(Sheet { name, columns, rows })
+        Ok(Sheet {
+            name,
+            columns,
+            rows,
+        })
     }
 
     fn get<'a>(&self, row: &'a [String], col: &str) -> Option<&'a str> {
@@ -129,7 +144,11 @@ impl Report {
     }
 
     fn code(&self) -> Code {
-        if self.bad > 0 { Code::Partial } else { Code::Success }
+        if self.bad > 0 {
+            Code::Partial
+        } else {
+            Code::Success
+        }
     }
 }
 
@@ -169,9 +188,15 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
             continue;
         };
         let safra = match sheet.get(row, "safra") {
-            Some(s) if NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").is_ok() => s.to_string(),
+            Some(s) if NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").is_ok() => {
+                s.to_string()
+            }
             Some(s) => {
-                report.bad(&sheet, *line, &format!("`safra` = `{s}` is not a month (expected YYYY-MM)"));
+                report.bad(
+                    &sheet,
+                    *line,
+                    &format!("`safra` = `{s}` is not a month (expected YYYY-MM)"),
+                );
                 continue;
             }
             None => installed.format("%Y-%m").to_string(),
@@ -179,7 +204,11 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
         let expected: Vec<ExpectedInvoice> = (1..=schedule::EXPECTED_INVOICES)
             .map(|n| {
                 let due = schedule::due_date(installed, n);
-                ExpectedInvoice { number: n, due_date: due, available_from: schedule::available_from(installed, n, due) }
+                ExpectedInvoice {
+                    number: n,
+                    due_date: due,
+                    available_from: schedule::available_from(installed, n, due),
+                }
             })
             .collect();
         let is_new = store.upsert_contract(
@@ -223,13 +252,27 @@ fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
             continue;
         };
         let raw_n = sheet.get(row, "numero").unwrap_or_default();
-        let Some(number) = raw_n.parse::<u32>().ok().filter(|n| (1..=schedule::EXPECTED_INVOICES).contains(n)) else {
-            report.bad(&sheet, *line, &format!("`numero` = `{raw_n}` is not an invoice number from 1 to 10"));
+        let Some(number) = raw_n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=schedule::EXPECTED_INVOICES).contains(n))
+        else {
+            report.bad(
+                &sheet,
+                *line,
+                &format!("`numero` = `{raw_n}` is not an invoice number from 1 to 10"),
+            );
             continue;
         };
         let raw_due = sheet.get(row, "vencimento").unwrap_or_default();
         let Some(due) = parse_date(raw_due) else {
-            report.bad(&sheet, *line, &format!("`vencimento` = `{raw_due}` is not a date (expected YYYY-MM-DD or DD/MM/YYYY)"));
+            report.bad(
+                &sheet,
+                *line,
+                &format!(
+                    "`vencimento` = `{raw_due}` is not a date (expected YYYY-MM-DD or DD/MM/YYYY)"
+                ),
+            );
             continue;
         };
         let amount = match sheet.get(row, "valor") {

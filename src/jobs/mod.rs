@@ -33,7 +33,12 @@ impl Ctx {
         let loaded = cfg::load(global.config.as_deref())?;
         let clock = Clock::from_env().map_err(|e| CodedError::config(format!("{e:#}")))?;
         let printer = Printer::new(&global);
-        Ok(Ctx { global, loaded, clock, printer })
+        Ok(Ctx {
+            global,
+            loaded,
+            clock,
+            printer,
+        })
     }
 
     /// The store path in force.

@@ -56,7 +56,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             "{gave_up} invoice(s) reached {max_attempts} failed attempts and are now `gave_up`; `crm-jobs retry --reset CONTRACT` makes them eligible again"
         );
         run.add("gave_up", gave_up as i64);
-        run.event("warn", format!("{gave_up} invoice(s) gave up at the attempt limit"));
+        run.event(
+            "warn",
+            format!("{gave_up} invoice(s) gave up at the attempt limit"),
+        );
     }
     let work = run.store.contracts_to_retry(max_attempts, None)?;
     if work.is_empty() {

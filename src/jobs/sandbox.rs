@@ -29,10 +29,19 @@ pub async fn run(args: Args) -> Result<Code> {
     let sandbox = Sandbox::start(DEFAULT_PASSPHRASE, args.port)?;
     sandbox.faults.set_latency(args.latency_ms, 0);
     let today = crate::clock::Clock::from_env()?.today();
-    let s = scenario::build(&sandbox.nio, args.contracts, today, scenario::Options { varied: true });
+    let s = scenario::build(
+        &sandbox.nio,
+        args.contracts,
+        today,
+        scenario::Options { varied: true },
+    );
     if let Some(path) = &args.write_csv {
         std::fs::write(path, &s.contracts_csv)?;
-        eprintln!("wrote {} sample contracts to `{}`", s.contracts, path.display());
+        eprintln!(
+            "wrote {} sample contracts to `{}`",
+            s.contracts,
+            path.display()
+        );
     }
     eprintln!("sandbox listening on http://{}", sandbox.addr);
     eprintln!();
@@ -42,7 +51,9 @@ pub async fn run(args: Args) -> Result<Code> {
     eprintln!();
     eprintln!("  export CRM_JOBS_NIO_PASSPHRASE='{DEFAULT_PASSPHRASE}'");
     eprintln!();
-    eprintln!("faults: POST /_sandbox/fault {{\"route\": \"nio_debts\", \"fault\": {{\"status\": {{\"status\": 503}}}}, \"times\": 2}}");
+    eprintln!(
+        "faults: POST /_sandbox/fault {{\"route\": \"nio_debts\", \"fault\": {{\"status\": {{\"status\": 503}}}}, \"times\": 2}}"
+    );
     eprintln!("        POST /_sandbox/latency {{\"latency_ms\": 50}}; GET /_sandbox/stats");
     eprintln!("Ctrl-C stops it.");
     tokio::signal::ctrl_c().await.ok();

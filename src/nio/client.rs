@@ -37,7 +37,10 @@ pub enum NioError {
 
 impl NioError {
     fn transient(message: impl Into<String>) -> NioError {
-        NioError::Transient { message: message.into(), retry_after: None }
+        NioError::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// `transient` or `permanent`, as stored (a stop is neither).
@@ -214,7 +217,9 @@ impl NioClient {
         };
         Ok((
             field(&self.cfg.fields.params_token)?,
-            field(&self.cfg.fields.params_api_url)?.trim_end_matches('/').to_string(),
+            field(&self.cfg.fields.params_api_url)?
+                .trim_end_matches('/')
+                .to_string(),
         ))
     }
 
@@ -246,7 +251,11 @@ impl NioClient {
         let (token, api) = self.read_params(&body)?;
         let session_url = format!("{api}{}", self.cfg.session_path);
         let resp = self
-            .send(self.http.get(&session_url).header(self.token_header.clone(), header_value(&token)?))
+            .send(
+                self.http
+                    .get(&session_url)
+                    .header(self.token_header.clone(), header_value(&token)?),
+            )
             .await?;
         let status = resp.status();
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -344,7 +353,11 @@ impl NioClient {
 
     /// Waits before trying again, or gives the error back when the budget is spent.
     async fn backoff(&self, err: NioError, tries: &mut u32) -> Result<(), NioError> {
-        let NioError::Transient { retry_after, message } = &err else {
+        let NioError::Transient {
+            retry_after,
+            message,
+        } = &err
+        else {
             return Err(err);
         };
         if *tries >= self.cfg.request_retries {
@@ -386,8 +399,14 @@ impl NioClient {
                     ("limit", self.cfg.page_size.to_string()),
                     ("origin", self.cfg.origin.clone()),
                 ])
-                .header(self.token_header.clone(), header_value(&auth.token).map_err(PageError::Other)?)
-                .header(self.session_header.clone(), header_value(&auth.session).map_err(PageError::Other)?);
+                .header(
+                    self.token_header.clone(),
+                    header_value(&auth.token).map_err(PageError::Other)?,
+                )
+                .header(
+                    self.session_header.clone(),
+                    header_value(&auth.session).map_err(PageError::Other)?,
+                );
             let resp = self.send(req).await.map_err(PageError::Other)?;
             let status = resp.status();
             match status.as_u16() {
@@ -463,10 +482,7 @@ impl NioClient {
                 reference_month: scalar(inv.get(&f.reference_month)),
                 status: scalar(inv.get(&f.status)),
                 barcode: scalar(inv.get(&f.barcode)),
-                pix_code: f
-                    .pix_code
-                    .iter()
-                    .find_map(|name| scalar(inv.get(name))),
+                pix_code: f.pix_code.iter().find_map(|name| scalar(inv.get(name))),
             });
         }
     }
@@ -474,7 +490,9 @@ impl NioClient {
     /// Downloads the PDF of an invoice; the bytes must begin with `%PDF-`.
     pub async fn pdf(&self, cpf: &Cpf, inv: &NioInvoice) -> Result<Vec<u8>, NioError> {
         let Some(template) = &self.cfg.pdf_url_template else {
-            return Err(NioError::Permanent("no `[nio] pdf_url_template` is set".into()));
+            return Err(NioError::Permanent(
+                "no `[nio] pdf_url_template` is set".into(),
+            ));
         };
         let mut tries = 0;
         loop {
@@ -492,7 +510,12 @@ impl NioClient {
         }
     }
 
-    async fn pdf_once(&self, auth: &Auth, url: &str, invoice_id: &str) -> Result<Vec<u8>, NioError> {
+    async fn pdf_once(
+        &self,
+        auth: &Auth,
+        url: &str,
+        invoice_id: &str,
+    ) -> Result<Vec<u8>, NioError> {
         let req = self
             .http
             .get(url)
@@ -505,10 +528,16 @@ impl NioClient {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
-        let mut body = resp.bytes().await.map_err(|e| describe_reqwest(&e))?.to_vec();
+        let mut body = resp
+            .bytes()
+            .await
+            .map_err(|e| describe_reqwest(&e))?
+            .to_vec();
         if is_json || body.first() == Some(&b'{') {
             let json: Value = serde_json::from_slice(&body).map_err(|_| {
-                NioError::Permanent(format!("the PDF answer for invoice `{invoice_id}` is neither a PDF nor JSON"))
+                NioError::Permanent(format!(
+                    "the PDF answer for invoice `{invoice_id}` is neither a PDF nor JSON"
+                ))
             })?;
             let link = json
                 .get(&self.cfg.fields.pdf_url)
@@ -525,7 +554,11 @@ impl NioClient {
             // A signed storage URL: no credentials go there.
             let resp = self.send(self.http.get(link)).await?;
             let resp = check_status(resp, "the PDF storage")?;
-            body = resp.bytes().await.map_err(|e| describe_reqwest(&e))?.to_vec();
+            body = resp
+                .bytes()
+                .await
+                .map_err(|e| describe_reqwest(&e))?
+                .to_vec();
         }
         if !body.starts_with(b"%PDF-") {
             return Err(NioError::transient(format!(
@@ -554,7 +587,9 @@ fn check_status(resp: reqwest::Response, what: &str) -> Result<reqwest::Response
 
 fn header_value(v: &str) -> Result<HeaderValue, NioError> {
     HeaderValue::from_str(v).map_err(|_| {
-        NioError::Stop("the Nio token holds characters not allowed in a header: the API changed".into())
+        NioError::Stop(
+            "the Nio token holds characters not allowed in a header: the API changed".into(),
+        )
     })
 }
 
@@ -595,5 +630,7 @@ fn scalar(v: Option<&Value>) -> Option<String> {
 /// The first bytes of a body, printable.
 fn preview(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(24)]);
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }

@@ -29,7 +29,10 @@ pub enum Route {
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// Answer this status (with `Retry-After` seconds when given).
-    Status { status: u16, retry_after: Option<u64> },
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
     /// Start the answer, then drop the connection.
     Reset,
 }
@@ -120,11 +123,18 @@ impl Faults {
         let (delay, fault, held) = {
             let mut inner = self.inner.lock().unwrap();
             *inner.seen.entry(route).or_default() += 1;
-            let jitter = if inner.jitter_ms > 0 { fastrand::u64(0..=inner.jitter_ms) } else { 0 };
+            let jitter = if inner.jitter_ms > 0 {
+                fastrand::u64(0..=inner.jitter_ms)
+            } else {
+                0
+            };
             let delay = inner.latency_ms + jitter;
             let mut fault = inner.queued.get_mut(&route).and_then(VecDeque::pop_front);
             if fault.is_none() && inner.error_rate > 0.0 && fastrand::f64() < inner.error_rate {
-                fault = Some(Fault::Status { status: 503, retry_after: None });
+                fault = Some(Fault::Status {
+                    status: 503,
+                    retry_after: None,
+                });
             }
             let held = *inner.held.get(&route).unwrap_or(&false);
             if held {
@@ -136,7 +146,14 @@ impl Faults {
         if held {
             loop {
                 let notified = self.released.notified();
-                if !*self.inner.lock().unwrap().held.get(&route).unwrap_or(&false) {
+                if !*self
+                    .inner
+                    .lock()
+                    .unwrap()
+                    .held
+                    .get(&route)
+                    .unwrap_or(&false)
+                {
                     break;
                 }
                 notified.await;
@@ -153,7 +170,10 @@ impl Faults {
 
 fn answer(fault: Fault) -> Response {
     match fault {
-        Fault::Status { status, retry_after } => {
+        Fault::Status {
+            status,
+            retry_after,
+        } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut resp = (
                 status,
@@ -169,7 +189,10 @@ fn answer(fault: Fault) -> Response {
         Fault::Reset => {
             let stream = futures_util::stream::iter(vec![
                 Ok(axum::body::Bytes::from_static(b"{\"debts\": [")),
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "sandbox reset")),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "sandbox reset",
+                )),
             ]);
             Response::builder()
                 .status(200)
@@ -206,17 +229,21 @@ pub fn routes(faults: Arc<Faults>) -> Router {
     Router::new()
         .route(
             "/_sandbox/fault",
-            post(|State(f): State<Arc<Faults>>, Json(r): Json<FaultRequest>| async move {
-                f.push(r.route, r.fault, r.times);
-                StatusCode::NO_CONTENT
-            }),
+            post(
+                |State(f): State<Arc<Faults>>, Json(r): Json<FaultRequest>| async move {
+                    f.push(r.route, r.fault, r.times);
+                    StatusCode::NO_CONTENT
+                },
+            ),
         )
         .route(
             "/_sandbox/latency",
-            post(|State(f): State<Arc<Faults>>, Json(r): Json<LatencyRequest>| async move {
-                f.set_latency(r.latency_ms, r.jitter_ms);
-                StatusCode::NO_CONTENT
-            }),
+            post(
+                |State(f): State<Arc<Faults>>, Json(r): Json<LatencyRequest>| async move {
+                    f.set_latency(r.latency_ms, r.jitter_ms);
+                    StatusCode::NO_CONTENT
+                },
+            ),
         )
         .route(
             "/_sandbox/stats",

@@ -61,7 +61,13 @@ impl Sandbox {
                 });
                 rt.shutdown_timeout(std::time::Duration::from_millis(100));
             })?;
-        Ok(Sandbox { addr, nio, faults, shutdown: Some(tx), thread: Some(thread) })
+        Ok(Sandbox {
+            addr,
+            nio,
+            faults,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// The `[nio] base_url` to configure.

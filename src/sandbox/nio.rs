@@ -95,7 +95,11 @@ pub struct NioState {
 
 impl NioState {
     pub fn new(passphrase: &str, faults: Arc<Faults>) -> NioState {
-        NioState { key: crypto::key(passphrase), data: Mutex::default(), faults }
+        NioState {
+            key: crypto::key(passphrase),
+            data: Mutex::default(),
+            faults,
+        }
     }
 
     pub(super) fn set_self_url(&self, url: &str) {
@@ -104,7 +108,11 @@ impl NioState {
 
     /// Sets the open debts of a customer (11-digit CPF); an empty list answers `400`.
     pub fn set_customer(&self, cpf: &str, debts: Vec<SbDebt>) {
-        self.data.lock().unwrap().customers.insert(cpf.to_string(), debts);
+        self.data
+            .lock()
+            .unwrap()
+            .customers
+            .insert(cpf.to_string(), debts);
     }
 
     /// Removes an invoice from every customer's list (it was paid).
@@ -213,7 +221,11 @@ async fn session(State(s): State<Arc<NioState>>, headers: HeaderMap) -> Response
             data.sessions.insert(sid.clone(), t.to_string());
             axum::Json(json!({"token": sid})).into_response()
         }
-        _ => (StatusCode::UNAUTHORIZED, axum::Json(json!({"message": "Unauthorized"}))).into_response(),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"message": "Unauthorized"})),
+        )
+            .into_response(),
     }
 }
 
@@ -239,7 +251,11 @@ async fn debts(
         }
     }
     if !s.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"message": "Token expirado"}))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"message": "Token expirado"})),
+        )
+            .into_response();
     }
     let bad = || {
         (
@@ -251,7 +267,14 @@ async fn debts(
     if cpf.len() != 11 || !cpf.bytes().all(|b| b.is_ascii_digit()) {
         return bad();
     }
-    let debts = s.data.lock().unwrap().customers.get(&cpf).cloned().unwrap_or_default();
+    let debts = s
+        .data
+        .lock()
+        .unwrap()
+        .customers
+        .get(&cpf)
+        .cloned()
+        .unwrap_or_default();
     if debts.iter().all(|d| d.invoices.is_empty()) {
         return bad();
     }
@@ -319,7 +342,9 @@ async fn pdf(
     let self_url = s.data.lock().unwrap().self_url.clone();
     let file_url = format!("{self_url}/nio/files/{}.pdf", inv.id);
     match inv.pdf {
-        PdfKind::Direct => ([("content-type", "application/pdf")], sample_pdf(&inv.id)).into_response(),
+        PdfKind::Direct => {
+            ([("content-type", "application/pdf")], sample_pdf(&inv.id)).into_response()
+        }
         PdfKind::Redirect => Redirect::temporary(&file_url).into_response(),
         PdfKind::JsonLink => axum::Json(json!({"url": file_url})).into_response(),
         PdfKind::NotPdf => (
@@ -337,7 +362,10 @@ async fn file(Path(file): Path<String>) -> Response {
 
 /// A small, valid one-page PDF naming the invoice.
 pub fn sample_pdf(label: &str) -> Vec<u8> {
-    let text: String = label.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let text: String = label
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
     let content = format!("BT /F1 18 Tf 72 720 Td (Fatura {text}) Tj ET");
     let objects = [
         "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
@@ -353,13 +381,18 @@ pub fn sample_pdf(label: &str) -> Vec<u8> {
         out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
     }
     let xref = out.len();
-    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
     for o in offsets {
         out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
     }
     out.extend_from_slice(
-        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1)
-            .as_bytes(),
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
     );
     out
 }

@@ -62,7 +62,7 @@ pub fn build(nio: &NioState, n: usize, today: NaiveDate, opts: Options) -> Scena
             if schedule::available_from(installed, n, due) > today {
                 break;
             }
-            let paid = opts.varied && due + Days::new(45) < today && (i + n as usize) % 3 != 0;
+            let paid = opts.varied && due + Days::new(45) < today && !(i + n as usize).is_multiple_of(3);
             if paid {
                 continue;
             }
@@ -75,12 +75,13 @@ pub fn build(nio: &NioState, n: usize, today: NaiveDate, opts: Options) -> Scena
             }
             invoices.push(inv);
         }
-        if opts.varied && i % 23 == 7 {
-            if let Some(first) = invoices.first().cloned() {
-                let mut twin = first.clone();
-                twin.id = format!("{}99", first.id);
-                invoices.push(twin);
-            }
+        if opts.varied
+            && i % 23 == 7
+            && let Some(first) = invoices.first().cloned()
+        {
+            let mut twin = first.clone();
+            twin.id = format!("{}99", first.id);
+            invoices.push(twin);
         }
         if opts.varied && i % 19 == 3 {
             let due = schedule::due_date(installed, 1);
@@ -92,8 +93,15 @@ pub fn build(nio: &NioState, n: usize, today: NaiveDate, opts: Options) -> Scena
         }
         nio.set_customer(
             cpf.digits(),
-            vec![SbDebt { debt_id: format!("D{}", 500_000 + i), invoices }],
+            vec![SbDebt {
+                debt_id: format!("D{}", 500_000 + i),
+                invoices,
+            }],
         );
     }
-    Scenario { contracts_csv, invoices_csv, contracts: n }
+    Scenario {
+        contracts_csv,
+        invoices_csv,
+        contracts: n,
+    }
 }

@@ -255,7 +255,10 @@ impl Store {
              LIMIT ?4",
         )?;
         let contracts = stmt
-            .query_map(params![today, sel.safra, sel.contract, sel.limit], contract_head)?
+            .query_map(
+                params![today, sel.safra, sel.contract, sel.limit],
+                contract_head,
+            )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(contracts.len());
         for mut c in contracts {

@@ -33,9 +33,8 @@ impl Store {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent() {
-            crate::files::create_private_dir(dir).with_context(|| {
-                format!("cannot create the store's folder `{}`", dir.display())
-            })?;
+            crate::files::create_private_dir(dir)
+                .with_context(|| format!("cannot create the store's folder `{}`", dir.display()))?;
         }
         let mut conn = Connection::open(path)
             .with_context(|| format!("cannot open the store `{}`", path.display()))?;
@@ -51,7 +50,10 @@ impl Store {
             )
         })?;
         crate::files::make_private(path).ok();
-        Ok(Store { conn, path: path.to_path_buf() })
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Where the store lives.

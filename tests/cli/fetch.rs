@@ -10,7 +10,9 @@ fn full_run_records_invoices_pdfs_and_the_run() {
     let env = Env::new();
     let c = env.one_contract(1);
     // Invoice 1 was paid (Nio no longer lists it); 2..5 are open.
-    env.sandbox.nio.set_customer(c.digits(), vec![debt("1000", &[2, 3, 4, 5])]);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("1000", &[2, 3, 4, 5])]);
     let out = env.run(&["fetch-invoices", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let summary: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -21,7 +23,10 @@ fn full_run_records_invoices_pdfs_and_the_run() {
     assert_eq!(summary["counters"]["not_available"], 5);
     assert_eq!(summary["counters"]["pdfs_saved"], 4);
     assert!(summary["item_ms"]["max"].as_i64().is_some());
-    assert!(out.stderr.contains("fetch-invoices run #1: success"), "{out:?}");
+    assert!(
+        out.stderr.contains("fetch-invoices run #1: success"),
+        "{out:?}"
+    );
 
     let (outcome, amount, pix, barcode, status, path, sha): (String, i64, String, String, String, String, String) = env
         .db()
@@ -32,19 +37,33 @@ fn full_run_records_invoices_pdfs_and_the_run() {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
         )
         .unwrap();
-    assert_eq!((outcome.as_str(), amount, status.as_str()), ("matched", 9_990, "success"));
-    assert!(pix.ends_with(&format!("{:04X}", crm_jobs::domain::pix::crc16(&pix[..pix.len() - 4]))));
+    assert_eq!(
+        (outcome.as_str(), amount, status.as_str()),
+        ("matched", 9_990, "success")
+    );
+    assert!(pix.ends_with(&format!(
+        "{:04X}",
+        crm_jobs::domain::pix::crc16(&pix[..pix.len() - 4])
+    )));
     assert_eq!(barcode.len(), 47);
     let bytes = std::fs::read(&path).unwrap();
     assert!(bytes.starts_with(b"%PDF-"));
     assert_eq!(hex::encode(Sha256::digest(&bytes)), sha);
-    assert!(path.ends_with("faturas/2025-06/C1/fatura-02-2025-07-30.pdf"), "{path}");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert!(
+        path.ends_with("faturas/2025-06/C1/fatura-02-2025-07-30.pdf"),
+        "{path}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 
     let detail: String = env.query("SELECT match_detail FROM invoices WHERE number = 1");
-    assert!(detail.contains("no open Nio invoice is due on 30/06/2025"), "{detail}");
-    let untouched: i64 = env.query("SELECT COUNT(*) FROM invoices WHERE number > 5 AND attempts = 0");
+    assert!(
+        detail.contains("no open Nio invoice is due on 30/06/2025"),
+        "{detail}"
+    );
+    let untouched: i64 =
+        env.query("SELECT COUNT(*) FROM invoices WHERE number > 5 AND attempts = 0");
     assert_eq!(untouched, 5);
 
     // Full CPFs never reach the logs.
@@ -65,7 +84,12 @@ fn full_run_records_invoices_pdfs_and_the_run() {
     let export = env.run(&["export", "invoices", "--format", "csv"]);
     assert_eq!(export.code, 0, "{export:?}");
     let mut lines = export.stdout.lines();
-    assert!(lines.next().unwrap().starts_with("contract,service_order,cpf,customer,safra,number,due_date"));
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("contract,service_order,cpf,customer,safra,number,due_date")
+    );
     assert_eq!(lines.count(), 10);
 }
 
@@ -73,13 +97,19 @@ fn full_run_records_invoices_pdfs_and_the_run() {
 fn a_paid_invoice_vanishing_from_nio_is_marked_paid() {
     let env = Env::new();
     let c = env.one_contract(2);
-    env.sandbox.nio.set_customer(c.digits(), vec![debt("2000", &[1, 2])]);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("2000", &[1, 2])]);
     assert_eq!(env.run(&["fetch-invoices"]).code, 0);
     env.sandbox.nio.pay("200001");
     assert_eq!(env.run(&["fetch-invoices"]).code, 0);
     let (status, outcome): (String, String) = env
         .db()
-        .query_row("SELECT payment_status, match_outcome FROM invoices WHERE number = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT payment_status, match_outcome FROM invoices WHERE number = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!((status.as_str(), outcome.as_str()), ("paid", "no_match"));
     // Paid invoices are not looked up again.
@@ -106,9 +136,15 @@ fn every_match_outcome_is_recorded() {
         "contrato;numero;vencimento;valor\nC3;2;30/07/2025;R$ 120,00\nC3;3;2025-08-30;\"99,95\"\n",
     )
     .unwrap();
-    let imp = env.run(&["import", "invoices", env.path("faturas.csv").to_str().unwrap()]);
+    let imp = env.run(&[
+        "import",
+        "invoices",
+        env.path("faturas.csv").to_str().unwrap(),
+    ]);
     assert_eq!(imp.code, 0, "{imp:?}");
-    env.db().execute("UPDATE invoices SET due_date = NULL WHERE number = 5", []).unwrap();
+    env.db()
+        .execute("UPDATE invoices SET due_date = NULL WHERE number = 5", [])
+        .unwrap();
 
     let out = env.run(&["fetch-invoices"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -132,8 +168,18 @@ fn every_match_outcome_is_recorded() {
             (5, "no_due_date".into(), None),
         ]
     );
-    assert!(out.stderr.contains("invoice 2: value_mismatch: the spreadsheet says R$ 120,00 but Nio says R$ 99,90"), "{out:?}");
-    assert!(out.stderr.contains("invoice 1: ambiguous: 2 open Nio invoices are due on 30/06/2025; nothing applied"), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "invoice 2: value_mismatch: the spreadsheet says R$ 120,00 but Nio says R$ 99,90"
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(
+            "invoice 1: ambiguous: 2 open Nio invoices are due on 30/06/2025; nothing applied"
+        ),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -156,7 +202,9 @@ fn an_expired_token_mid_run_bootstraps_once_and_goes_on() {
     for n in 10..13 {
         let c = cpf(n);
         csv.push_str(&format!("C{n},{},CLIENTE,2025-06-05\n", c.digits()));
-        env.sandbox.nio.set_customer(c.digits(), vec![debt(&format!("{n}00"), &[1])]);
+        env.sandbox
+            .nio
+            .set_customer(c.digits(), vec![debt(&format!("{n}00"), &[1])]);
     }
     env.import_contracts(&csv);
     env.sandbox.nio.expire_tokens_after(1);
@@ -175,10 +223,16 @@ fn pages_are_followed_while_full() {
     let mut debts: Vec<SbDebt> = (0..60)
         .map(|i| SbDebt {
             debt_id: format!("P{i}"),
-            invoices: vec![SbInvoice::new(&format!("5{i:03}"), date("2024-01-10"), 1_000)],
+            invoices: vec![SbInvoice::new(
+                &format!("5{i:03}"),
+                date("2024-01-10"),
+                1_000,
+            )],
         })
         .collect();
-    debts[55].invoices.push(SbInvoice::new("5999", due(4), 9_990));
+    debts[55]
+        .invoices
+        .push(SbInvoice::new("5999", due(4), 9_990));
     env.sandbox.nio.set_customer(c.digits(), debts);
     let out = env.run(&["fetch-invoices"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -191,12 +245,24 @@ fn pages_are_followed_while_full() {
 fn too_many_requests_waits_as_told() {
     let env = Env::with_nio("request_retries = 1");
     let c = env.one_contract(6);
-    env.sandbox.nio.set_customer(c.digits(), vec![debt("6000", &[1])]);
-    env.sandbox.faults.push(Route::NioDebts, Fault::Status { status: 429, retry_after: Some(1) }, 1);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("6000", &[1])]);
+    env.sandbox.faults.push(
+        Route::NioDebts,
+        Fault::Status {
+            status: 429,
+            retry_after: Some(1),
+        },
+        1,
+    );
     let started = std::time::Instant::now();
     let out = env.run(&["fetch-invoices"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "Retry-After was not honoured");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "Retry-After was not honoured"
+    );
     assert_eq!(env.sandbox.faults.seen(Route::NioDebts), 2);
 }
 
@@ -204,35 +270,60 @@ fn too_many_requests_waits_as_told() {
 fn a_server_error_fails_the_item_and_retry_recovers_it() {
     let env = Env::new();
     let c = env.one_contract(7);
-    env.sandbox.nio.set_customer(c.digits(), vec![debt("7000", &[1])]);
-    env.sandbox.faults.push(Route::NioDebts, Fault::Status { status: 503, retry_after: None }, 1);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("7000", &[1])]);
+    env.sandbox.faults.push(
+        Route::NioDebts,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+        1,
+    );
     let out = env.run(&["fetch-invoices", "--no-retry"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("transient error: the Nio API answered 503 Service Unavailable"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("transient error: the Nio API answered 503 Service Unavailable"),
+        "{out:?}"
+    );
     let (status, kind, failed): (String, String, i64) = env
         .db()
-        .query_row("SELECT fetch_status, error_kind, failed_attempts FROM invoices WHERE number = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .query_row(
+            "SELECT fetch_status, error_kind, failed_attempts FROM invoices WHERE number = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .unwrap();
-    assert_eq!((status.as_str(), kind.as_str(), failed), ("error", "transient", 1));
+    assert_eq!(
+        (status.as_str(), kind.as_str(), failed),
+        ("error", "transient", 1)
+    );
 
     let retry = env.run(&["retry"]);
     assert_eq!(retry.code, 0, "{retry:?}");
     let (status, origin, outcome): (String, String, String) = env
         .db()
-        .query_row("SELECT fetch_status, fetch_origin, match_outcome FROM invoices WHERE number = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .query_row(
+            "SELECT fetch_status, fetch_origin, match_outcome FROM invoices WHERE number = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .unwrap();
-    assert_eq!((status.as_str(), origin.as_str(), outcome.as_str()), ("success", "retry", "matched"));
+    assert_eq!(
+        (status.as_str(), origin.as_str(), outcome.as_str()),
+        ("success", "retry", "matched")
+    );
 }
 
 #[test]
 fn the_final_pass_retries_this_runs_transient_failures() {
     let env = Env::new();
     let c = env.one_contract(8);
-    env.sandbox.nio.set_customer(c.digits(), vec![debt("8000", &[1])]);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("8000", &[1])]);
     env.sandbox.faults.push(Route::NioDebts, Fault::Reset, 1);
     let out = env.run(&["fetch-invoices", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -250,14 +341,24 @@ fn the_captcha_wall_stops_the_run_with_one_message() {
     env.sandbox.nio.set_captcha(true);
     let out = env.run(&["fetch-invoices"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert_eq!(out.stderr.matches("captcha wall").count(), 1, "one message, not one per contract: {out:?}");
-    assert!(out.stderr.contains("error: the Nio site answered 403 Forbidden to"), "{out:?}");
+    assert_eq!(
+        out.stderr.matches("captcha wall").count(),
+        1,
+        "one message, not one per contract: {out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("error: the Nio site answered 403 Forbidden to"),
+        "{out:?}"
+    );
     assert_eq!(env.sandbox.faults.seen(Route::NioParams), 1);
     let touched: i64 = env.query("SELECT COUNT(*) FROM invoices WHERE attempts > 0");
     assert_eq!(touched, 0);
     let (status, error): (String, String) = env
         .db()
-        .query_row("SELECT status, error FROM runs", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT status, error FROM runs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!(status, "failed");
     assert!(error.contains("captcha"));
@@ -267,10 +368,17 @@ fn the_captcha_wall_stops_the_run_with_one_message() {
 fn a_wrong_passphrase_says_what_to_change() {
     let env = Env::new();
     env.one_contract(24);
-    let out = env.cmd(&["fetch-invoices"]).env("CRM_JOBS_NIO_PASSPHRASE", "old").output().unwrap();
+    let out = env
+        .cmd(&["fetch-invoices"])
+        .env("CRM_JOBS_NIO_PASSPHRASE", "old")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("update `CRM_JOBS_NIO_PASSPHRASE`"), "{stderr}");
+    assert!(
+        stderr.contains("update `CRM_JOBS_NIO_PASSPHRASE`"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -283,12 +391,18 @@ fn a_body_that_is_not_a_pdf_is_never_saved() {
     env.sandbox.nio.set_customer(c.digits(), vec![d]);
     let out = env.run(&["fetch-invoices", "--no-retry"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("is not a PDF (42 bytes starting with `<html><body>Sess"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("is not a PDF (42 bytes starting with `<html><body>Sess"),
+        "{out:?}"
+    );
     let (status, error, path): (String, String, Option<String>) = env
         .db()
-        .query_row("SELECT fetch_status, last_error, pdf_path FROM invoices WHERE number = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .query_row(
+            "SELECT fetch_status, last_error, pdf_path FROM invoices WHERE number = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .unwrap();
     assert_eq!(status, "partial");
     assert!(error.starts_with("PDF not saved"), "{error}");
@@ -302,13 +416,25 @@ fn a_body_that_is_not_a_pdf_is_never_saved() {
 fn retry_gives_up_at_the_limit_and_reset_brings_it_back() {
     let env = Env::new();
     let c = env.one_contract(11);
-    env.sandbox.nio.set_customer(c.digits(), vec![debt("1100", &[1])]);
-    env.sandbox.faults.push(Route::NioDebts, Fault::Status { status: 502, retry_after: None }, 3);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("1100", &[1])]);
+    env.sandbox.faults.push(
+        Route::NioDebts,
+        Fault::Status {
+            status: 502,
+            retry_after: None,
+        },
+        3,
+    );
     assert_eq!(env.run(&["fetch-invoices", "--no-retry"]).code, 1);
     assert_eq!(env.run(&["retry"]).code, 1);
     let last = env.run(&["retry"]);
     assert_eq!(last.code, 1, "{last:?}");
-    assert!(last.stderr.contains("(gave up: attempt limit reached)"), "{last:?}");
+    assert!(
+        last.stderr.contains("(gave up: attempt limit reached)"),
+        "{last:?}"
+    );
     let status: String = env.query("SELECT fetch_status FROM invoices WHERE number = 1");
     assert_eq!(status, "gave_up");
 
@@ -321,7 +447,10 @@ fn retry_gives_up_at_the_limit_and_reset_brings_it_back() {
 
     let reset = env.run(&["retry", "--reset", "C11"]);
     assert_eq!(reset.code, 0, "{reset:?}");
-    assert!(reset.stderr.contains("5 given-up invoice(s) reset"), "{reset:?}");
+    assert!(
+        reset.stderr.contains("5 given-up invoice(s) reset"),
+        "{reset:?}"
+    );
     assert_eq!(env.run(&["fetch-invoices"]).code, 0);
     let status: String = env.query("SELECT fetch_status FROM invoices WHERE number = 1");
     assert_eq!(status, "success");
@@ -331,10 +460,16 @@ fn retry_gives_up_at_the_limit_and_reset_brings_it_back() {
 fn a_contract_with_an_invalid_cpf_is_skipped_with_the_reason() {
     let env = Env::new();
     env.one_contract(12);
-    env.db().execute("UPDATE contracts SET cpf = '12345678900'", []).unwrap();
+    env.db()
+        .execute("UPDATE contracts SET cpf = '12345678900'", [])
+        .unwrap();
     let out = env.run(&["fetch-invoices"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stderr.contains("skipped: invalid CPF: CPF check digits do not match (a typo?)"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("skipped: invalid CPF: CPF check digits do not match (a typo?)"),
+        "{out:?}"
+    );
     assert!(!out.stderr.contains("12345678900"));
     assert_eq!(env.sandbox.faults.seen(Route::NioDebts), 0);
 }
@@ -346,7 +481,10 @@ fn dry_run_lists_and_touches_nothing() {
     let out = env.run(&["fetch-invoices", "--dry-run"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.starts_with("C13\t"), "{out:?}");
-    assert!(out.stdout.contains("invoices 1,2,3,4,5\t(5 not available yet)"));
+    assert!(
+        out.stdout
+            .contains("invoices 1,2,3,4,5\t(5 not available yet)")
+    );
     assert_eq!(env.sandbox.faults.seen(Route::NioParams), 0);
     let runs: i64 = env.query("SELECT COUNT(*) FROM runs");
     assert_eq!(runs, 0);
@@ -367,5 +505,8 @@ fn contracts_are_taken_least_recently_fetched_first() {
         "SELECT group_concat(DISTINCT c.contract_number) FROM invoices i JOIN contracts c ON c.id = i.contract_id
          WHERE i.last_run_id = 2 ORDER BY 1",
     );
-    assert!(second.contains("C32") && second.split(',').count() == 2, "{second}");
+    assert!(
+        second.contains("C32") && second.split(',').count() == 2,
+        "{second}"
+    );
 }

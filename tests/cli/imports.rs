@@ -29,12 +29,17 @@ fn bad_contract_rows_are_reported_and_the_rest_imports() {
     let f = file.display();
     for expected in [
         format!("{f}:3: invalid CPF: CPF check digits do not match (a typo?); row skipped"),
-        format!("{f}:4: `data_instalacao` = `31/02/2025` is not a date (expected YYYY-MM-DD or DD/MM/YYYY); row skipped"),
+        format!(
+            "{f}:4: `data_instalacao` = `31/02/2025` is not a date (expected YYYY-MM-DD or DD/MM/YYYY); row skipped"
+        ),
         format!("{f}:5: `nome` is empty; row skipped"),
         format!("{f}:6: invalid CPF: CPF has all digits equal; row skipped"),
         format!("{f}:7: the row has 6 fields but the header has 5; row skipped"),
     ] {
-        assert!(out.stderr.contains(&expected), "missing `{expected}` in {out:?}");
+        assert!(
+            out.stderr.contains(&expected),
+            "missing `{expected}` in {out:?}"
+        );
     }
     assert!(out.stderr.contains("imported 2 contract(s)"), "{out:?}");
     let contracts: i64 = env.query("SELECT COUNT(*) FROM contracts");
@@ -67,12 +72,21 @@ fn bad_invoice_rows_are_reported() {
     assert_eq!(out.code, 3, "{out:?}");
     let f = file.display();
     for expected in [
-        format!("{f}:3: contract `C9` is unknown: import it first with `crm-jobs import contracts`; row skipped"),
+        format!(
+            "{f}:3: contract `C9` is unknown: import it first with `crm-jobs import contracts`; row skipped"
+        ),
         format!("{f}:4: `numero` = `11` is not an invoice number from 1 to 10; row skipped"),
-        format!("{f}:5: `vencimento` = `amanhã` is not a date (expected YYYY-MM-DD or DD/MM/YYYY); row skipped"),
-        format!("{f}:6: `valor`: `abc` is not an amount of money (expected e.g. `R$ 1.234,56` or `99.90`); row skipped"),
+        format!(
+            "{f}:5: `vencimento` = `amanhã` is not a date (expected YYYY-MM-DD or DD/MM/YYYY); row skipped"
+        ),
+        format!(
+            "{f}:6: `valor`: `abc` is not an amount of money (expected e.g. `R$ 1.234,56` or `99.90`); row skipped"
+        ),
     ] {
-        assert!(out.stderr.contains(&expected), "missing `{expected}` in {out:?}");
+        assert!(
+            out.stderr.contains(&expected),
+            "missing `{expected}` in {out:?}"
+        );
     }
     let (due, source, amount, available): (String, String, i64, String) = env
         .db()
@@ -82,7 +96,10 @@ fn bad_invoice_rows_are_reported() {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .unwrap();
-    assert_eq!((due.as_str(), source.as_str(), amount, available.as_str()), ("2025-08-01", "imported", 9_990, "2025-07-29"));
+    assert_eq!(
+        (due.as_str(), source.as_str(), amount, available.as_str()),
+        ("2025-08-01", "imported", 9_990, "2025-07-29")
+    );
     // A later contract import keeps the imported date.
     env.one_contract(1);
     let due: String = env.query("SELECT due_date FROM invoices WHERE number = 2");

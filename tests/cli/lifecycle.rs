@@ -11,7 +11,9 @@ fn some_contracts(env: &Env, from: u32, count: u32) {
     for n in from..from + count {
         let c = cpf(n);
         csv.push_str(&format!("C{n},{},CLIENTE,2025-06-05\n", c.digits()));
-        env.sandbox.nio.set_customer(c.digits(), vec![debt(&format!("{n}00"), &[1, 2])]);
+        env.sandbox
+            .nio
+            .set_customer(c.digits(), vec![debt(&format!("{n}00"), &[1, 2])]);
     }
     env.import_contracts(&csv);
 }
@@ -26,7 +28,9 @@ fn a_second_start_exits_at_once_with_its_own_code() {
     let second = env.run(&["fetch-invoices"]);
     assert_eq!(second.code, 75, "{second:?}");
     assert!(
-        second.stderr.starts_with("error: `fetch-invoices` is already running (pid "),
+        second
+            .stderr
+            .starts_with("error: `fetch-invoices` is already running (pid "),
         "{second:?}"
     );
     assert!(second.stderr.contains("run #1 since"), "{second:?}");
@@ -62,11 +66,15 @@ fn a_killed_run_is_marked_interrupted_and_leaves_no_partial_file() {
     );
     let (status, error): (String, String) = env
         .db()
-        .query_row("SELECT status, error FROM runs WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT status, error FROM runs WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!(status, "interrupted");
     assert!(error.contains("found by run #2"), "{error}");
-    let matched: i64 = env.query("SELECT COUNT(*) FROM invoices WHERE match_outcome = 'matched' AND pdf_sha256 IS NOT NULL");
+    let matched: i64 = env.query(
+        "SELECT COUNT(*) FROM invoices WHERE match_outcome = 'matched' AND pdf_sha256 IS NOT NULL",
+    );
     assert_eq!(matched, 4);
     let ok: String = env.query("PRAGMA integrity_check");
     assert_eq!(ok, "ok");
@@ -97,16 +105,24 @@ fn sigterm_stops_taking_items_and_records_interrupted() {
             break;
         }
     }
-    assert!(seen.contains("received SIGTERM: finishing the items in flight, taking no new ones"), "{seen}");
+    assert!(
+        seen.contains("received SIGTERM: finishing the items in flight, taking no new ones"),
+        "{seen}"
+    );
     env.sandbox.faults.release_all();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let code = child.wait().unwrap().code();
     assert_eq!(code, Some(143), "{seen}{rest}");
-    assert!(rest.contains("fetch-invoices run #1: interrupted"), "{rest}");
+    assert!(
+        rest.contains("fetch-invoices run #1: interrupted"),
+        "{rest}"
+    );
     let (status, total): (String, i64) = env
         .db()
-        .query_row("SELECT status, items_total FROM runs", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT status, items_total FROM runs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!((status.as_str(), total), ("interrupted", 1));
     let untouched: i64 = env.query("SELECT COUNT(*) FROM contracts WHERE last_fetch_at IS NULL");
@@ -121,7 +137,10 @@ fn an_unknown_config_key_names_the_key_and_the_file() {
     assert_eq!(out.code, 78, "{out:?}");
     let file = env.path("config.toml");
     assert!(
-        out.stderr.starts_with(&format!("error: invalid config file `{}`: unknown field `concurency`", file.display())),
+        out.stderr.starts_with(&format!(
+            "error: invalid config file `{}`: unknown field `concurency`",
+            file.display()
+        )),
         "{out:?}"
     );
 }
@@ -129,16 +148,29 @@ fn an_unknown_config_key_names_the_key_and_the_file() {
 #[test]
 fn an_unknown_environment_override_is_an_error_too() {
     let env = Env::new();
-    let out = env.cmd(&["config", "check"]).env("CRM_JOBS_NIO_CONCURENCY", "3").output().unwrap();
+    let out = env
+        .cmd(&["config", "check"])
+        .env("CRM_JOBS_NIO_CONCURENCY", "3")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78));
-    assert!(stderr.contains("invalid environment variable `CRM_JOBS_NIO_CONCURENCY`: unknown field `concurency`"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "invalid environment variable `CRM_JOBS_NIO_CONCURENCY`: unknown field `concurency`"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn environment_overrides_win_and_config_check_hides_secrets() {
     let env = Env::new();
-    let out = env.cmd(&["config", "check"]).env("CRM_JOBS_NIO_CONCURRENCY", "9").output().unwrap();
+    let out = env
+        .cmd(&["config", "check"])
+        .env("CRM_JOBS_NIO_CONCURRENCY", "9")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout.contains("concurrency = 9"), "{stdout}");
@@ -146,30 +178,52 @@ fn environment_overrides_win_and_config_check_hides_secrets() {
     assert!(stdout.contains("CRM_JOBS_NIO_PASSPHRASE set (redacted)"));
     assert!(!stdout.contains(crm_jobs::sandbox::DEFAULT_PASSPHRASE));
     // Relative paths in the file are taken from the file's folder, not the working directory.
-    assert!(stdout.contains(&format!("path = \"{}\"", env.path("store/crm.db").display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "path = \"{}\"",
+            env.path("store/crm.db").display()
+        )),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn a_missing_passphrase_is_a_config_error() {
     let env = Env::new();
-    let out = env.cmd(&["fetch-invoices"]).env_remove("CRM_JOBS_NIO_PASSPHRASE").output().unwrap();
+    let out = env
+        .cmd(&["fetch-invoices"])
+        .env_remove("CRM_JOBS_NIO_PASSPHRASE")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78));
-    assert!(stderr.contains("the Nio passphrase is not set: export `CRM_JOBS_NIO_PASSPHRASE`"), "{stderr}");
+    assert!(
+        stderr.contains("the Nio passphrase is not set: export `CRM_JOBS_NIO_PASSPHRASE`"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn the_passphrase_can_come_from_a_file() {
     let env = Env::new();
     some_contracts(&env, 70, 1);
-    std::fs::write(env.path("pass"), format!("{}\n", crm_jobs::sandbox::DEFAULT_PASSPHRASE)).unwrap();
+    std::fs::write(
+        env.path("pass"),
+        format!("{}\n", crm_jobs::sandbox::DEFAULT_PASSPHRASE),
+    )
+    .unwrap();
     let out = env
         .cmd(&["fetch-invoices"])
         .env_remove("CRM_JOBS_NIO_PASSPHRASE")
         .env("CRM_JOBS_NIO_PASSPHRASE_FILE", env.path("pass"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -179,7 +233,8 @@ fn json_logs_are_one_object_per_line() {
     let out = env.run(&["--log-format", "json", "fetch-invoices"]);
     assert_eq!(out.code, 0, "{out:?}");
     for line in out.stderr.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         assert!(v.get("level").is_some());
     }
 }
