@@ -510,3 +510,39 @@ fn contracts_are_taken_least_recently_fetched_first() {
         "{second}"
     );
 }
+
+#[test]
+fn a_timeout_is_transient() {
+    let env = Env::with_nio("timeout_secs = 1");
+    let c = env.one_contract(14);
+    env.sandbox.nio.set_customer(c.digits(), vec![debt("1400", &[1])]);
+    // The first bootstrap is quick; then every request is slower than the timeout.
+    env.sandbox.faults.hold(Route::NioDebts);
+    let out = env.run(&["fetch-invoices", "--no-retry"]);
+    env.sandbox.faults.release_all();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("transient error: request to the Nio API timed out"), "{out:?}");
+    let kind: String = env.query("SELECT error_kind FROM invoices WHERE number = 1");
+    assert_eq!(kind, "transient");
+}
+
+#[test]
+fn export_as_json_carries_the_tracking_fields() {
+    let env = Env::new();
+    let c = env.one_contract(15);
+    env.sandbox.nio.set_customer(c.digits(), vec![debt("1500", &[1])]);
+    assert_eq!(env.run(&["fetch-invoices"]).code, 0);
+    let out = env.run(&["export", "invoices", "--format", "json", "--contract", "C15"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 10);
+    let first = &rows[0];
+    assert_eq!(first["number"], 1);
+    assert_eq!(first["amount_centavos"], 9_990);
+    assert_eq!(first["payment_status"], "open");
+    assert_eq!(first["match_outcome"], "matched");
+    assert_eq!(first["fetch_status"], "success");
+    assert_eq!(first["attempts"], 1);
+    assert!(first["pdf_path"].as_str().unwrap().ends_with(".pdf"));
+    assert_eq!(first["cpf"], c.digits());
+}
