@@ -11,7 +11,10 @@ use std::time::Instant;
 use crm_jobs::sandbox::{DEFAULT_PASSPHRASE, Route, Sandbox, scenario};
 
 fn var(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -23,7 +26,12 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let sandbox = Sandbox::start(DEFAULT_PASSPHRASE, 0).expect("sandbox");
     let today = crm_jobs::clock::Clock::from_env().expect("clock").today();
-    let s = scenario::build(&sandbox.nio, contracts, today, scenario::Options { varied: false });
+    let s = scenario::build(
+        &sandbox.nio,
+        contracts,
+        today,
+        scenario::Options { varied: false },
+    );
     std::fs::write(dir.path().join("contracts.csv"), &s.contracts_csv).unwrap();
     let template = if pdfs {
         format!("pdf_url_template = \"{}\"\n", sandbox.nio_pdf_template())
@@ -61,14 +69,27 @@ fn main() {
     let conc = concurrency.to_string();
     let started = Instant::now();
     let out = run(&[
-        "--quiet", "--json", "fetch-invoices", "--limit", &limit, "--concurrency", &conc, "--origin", "manual",
+        "--quiet",
+        "--json",
+        "fetch-invoices",
+        "--limit",
+        &limit,
+        "--concurrency",
+        &conc,
+        "--origin",
+        "manual",
     ]);
     let wall = started.elapsed().as_secs_f64();
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
-    let requests: u64 = [Route::NioParams, Route::NioSession, Route::NioDebts, Route::NioPdf]
-        .iter()
-        .map(|r| sandbox.faults.seen(*r))
-        .sum();
+    let requests: u64 = [
+        Route::NioParams,
+        Route::NioSession,
+        Route::NioDebts,
+        Route::NioPdf,
+    ]
+    .iter()
+    .map(|r| sandbox.faults.seen(*r))
+    .sum();
     let bound = requests as f64 * latency_ms as f64 / 1000.0 / concurrency as f64;
     let peak_mb = summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0;
     println!(

@@ -93,6 +93,10 @@ impl Engine {
                         break;
                     };
                     let done = fetch_contract(&client, work, &downloads, pdfs).await;
+                    if matches!(done.result, Err(NioError::Stop(_))) {
+                        // Before anyone takes another contract.
+                        stop.store(true, Ordering::SeqCst);
+                    }
                     if tx.send(done).is_err() {
                         break;
                     }
@@ -115,7 +119,6 @@ impl Engine {
                     if let Err(NioError::Stop(m)) = &done.result {
                         if stop_error.is_none() {
                             stop_error = Some(m.clone());
-                            stop.store(true, Ordering::SeqCst);
                         }
                         continue;
                     }

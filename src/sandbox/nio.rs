@@ -83,6 +83,8 @@ struct Data {
     sessions: HashMap<String, String>,
     captcha: bool,
     expire_after: Option<u64>,
+    /// Field renames applied to debts answers (a differently dressed API).
+    renames: Vec<(String, String)>,
     next: u64,
 }
 
@@ -128,6 +130,15 @@ impl NioState {
     /// Turns the captcha wall on or off.
     pub fn set_captcha(&self, on: bool) {
         self.data.lock().unwrap().captcha = on;
+    }
+
+    /// Dresses the debts answers differently: every JSON key `from` becomes `to`. The answers
+    /// are also served under `/nio-api/v2/clientes/{cpf}/debitos`.
+    pub fn rename_fields(&self, renames: &[(&str, &str)]) {
+        self.data.lock().unwrap().renames = renames
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
     }
 
     /// Expires every token and session now.
@@ -176,6 +187,7 @@ pub fn routes(state: Arc<NioState>) -> Router {
         .route("/nio/negociar/params", get(params))
         .route("/nio-api/authentication/sessionId", get(session))
         .route("/nio-api/debts/customers/{cpf}", get(debts))
+        .route("/nio-api/v2/clientes/{cpf}/debitos", get(debts))
         .route("/nio-api/debts/{debt}/invoices/{invoice}/pdf", get(pdf))
         .route("/nio/files/{file}", get(file))
         .with_state(state)
@@ -295,7 +307,25 @@ async fn debts(
             })
         })
         .collect();
-    axum::Json(json!({"debts": list})).into_response()
+    let mut body = json!({"debts": list});
+    let renames = s.data.lock().unwrap().renames.clone();
+    rename(&mut body, &renames);
+    axum::Json(body).into_response()
+}
+
+fn rename(v: &mut Value, renames: &[(String, String)]) {
+    match v {
+        Value::Object(map) => {
+            for (from, to) in renames {
+                if let Some(x) = map.remove(from) {
+                    map.insert(to.clone(), x);
+                }
+            }
+            map.values_mut().for_each(|x| rename(x, renames));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|x| rename(x, renames)),
+        _ => {}
+    }
 }
 
 fn invoice_json(i: &SbInvoice, cpf: &str) -> Value {

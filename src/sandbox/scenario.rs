@@ -62,7 +62,8 @@ pub fn build(nio: &NioState, n: usize, today: NaiveDate, opts: Options) -> Scena
             if schedule::available_from(installed, n, due) > today {
                 break;
             }
-            let paid = opts.varied && due + Days::new(45) < today && !(i + n as usize).is_multiple_of(3);
+            let paid =
+                opts.varied && due + Days::new(45) < today && !(i + n as usize).is_multiple_of(3);
             if paid {
                 continue;
             }

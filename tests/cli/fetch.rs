@@ -515,13 +515,19 @@ fn contracts_are_taken_least_recently_fetched_first() {
 fn a_timeout_is_transient() {
     let env = Env::with_nio("timeout_secs = 1");
     let c = env.one_contract(14);
-    env.sandbox.nio.set_customer(c.digits(), vec![debt("1400", &[1])]);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("1400", &[1])]);
     // The first bootstrap is quick; then every request is slower than the timeout.
     env.sandbox.faults.hold(Route::NioDebts);
     let out = env.run(&["fetch-invoices", "--no-retry"]);
     env.sandbox.faults.release_all();
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("transient error: request to the Nio API timed out"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("transient error: request to the Nio API timed out"),
+        "{out:?}"
+    );
     let kind: String = env.query("SELECT error_kind FROM invoices WHERE number = 1");
     assert_eq!(kind, "transient");
 }
@@ -530,9 +536,18 @@ fn a_timeout_is_transient() {
 fn export_as_json_carries_the_tracking_fields() {
     let env = Env::new();
     let c = env.one_contract(15);
-    env.sandbox.nio.set_customer(c.digits(), vec![debt("1500", &[1])]);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("1500", &[1])]);
     assert_eq!(env.run(&["fetch-invoices"]).code, 0);
-    let out = env.run(&["export", "invoices", "--format", "json", "--contract", "C15"]);
+    let out = env.run(&[
+        "export",
+        "invoices",
+        "--format",
+        "json",
+        "--contract",
+        "C15",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(rows.len(), 10);
@@ -545,4 +560,54 @@ fn export_as_json_carries_the_tracking_fields() {
     assert_eq!(first["attempts"], 1);
     assert!(first["pdf_path"].as_str().unwrap().ends_with(".pdf"));
     assert_eq!(first["cpf"], c.digits());
+}
+
+#[test]
+fn a_changed_api_stops_the_run_with_one_message() {
+    let env = Env::with_nio("concurrency = 1");
+    for n in 16..19 {
+        env.one_contract(n);
+    }
+    env.sandbox.faults.push(
+        Route::NioDebts,
+        Fault::Status {
+            status: 404,
+            retry_after: None,
+        },
+        1,
+    );
+    let out = env.run(&["fetch-invoices"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.stderr.matches("the API changed").count(), 1, "{out:?}");
+    assert!(out.stderr.contains("check `[nio] debts_path`"), "{out:?}");
+    assert_eq!(
+        env.sandbox.faults.seen(Route::NioDebts),
+        1,
+        "no contract after the first"
+    );
+    let touched: i64 = env.query("SELECT COUNT(*) FROM invoices WHERE attempts > 0");
+    assert_eq!(touched, 0);
+}
+
+#[test]
+fn a_differently_dressed_api_is_reached_by_configuration_alone() {
+    let env = Env::with_nio(
+        "debts_path = \"/v2/clientes/{cpf}/debitos\"\n\
+         [nio.fields]\ndebts = \"dividas\"\ninvoices = \"faturas\"\ndue_date = \"vencimento\"\namount = \"valor\"\npix_code = [\"pix\"]",
+    );
+    env.sandbox.nio.rename_fields(&[
+        ("debts", "dividas"),
+        ("invoices", "faturas"),
+        ("dueDate", "vencimento"),
+        ("amount", "valor"),
+        ("originalPixCode", "pix"),
+    ]);
+    let c = env.one_contract(19);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("1900", &[1, 2])]);
+    let out = env.run(&["fetch-invoices"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let n: i64 = env.query("SELECT COUNT(*) FROM invoices WHERE match_outcome = 'matched' AND amount_centavos = 9990 AND pix_code IS NOT NULL");
+    assert_eq!(n, 2);
 }
