@@ -39,6 +39,16 @@ pub struct Engine {
     pub concurrency: usize,
     pub origin: String,
     pub max_attempts: u32,
+    /// Attempt times follow `CRM_JOBS_NOW` like every other date.
+    pub clock: crate::clock::Clock,
+}
+
+/// Removes partial PDFs left by a killed run (never under a final name: see `files`).
+pub fn remove_partial_pdfs(downloads: &std::path::Path) {
+    let stale = files::remove_stale_parts(&downloads.join("faturas"));
+    if stale > 0 {
+        tracing::info!("removed {stale} partial file(s) left by an interrupted run");
+    }
 }
 
 /// What happened to one contract, as the worker saw it.
@@ -84,6 +94,7 @@ impl Engine {
             let client = self.client.clone();
             let downloads = self.downloads.clone();
             let pdfs = self.pdfs;
+            let clock = self.clock;
             workers.spawn(async move {
                 loop {
                     if cancel.is_cancelled() || stop.load(Ordering::SeqCst) {
@@ -92,7 +103,7 @@ impl Engine {
                     let Some(work) = queue.lock().expect("queue lock").pop_front() else {
                         break;
                     };
-                    let done = fetch_contract(&client, work, &downloads, pdfs).await;
+                    let done = fetch_contract(&client, work, &downloads, pdfs, clock).await;
                     if matches!(done.result, Err(NioError::Stop(_))) {
                         // Before anyone takes another contract.
                         stop.store(true, Ordering::SeqCst);
@@ -308,9 +319,10 @@ async fn fetch_contract(
     work: ContractWork,
     downloads: &std::path::Path,
     pdfs: bool,
+    clock: crate::clock::Clock,
 ) -> Done {
     let started = Instant::now();
-    let started_at = clock::to_store(chrono::Utc::now());
+    let started_at = clock::to_store(clock.now());
     let finish = |work, result, skipped| Done {
         work,
         result,

@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -113,23 +114,25 @@ pub struct JobRun {
     _lock: File,
 }
 
-/// Where the lock of `job` lives for the store at `store_path`.
-pub fn lock_path(store_path: &Path, job: &str) -> PathBuf {
+/// Where the lock named `lock` lives for the store at `store_path`.
+pub fn lock_path(store_path: &Path, lock: &str) -> PathBuf {
     let mut dir = store_path.as_os_str().to_owned();
     dir.push(".locks");
-    PathBuf::from(dir).join(format!("{job}.lock"))
+    PathBuf::from(dir).join(format!("{lock}.lock"))
 }
 
 impl JobRun {
-    /// Takes the job's lock and records the start of a run.
+    /// Takes the lock of the job's data (`lock`: jobs that work on the same rows share one,
+    /// e.g. `fetch-invoices` and `retry`) and records the start of a run.
     pub fn start(
         store_path: &Path,
         clock: Clock,
         job: &'static str,
+        lock: &str,
         origin: &str,
         safra: Option<&str>,
     ) -> Result<JobRun> {
-        let lock_file = lock_path(store_path, job);
+        let lock_file = lock_path(store_path, lock);
         if let Some(dir) = lock_file.parent() {
             crate::files::create_private_dir(dir)
                 .with_context(|| format!("cannot create the lock folder `{}`", dir.display()))?;
@@ -139,6 +142,7 @@ impl JobRun {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&lock_file)
             .with_context(|| format!("cannot open the lock file `{}`", lock_file.display()))?;
         match lock.try_lock() {
@@ -146,17 +150,24 @@ impl JobRun {
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 lock.read_to_string(&mut holder).ok();
-                let holder = holder.trim();
-                let who = if holder.is_empty() {
-                    String::from("another process")
+                // The holder wrote `JOB: pid N, run #M since T`.
+                let (other, who) = holder
+                    .trim()
+                    .split_once(": ")
+                    .map(|(j, w)| (j.to_string(), w.to_string()))
+                    .unwrap_or_else(|| (job.to_string(), "another process".to_string()));
+                let message = if other == job {
+                    format!(
+                        "`{job}` is already running ({who}); this start does nothing. Wait for it to end, or stop it if it is stuck"
+                    )
                 } else {
-                    holder.to_string()
+                    format!(
+                        "`{other}` is running on the same data ({who}); this start of `{job}` does nothing. Run it again when that one ends"
+                    )
                 };
                 return Err(CodedError {
                     code: Code::Locked,
-                    message: format!(
-                        "`{job}` is already running ({who}); this start does nothing. Wait for it to end, or stop it if it is stuck"
-                    ),
+                    message,
                 }
                 .into());
             }
@@ -180,7 +191,7 @@ impl JobRun {
         lock.rewind().ok();
         write!(
             lock,
-            "pid {}, run #{run_id} since {now}",
+            "{job}: pid {}, run #{run_id} since {now}",
             std::process::id()
         )
         .ok();

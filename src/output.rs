@@ -21,6 +21,8 @@ pub struct Printer {
     /// stderr is a terminal and logs are text: draw progress bars.
     pub interactive: bool,
     pub color: bool,
+    /// Logs are JSON lines: lines for people go through the logger too.
+    pub json_logs: bool,
 }
 
 impl Printer {
@@ -32,6 +34,7 @@ impl Printer {
                 && global.log_format == LogFormat::Text
                 && !global.quiet,
             color: use_color(),
+            json_logs: global.log_format == LogFormat::Json,
         }
     }
 
@@ -68,9 +71,11 @@ impl Printer {
         crate::logging::set_progress_bar(None);
     }
 
-    /// A line for people (stderr), unless quiet.
+    /// A line for people (stderr), unless quiet; a log event when logs are JSON.
     pub fn say(&self, line: &str) {
-        if !self.quiet {
+        if self.json_logs {
+            tracing::info!("{line}");
+        } else if !self.quiet {
             eprintln!("{line}");
         }
     }

@@ -20,9 +20,16 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
     let store = ctx.store_path()?;
     effective.store.path = Some(store.clone());
     effective.downloads.dir = Some(loaded.downloads_dir(&store));
-    let passphrase = match ctx.nio_passphrase() {
-        Ok(_) => "set (redacted)",
-        Err(_) => "NOT SET: export CRM_JOBS_NIO_PASSPHRASE or set [nio] passphrase_file",
+    // A secret file that cannot be read is an error; a secret not set at all is a warning
+    // (this machine may only run jobs that do not need it).
+    let passphrase = match crate::config::secret(
+        "CRM_JOBS_NIO_PASSPHRASE",
+        loaded.config.nio.passphrase_file.as_deref(),
+    )
+    .map_err(|e| crate::exit::CodedError::config(format!("{e:#}")))?
+    {
+        Some(_) => "set (redacted)",
+        None => "NOT SET: export CRM_JOBS_NIO_PASSPHRASE or set [nio] passphrase_file",
     };
     if ctx.printer.json {
         ctx.printer.json_out(&serde_json::json!({

@@ -7,11 +7,11 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::ValueEnum;
 
 use super::Ctx;
-use crate::exit::Code;
+use crate::exit::{Code, CodedError};
 use crate::fetching::Engine;
 use crate::lifecycle::JobRun;
 use crate::nio::NioClient;
@@ -21,10 +21,10 @@ use crate::store::FetchSelection;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Contracts to take in this run (default `[fetch] limit`, 20).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
     /// Only contracts of this safra (installation month).
-    #[arg(long, value_name = "YYYY-MM")]
+    #[arg(long, value_name = "YYYY-MM", value_parser = parse_safra)]
     pub safra: Option<String>,
     /// Only this contract (by its number).
     #[arg(long, value_name = "NUMBER")]
@@ -33,8 +33,8 @@ pub struct Args {
     /// with --safra, automatic without a terminal, else manual).
     #[arg(long, value_enum)]
     pub origin: Option<Origin>,
-    /// Customers queried at once (default `[nio] concurrency`, 8).
-    #[arg(long, value_name = "N")]
+    /// Customers queried at once, 1 to 64 (default `[nio] concurrency`, 8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: Option<u32>,
     /// List the contracts and invoices this run would look up, and stop: no request, no write.
     #[arg(long)]
@@ -64,15 +64,15 @@ impl Origin {
     }
 }
 
+/// A safra is a month, `YYYY-MM`.
+pub fn parse_safra(text: &str) -> Result<String, String> {
+    match chrono::NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d") {
+        Ok(_) if text.len() == 7 => Ok(text.to_string()),
+        _ => Err("expected a month as YYYY-MM, e.g. 2025-03".into()),
+    }
+}
+
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
-    if let Some(s) = &args.safra
-        && chrono::NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").is_err()
-    {
-        bail!("`--safra {s}` is not a month: expected YYYY-MM, e.g. 2025-03");
-    }
-    if args.concurrency == Some(0) || args.concurrency.is_some_and(|c| c > 64) {
-        bail!("`--concurrency` must be between 1 and 64");
-    }
     let cfg = &ctx.loaded.config;
     let origin = args.origin.unwrap_or(if args.contract.is_some() {
         Origin::Individual
@@ -93,27 +93,28 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         return dry_run(ctx, &selection);
     }
     let passphrase = ctx.nio_passphrase()?;
-    let store_path = ctx.store_path()?;
+    ctx.require_nio_base_url()?;
+    if let Some(c) = &args.contract
+        && !ctx.open_store()?.contract_exists(c)?
+    {
+        return Err(CodedError {
+            code: Code::Usage,
+            message: format!(
+                "contract `{c}` is not in the store: import it with `crm-jobs import contracts FILE.csv`"
+            ),
+        }
+        .into());
+    }
     let mut run = JobRun::start(
-        &store_path,
+        &ctx.store_path()?,
         ctx.clock,
         "fetch-invoices",
+        "invoices",
         origin.as_str(),
         args.safra.as_deref(),
     )?;
-    if let Some(c) = &args.contract
-        && !run.store.contract_exists(c)?
-    {
-        let err = anyhow::anyhow!(
-            "contract `{c}` is not in the store: import it with `crm-jobs import contracts FILE.csv`"
-        );
-        return run.finish(&ctx.printer, Some(err), "nothing done");
-    }
     let downloads = ctx.downloads_dir()?;
-    let stale = crate::files::remove_stale_parts(&downloads.join("faturas"));
-    if stale > 0 {
-        tracing::info!("removed {stale} partial file(s) left by an interrupted run");
-    }
+    crate::fetching::remove_partial_pdfs(&downloads);
     let work = run.store.contracts_to_fetch(&selection)?;
     if work.is_empty() {
         return run.finish(
@@ -134,6 +135,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         concurrency: args.concurrency.unwrap_or(cfg.nio.concurrency) as usize,
         origin: origin.as_str().to_string(),
         max_attempts: cfg.retry.max_attempts,
+        clock: ctx.clock,
     };
     let mut stop = None;
     match engine.pass(&mut run, work, false).await {
@@ -206,6 +208,14 @@ pub fn summary(run: &JobRun) -> String {
 }
 
 fn dry_run(ctx: &Ctx, selection: &FetchSelection) -> Result<Code> {
+    let path = ctx.store_path()?;
+    if !path.exists() {
+        ctx.printer.say(&format!(
+            "dry run: there is no store at `{}` yet: import contracts first",
+            path.display()
+        ));
+        return Ok(Code::Success);
+    }
     let store = ctx.open_store()?;
     let work = store.contracts_to_fetch(selection)?;
     let mut rows = Vec::new();

@@ -226,6 +226,12 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
         new += usize::from(is_new);
         report.ok += 1;
     }
+    if ctx.printer.json {
+        ctx.printer.json_out(&serde_json::json!({
+            "file": sheet.name, "imported": report.ok, "new": new,
+            "updated": report.ok - new, "skipped": report.bad,
+        }));
+    }
     ctx.printer.say(&format!(
         "imported {} contract(s) from `{}` ({new} new, {} updated, {} expected invoices each); {} row(s) skipped",
         report.ok,
@@ -292,6 +298,11 @@ fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
         };
         store.import_due_date(contract, number, due, available, amount)?;
         report.ok += 1;
+    }
+    if ctx.printer.json {
+        ctx.printer.json_out(&serde_json::json!({
+            "file": sheet.name, "imported": report.ok, "skipped": report.bad,
+        }));
     }
     ctx.printer.say(&format!(
         "imported {} due date(s) from `{}`; {} row(s) skipped",

@@ -56,6 +56,15 @@ impl Ctx {
         Ok(self.loaded.downloads_dir(&self.store_path()?))
     }
 
+    /// `[nio] base_url`, which has no default: a config error when unset.
+    pub fn require_nio_base_url(&self) -> Result<&str> {
+        self.loaded.config.nio.base_url.as_deref().ok_or_else(|| {
+            CodedError::config(
+                "`[nio] base_url` is not set: set it in the config file or `CRM_JOBS_NIO_BASE_URL` (the real site is https://negociacao.niointernet.com.br)",
+            )
+        })
+    }
+
     /// The Nio passphrase, or a config error saying where to put it.
     pub fn nio_passphrase(&self) -> Result<String> {
         cfg::secret(

@@ -16,10 +16,10 @@ use crate::nio::NioClient;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Failed attempts after which an invoice is given up (default `[retry] max_attempts`, 3).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: Option<u32>,
-    /// Customers queried at once (default `[nio] concurrency`).
-    #[arg(long, value_name = "N")]
+    /// Customers queried at once, 1 to 64 (default `[nio] concurrency`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: Option<u32>,
     /// Make the given-up invoices of this contract eligible again, and stop.
     #[arg(long, value_name = "CONTRACT", conflicts_with = "all_gave_up")]
@@ -32,24 +32,38 @@ pub struct Args {
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let cfg = &ctx.loaded.config;
     let max_attempts = args.max_attempts.unwrap_or(cfg.retry.max_attempts);
-    if max_attempts == 0 {
-        anyhow::bail!("`--max-attempts` must be at least 1");
-    }
     if args.reset.is_some() || args.all_gave_up {
         let mut store = ctx.open_store()?;
         if let Some(c) = &args.reset
             && !store.contract_exists(c)?
         {
-            anyhow::bail!("contract `{c}` is not in the store");
+            return Err(crate::exit::CodedError {
+                code: Code::Usage,
+                message: format!("contract `{c}` is not in the store"),
+            }
+            .into());
         }
         let n = store.reset_gave_up(args.reset.as_deref())?;
+        if ctx.printer.json {
+            ctx.printer.json_out(&serde_json::json!({"reset": n}));
+        }
         ctx.printer.say(&format!(
             "{n} given-up invoice(s) reset: the next `fetch-invoices` or `retry` takes them again"
         ));
         return Ok(Code::Success);
     }
     let passphrase = ctx.nio_passphrase()?;
-    let mut run = JobRun::start(&ctx.store_path()?, ctx.clock, "retry", "retry", None)?;
+    ctx.require_nio_base_url()?;
+    let mut run = JobRun::start(
+        &ctx.store_path()?,
+        ctx.clock,
+        "retry",
+        "invoices",
+        "retry",
+        None,
+    )?;
+    let downloads = ctx.downloads_dir()?;
+    crate::fetching::remove_partial_pdfs(&downloads);
     let gave_up = run.store.give_up_exhausted(max_attempts)?;
     if gave_up > 0 {
         tracing::warn!(
@@ -73,11 +87,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let engine = Engine {
         client: client.clone(),
         printer: ctx.printer,
-        downloads: ctx.downloads_dir()?,
+        downloads,
         pdfs: cfg.nio.pdf_url_template.is_some(),
-        concurrency: args.concurrency.unwrap_or(cfg.nio.concurrency).clamp(1, 64) as usize,
+        concurrency: args.concurrency.unwrap_or(cfg.nio.concurrency) as usize,
         origin: "retry".into(),
         max_attempts,
+        clock: ctx.clock,
     };
     let stop = engine.pass(&mut run, work, false).await.err();
     if let Some(cache) = client.cache().await {

@@ -232,12 +232,7 @@ impl NioClient {
     async fn bootstrap(&self, generation: u64) -> Result<Auth, NioError> {
         self.bootstraps.fetch_add(1, Ordering::Relaxed);
         let url = format!("{}{}", self.base, self.cfg.params_path);
-        let resp = self.send(self.http.get(&url)).await.map_err(|e| match e {
-            NioError::Transient { message, .. } => NioError::Stop(format!(
-                "cannot reach the Nio site at `{url}`: {message}; stopping the run"
-            )),
-            other => other,
-        })?;
+        let resp = self.send(self.http.get(&url)).await?;
         let status = resp.status();
         if status != StatusCode::OK {
             return Err(NioError::Stop(format!(
@@ -309,13 +304,26 @@ impl NioClient {
             }
         }
         let next = slot.as_ref().map_or(1, |a| a.generation + 1);
-        let fresh = match self.bootstrap(next).await {
-            Ok(a) => a,
-            Err(NioError::Stop(m)) => {
+        let mut tries = 0;
+        let fresh = loop {
+            let err = match self.bootstrap(next).await {
+                Ok(a) => break a,
+                Err(e) => e,
+            };
+            // Nothing works without a bootstrap: once its own tries are spent, the run stops
+            // with one message instead of failing every contract the same way.
+            let err = match self.backoff(err, &mut tries).await {
+                Ok(()) => continue,
+                Err(NioError::Transient { message, .. }) => NioError::Stop(format!(
+                    "cannot bootstrap with the Nio site ({message}, after {} tries); stopping the run",
+                    tries + 1
+                )),
+                Err(e) => e,
+            };
+            if let NioError::Stop(m) = &err {
                 *self.stopped.lock().expect("stop lock") = Some(m.clone());
-                return Err(NioError::Stop(m));
             }
-            Err(e) => return Err(e),
+            return Err(err);
         };
         *slot = Some(fresh.clone());
         Ok(fresh)
@@ -327,13 +335,7 @@ impl NioClient {
         let mut tries = 0;
         let mut failed_generation = None;
         loop {
-            let auth = match self.auth(failed_generation).await {
-                Ok(a) => a,
-                Err(e) => match self.backoff(e, &mut tries).await {
-                    Ok(()) => continue,
-                    Err(e) => return Err(e),
-                },
-            };
+            let auth = self.auth(failed_generation).await?;
             match self.all_pages(&auth, cpf).await {
                 Ok(answer) => return Ok(answer),
                 Err(PageError::Unauthorized) if !reauthed => {
@@ -388,6 +390,12 @@ impl NioClient {
             auth.api,
             self.cfg.debts_path.replace("{cpf}", cpf.digits())
         );
+        // What messages show: never the full CPF.
+        let shown = format!(
+            "{}{}",
+            auth.api,
+            self.cfg.debts_path.replace("{cpf}", &cpf.masked())
+        );
         let mut invoices = Vec::new();
         let mut offset = 0u32;
         loop {
@@ -428,7 +436,7 @@ impl NioClient {
                 }
                 _ => {
                     return Err(PageError::Other(NioError::Stop(format!(
-                        "the Nio API answered {status} to `{url}`: the API changed; check `[nio] debts_path`"
+                        "the Nio API answered {status} to `{shown}`: the API changed; check `[nio] debts_path`"
                     ))));
                 }
             }
@@ -438,7 +446,7 @@ impl NioClient {
                 .map_err(|e| PageError::Other(describe_reqwest(&e)))?;
             let json: Value = serde_json::from_slice(&body).map_err(|_| {
                 PageError::Other(NioError::Stop(format!(
-                    "the Nio API answered something that is not JSON to `{url}` (starts with `{}`): the API changed",
+                    "the Nio API answered something that is not JSON to `{shown}` (starts with `{}`): the API changed",
                     preview(&body)
                 )))
             })?;
@@ -576,13 +584,14 @@ fn check_status(resp: reqwest::Response, what: &str) -> Result<reqwest::Response
     if status.is_success() {
         return Ok(resp);
     }
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        return Err(NioError::Transient {
+    match status.as_u16() {
+        // 401/403: the session may have just expired; the next attempt bootstraps again.
+        401 | 403 | 429 | 500..=599 => Err(NioError::Transient {
             message: format!("{what} answered {status}"),
             retry_after: retry_after(&resp),
-        });
+        }),
+        _ => Err(NioError::Permanent(format!("{what} answered {status}"))),
     }
-    Err(NioError::transient(format!("{what} answered {status}")))
 }
 
 fn header_value(v: &str) -> Result<HeaderValue, NioError> {

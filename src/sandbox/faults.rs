@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 /// What a request is, for faults and counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Route {
     NioParams,
@@ -252,7 +252,12 @@ pub fn routes(faults: Arc<Faults>) -> Router {
                 let seen: HashMap<String, u64> = inner
                     .seen
                     .iter()
-                    .map(|(k, v)| (format!("{k:?}"), *v))
+                    .map(|(k, v)| {
+                        let name = serde_json::to_value(k)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from));
+                        (name.unwrap_or_default(), *v)
+                    })
                     .collect();
                 Json(serde_json::json!({ "requests": seen }))
             }),

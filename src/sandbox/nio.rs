@@ -190,6 +190,22 @@ pub fn routes(state: Arc<NioState>) -> Router {
         .route("/nio-api/v2/clientes/{cpf}/debitos", get(debts))
         .route("/nio-api/debts/{debt}/invoices/{invoice}/pdf", get(pdf))
         .route("/nio/files/{file}", get(file))
+        .route(
+            "/_sandbox/nio/captcha",
+            axum::routing::post(
+                |State(s): State<Arc<NioState>>, axum::Json(on): axum::Json<bool>| async move {
+                    s.set_captcha(on);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .route(
+            "/_sandbox/nio/expire-tokens",
+            axum::routing::post(|State(s): State<Arc<NioState>>| async move {
+                s.expire_tokens();
+                StatusCode::NO_CONTENT
+            }),
+        )
         .with_state(state)
 }
 

@@ -238,3 +238,41 @@ fn json_logs_are_one_object_per_line() {
         assert!(v.get("level").is_some());
     }
 }
+
+#[test]
+fn retry_does_not_start_while_fetch_invoices_works_on_the_same_invoices() {
+    let env = Env::new();
+    some_contracts(&env, 90, 1);
+    env.sandbox.faults.hold(Route::NioDebts);
+    let first = env.spawn(&["fetch-invoices"]);
+    assert_eq!(env.sandbox.faults.wait_held(Route::NioDebts, 1, WAIT), 1);
+    let retry = env.run(&["retry"]);
+    env.sandbox.faults.release_all();
+    assert_eq!(retry.code, 75, "{retry:?}");
+    assert!(
+        retry
+            .stderr
+            .starts_with("error: `fetch-invoices` is running on the same data (pid "),
+        "{retry:?}"
+    );
+    assert_eq!(first.wait_with_output().unwrap().status.code(), Some(0));
+}
+
+#[test]
+fn bad_flag_values_are_usage_errors() {
+    let env = Env::new();
+    for args in [
+        &["fetch-invoices", "--safra", "2025-13"][..],
+        &["fetch-invoices", "--concurrency", "0"],
+        &["retry", "--max-attempts", "0"],
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+    }
+    let out = env.run(&["fetch-invoices", "--contract", "NOPE"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("contract `NOPE` is not in the store"),
+        "{out:?}"
+    );
+}
