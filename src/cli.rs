@@ -66,7 +66,12 @@ pub enum Command {
     FetchInvoices(jobs::fetch_invoices::Args),
     /// Re-attempt invoices whose last attempt failed transiently; give up at the limit.
     Retry(jobs::retry::Args),
-    /// Import operator spreadsheets (CSV) into the store.
+    /// Download the month's consórcio boletos from the Canopus portal, per sales point.
+    DownloadBoletos(jobs::download_boletos::Args),
+    /// Manage the portal credentials of the sales points (stored encrypted).
+    #[command(subcommand)]
+    Credentials(jobs::credentials::Command),
+    /// Import operator spreadsheets (CSV, consultant XLSX) into the store.
     #[command(subcommand)]
     Import(jobs::import::Command),
     /// Export what the store knows, for the CRM or a spreadsheet.

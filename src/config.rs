@@ -19,12 +19,22 @@ const RESERVED_ENV: &[&str] = &[
     "CRM_JOBS_CONFIG",
     "CRM_JOBS_NOW",
     "CRM_JOBS_NIO_PASSPHRASE",
+    "CRM_JOBS_FERNET_KEY",
     "CRM_JOBS_LOG",
 ];
 
 /// Sections that environment variables may address, longest first so that `nio.fields`
 /// wins over `nio`.
-const SECTIONS: &[&str] = &["nio.fields", "downloads", "store", "fetch", "retry", "nio"];
+const SECTIONS: &[&str] = &[
+    "nio.fields",
+    "credentials",
+    "downloads",
+    "canopus",
+    "store",
+    "fetch",
+    "retry",
+    "nio",
+];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -35,6 +45,8 @@ pub struct Config {
     pub nio: NioConfig,
     pub fetch: FetchConfig,
     pub retry: RetryConfig,
+    pub canopus: CanopusConfig,
+    pub credentials: CredentialsConfig,
 }
 
 /// `[store]`: where the SQLite file lives.
@@ -160,6 +172,91 @@ impl Default for NioFields {
             barcode: "barCode".into(),
             pix_code: vec!["originalPixCode".into(), "pixCode".into()],
             pdf_url: "url".into(),
+        }
+    }
+}
+
+/// `[credentials]`: how stored portal passwords are sealed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    /// File holding the Fernet key (else `CRM_JOBS_FERNET_KEY`).
+    pub fernet_key_file: Option<PathBuf>,
+}
+
+/// `[canopus]`: the Canopus portal (SERVICES.md §2). Control names and paths are the real
+/// ones by default, so that a changed portal is reached by configuration alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanopusConfig {
+    /// Portal root, e.g. `https://cnp3.consorciocanopus.com.br`. No default.
+    pub base_url: Option<String>,
+    pub login_path: String,
+    pub search_path: String,
+    pub boletos_path: String,
+    pub user_field: String,
+    pub password_field: String,
+    pub login_button: String,
+    /// User codes are left-padded with zeros to this many digits.
+    pub user_code_digits: usize,
+    /// Id fragment of the element holding the login error message.
+    pub login_message_id: String,
+    pub criterion_field: String,
+    /// Value of the criterion that searches by CPF.
+    pub criterion_cpf: String,
+    pub search_field: String,
+    pub search_button: String,
+    /// Id fragment of the result grid and of its quota links.
+    pub results_grid: String,
+    pub quota_link: String,
+    /// Id fragment of the boleto grid and name fragment of each row's emit image button.
+    pub boletos_grid: String,
+    pub emit_image: String,
+    pub emit_button: String,
+    pub date_field: String,
+    pub kind_field: String,
+    pub kind_value: String,
+    /// Which quotas of a CPF to take: `each`, `first` or `last`.
+    pub quotas: String,
+    /// Which installment to take: `month` (the one due in the month asked) or `last` (the
+    /// grid's last row, as today's users do).
+    pub row: String,
+    pub timeout_secs: u64,
+    /// Portal sessions used at once per sales point (each logs in once).
+    pub concurrency: u32,
+    /// Extra tries of one client after a transient failure.
+    pub retries: u32,
+}
+
+impl Default for CanopusConfig {
+    fn default() -> Self {
+        CanopusConfig {
+            base_url: None,
+            login_path: "/WWW/frmCorCCCnsLogin.aspx".into(),
+            search_path: "/WWW/CONAT/frmBuscaCota.aspx".into(),
+            boletos_path: "/WWW/CONCO/frmConCoRelBoletoAvulso.aspx".into(),
+            user_field: "edtUsuario".into(),
+            password_field: "edtSenha".into(),
+            login_button: "btnLogin".into(),
+            user_code_digits: 10,
+            login_message_id: "lblMensagem".into(),
+            criterion_field: "ctl00$Conteudo$cbxCriterioBusca".into(),
+            criterion_cpf: "F".into(),
+            search_field: "ctl00$Conteudo$edtContextoBusca".into(),
+            search_button: "ctl00$Conteudo$btnBuscar".into(),
+            results_grid: "grdBuscaAvancada".into(),
+            quota_link: "lnkGrupoCota".into(),
+            boletos_grid: "grdBoleto_Avulso".into(),
+            emit_image: "imgEmite_Boleto".into(),
+            emit_button: "ctl00$Conteudo$btnEmitir".into(),
+            date_field: "ctl00$Conteudo$edtDT_Compensacao".into(),
+            kind_field: "ctl00$Conteudo$rdlTipoEmissao".into(),
+            kind_value: "BA".into(),
+            quotas: "each".into(),
+            row: "month".into(),
+            timeout_secs: 60,
+            concurrency: 4,
+            retries: 1,
         }
     }
 }
@@ -381,6 +478,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     fix(&mut config.store.path);
     fix(&mut config.downloads.dir);
     fix(&mut config.nio.passphrase_file);
+    fix(&mut config.credentials.fernet_key_file);
 }
 
 fn validate(config: &Config) -> Result<()> {
@@ -416,6 +514,32 @@ fn validate(config: &Config) -> Result<()> {
         return Err(CodedError::config(format!(
             "`[nio] debts_path` = `{}` has no `{{cpf}}` placeholder",
             nio.debts_path
+        )));
+    }
+    let canopus = &config.canopus;
+    if let Some(url) = &canopus.base_url
+        && !reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http" || u.scheme() == "https")
+    {
+        return Err(CodedError::config(format!(
+            "`[canopus] base_url` = `{url}` is not an http(s) URL"
+        )));
+    }
+    if !["each", "first", "last"].contains(&canopus.quotas.as_str()) {
+        return Err(CodedError::config(format!(
+            "`[canopus] quotas` = `{}` is not one of `each`, `first`, `last`",
+            canopus.quotas
+        )));
+    }
+    if !["month", "last"].contains(&canopus.row.as_str()) {
+        return Err(CodedError::config(format!(
+            "`[canopus] row` = `{}` is not one of `month`, `last`",
+            canopus.row
+        )));
+    }
+    if !(1..=16).contains(&canopus.concurrency) {
+        return Err(CodedError::config(format!(
+            "`[canopus] concurrency` = {} is out of range (1 to 16)",
+            canopus.concurrency
         )));
     }
     if config.retry.max_attempts == 0 {

@@ -3,6 +3,8 @@
 //! and turns its outcome into the process exit code; it is the only place that prints an error
 //! chain.
 
+pub mod boleto_files;
+pub mod canopus;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -16,6 +18,8 @@ pub mod logging;
 pub mod nio;
 pub mod output;
 pub mod sandbox;
+pub mod secret_box;
+pub mod spreadsheet;
 pub mod store;
 
 use std::process::ExitCode;

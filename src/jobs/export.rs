@@ -14,6 +14,28 @@ use crate::exit::Code;
 pub enum Command {
     /// Every expected invoice with what Nio answered and the tracking of its attempts.
     Invoices(Args),
+    /// The outcome of every client (and quota) per month, with the saved file.
+    Boletos(BoletoArgs),
+}
+
+/// Arguments of `export boletos`.
+#[derive(Debug, clap::Args)]
+pub struct BoletoArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Csv)]
+    pub format: Format,
+    /// Only this year.
+    #[arg(long, value_name = "YYYY")]
+    pub ano: Option<i32>,
+    /// Only this month (1 to 12).
+    #[arg(long, value_name = "MM", value_parser = clap::value_parser!(u32).range(1..=12))]
+    pub mes: Option<u32>,
+    /// Only this sales point.
+    #[arg(long = "ponto-venda", value_name = "CODE")]
+    pub ponto_venda: Option<String>,
+    /// Write to this file (atomically) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// Arguments of `export invoices`.
@@ -41,32 +63,68 @@ pub enum Format {
 }
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
-    let Command::Invoices(args) = command;
     let store = ctx.open_store()?;
-    let rows = store.export_invoices(args.safra.as_deref(), args.contract.as_deref())?;
+    match command {
+        Command::Invoices(args) => {
+            let rows = store.export_invoices(args.safra.as_deref(), args.contract.as_deref())?;
+            write(
+                ctx,
+                &rows,
+                args.format,
+                args.out.as_deref(),
+                INVOICE_HEADER,
+                "invoice(s)",
+            )
+        }
+        Command::Boletos(args) => {
+            let point = args
+                .ponto_venda
+                .as_deref()
+                .map(|p| super::credentials::sales_point_code(p).unwrap_or_else(|| p.to_string()));
+            let rows = store.export_boletos(args.ano, args.mes, point.as_deref())?;
+            write(
+                ctx,
+                &rows,
+                args.format,
+                args.out.as_deref(),
+                BOLETO_HEADER,
+                "boleto row(s)",
+            )
+        }
+    }
+}
+
+fn write<T: serde::Serialize>(
+    ctx: &Ctx,
+    rows: &[T],
+    format: Format,
+    out: Option<&std::path::Path>,
+    empty_header: &[&str],
+    what: &str,
+) -> Result<Code> {
     let format = if ctx.global.json {
         Format::Json
     } else {
-        args.format
+        format
     };
     let bytes = match format {
         Format::Json => {
-            let mut b = serde_json::to_vec_pretty(&rows)?;
+            let mut b = serde_json::to_vec_pretty(rows)?;
             b.push(b'\n');
             b
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(Vec::new());
-            for r in &rows {
+            for r in rows {
                 w.serialize(r)?;
             }
             if rows.is_empty() {
-                w.write_record(EMPTY_HEADER)?;
+                w.write_record(empty_header)?;
             }
             w.into_inner().context("writing CSV")?
         }
     };
-    match &args.out {
+    match out {
         Some(path) => {
             let dir = path
                 .parent()
@@ -78,7 +136,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 .to_string_lossy();
             crate::files::write_atomic(dir, &name, &bytes)?;
             ctx.printer.say(&format!(
-                "exported {} invoice(s) to `{}`",
+                "exported {} {what} to `{}`",
                 rows.len(),
                 path.display()
             ));
@@ -92,7 +150,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
 }
 
 /// The CSV header when there is no row (serde writes it only with the first row).
-const EMPTY_HEADER: &[&str] = &[
+const INVOICE_HEADER: &[&str] = &[
     "contract",
     "service_order",
     "cpf",
@@ -116,4 +174,24 @@ const EMPTY_HEADER: &[&str] = &[
     "last_attempt_at",
     "last_duration_ms",
     "last_error",
+];
+
+/// The boleto CSV header when there is no row.
+const BOLETO_HEADER: &[&str] = &[
+    "sales_point",
+    "consultant",
+    "cpf",
+    "client",
+    "year",
+    "month",
+    "quota",
+    "outcome",
+    "due_date",
+    "value_centavos",
+    "linha",
+    "pdf_path",
+    "pdf_sha256",
+    "error",
+    "attempts",
+    "attempted_at",
 ];

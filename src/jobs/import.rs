@@ -30,12 +30,30 @@ pub enum Command {
         /// The CSV file.
         file: PathBuf,
     },
+    /// A consultant's spreadsheet (.xlsx): the header row and columns are found by name (`CPF`,
+    /// `Concorciado`/`Cliente`/`Nome`, `G/C`, `SITUAÇÃO`, `P.V`, `Valor`). Sales points and
+    /// consultants are created on first sight.
+    Clients {
+        /// The .xlsx file.
+        file: PathBuf,
+        /// The consultant the clients belong to (their boletos go to a folder of this name).
+        #[arg(long, value_name = "NAME")]
+        consultor: String,
+        /// Sales point of rows without a `P.V` column or value.
+        #[arg(long = "ponto-venda", value_name = "CODE")]
+        ponto_venda: Option<String>,
+    },
 }
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
     match command {
         Command::Contracts { file } => contracts(ctx, &file),
         Command::Invoices { file } => invoices(ctx, &file),
+        Command::Clients {
+            file,
+            consultor,
+            ponto_venda,
+        } => clients(ctx, &file, &consultor, ponto_venda.as_deref()),
     }
 }
 
@@ -309,4 +327,94 @@ fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
         report.ok, sheet.name, report.bad
     ));
     Ok(report.code())
+}
+
+fn clients(ctx: &Ctx, file: &Path, consultant: &str, default_point: Option<&str>) -> Result<Code> {
+    let consultant = consultant.trim().to_uppercase();
+    if consultant.is_empty() {
+        bail!("`--consultor` is empty");
+    }
+    let default_point = match default_point {
+        Some(p) => Some(super::credentials::sales_point_code(p).ok_or_else(|| {
+            crate::exit::CodedError {
+                code: Code::Usage,
+                message: format!("`--ponto-venda {p}` is not a sales point code (e.g. `17.308`)"),
+            }
+        })?),
+        None => None,
+    };
+    let sheet = crate::spreadsheet::read_clients(file)?;
+    let mut store = ctx.open_store()?;
+    let now = clock::to_store(ctx.clock.now());
+    let consultant_id = store.ensure_consultant(
+        &consultant,
+        &crate::boleto_files::folder_name(&consultant),
+        &now,
+    )?;
+    let name = file.display().to_string();
+    let (mut ok, mut bad, mut new) = (0usize, 0usize, 0usize);
+    for row in &sheet.rows {
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                bad += 1;
+                tracing::warn!(
+                    "{name}: sheet `{}`, row {}: {}; row skipped",
+                    sheet.sheet_name,
+                    e.row,
+                    e.reason
+                );
+                continue;
+            }
+        };
+        let point = row
+            .sales_point
+            .as_deref()
+            .and_then(super::credentials::sales_point_code)
+            .or_else(|| default_point.clone());
+        let Some(point) = point else {
+            bad += 1;
+            tracing::warn!(
+                "{name}: sheet `{}`, row {}: no sales point (no `P.V` value and no `--ponto-venda`); row skipped",
+                sheet.sheet_name,
+                row.row
+            );
+            continue;
+        };
+        let point_id = store.ensure_sales_point(&point, &now)?;
+        let source = format!("{name}:{}", row.row);
+        let is_new = store.upsert_client(
+            &crate::store::ClientImport {
+                cpf: row.cpf.digits(),
+                name: &row.name,
+                raw_name: &row.raw_name,
+                consultant_id,
+                sales_point_id: Some(point_id),
+                quota: row.quota.as_deref(),
+                situacao: row.situacao.as_ref().map(|s| s.as_str()),
+                value_centavos: row.value_centavos,
+                source: &source,
+            },
+            &now,
+        )?;
+        new += usize::from(is_new);
+        ok += 1;
+    }
+    if ctx.printer.json {
+        ctx.printer.json_out(&serde_json::json!({
+            "file": name, "sheet": sheet.sheet_name, "header_row": sheet.header_row,
+            "imported": ok, "new": new, "skipped": bad,
+        }));
+    }
+    ctx.printer.say(&format!(
+        "imported {ok} client(s) of {consultant} from `{name}` (sheet `{}`, header on row {}; {new} new, {} updated); {bad} row(s) skipped",
+        sheet.sheet_name,
+        sheet.header_row,
+        ok - new
+    ));
+    Ok(if bad > 0 {
+        Code::Partial
+    } else {
+        Code::Success
+    })
 }

@@ -2,7 +2,9 @@
 //! the resolved context (config, clock, printer, paths) and the dispatch.
 
 pub mod config;
+pub mod credentials;
 pub mod demo;
+pub mod download_boletos;
 pub mod export;
 pub mod fetch_invoices;
 pub mod import;
@@ -89,6 +91,8 @@ pub async fn dispatch(cli: Cli) -> Result<Code> {
             match command {
                 Command::FetchInvoices(args) => fetch_invoices::run(&ctx, args).await,
                 Command::Retry(args) => retry::run(&ctx, args).await,
+                Command::DownloadBoletos(args) => download_boletos::run(&ctx, args).await,
+                Command::Credentials(c) => credentials::run(&ctx, c),
                 Command::Import(c) => import::run(&ctx, c),
                 Command::Export(c) => export::run(&ctx, c),
                 Command::Config(c) => config::run(&ctx, c),

@@ -22,6 +22,12 @@ pub enum Route {
     NioSession,
     NioDebts,
     NioPdf,
+    /// The Canopus login page (GET and POST).
+    CanopusLogin,
+    /// Any other Canopus page.
+    CanopusPage,
+    /// The Canopus PDF (after the wrapper page).
+    CanopusPdf,
 }
 
 /// One fault, applied to the next request of its route.
@@ -45,6 +51,8 @@ struct Inner {
     /// Fraction (0..1) of requests that fail with 503 at random.
     error_rate: f64,
     held: HashMap<Route, bool>,
+    /// Hold requests of a route once this many have passed.
+    hold_after: HashMap<Route, u64>,
     seen: HashMap<Route, u64>,
     in_flight: HashMap<Route, u64>,
 }
@@ -84,9 +92,19 @@ impl Faults {
         self.inner.lock().unwrap().held.insert(route, true);
     }
 
+    /// Lets `n` requests of `route` through, then holds the next ones.
+    pub fn hold_after(&self, route: Route, n: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        let seen = *inner.seen.get(&route).unwrap_or(&0);
+        inner.hold_after.insert(route, seen + n);
+    }
+
     /// Lets every held request go on.
     pub fn release_all(&self) {
-        self.inner.lock().unwrap().held.clear();
+        let mut inner = self.inner.lock().unwrap();
+        inner.held.clear();
+        inner.hold_after.clear();
+        drop(inner);
         self.released.notify_waiters();
     }
 
@@ -135,6 +153,10 @@ impl Faults {
                     status: 503,
                     retry_after: None,
                 });
+            }
+            let seen = *inner.seen.get(&route).unwrap_or(&0);
+            if inner.hold_after.get(&route).is_some_and(|n| seen > *n) {
+                inner.held.insert(route, true);
             }
             let held = *inner.held.get(&route).unwrap_or(&false);
             if held {

@@ -3,6 +3,7 @@
 //! path prefix of one HTTP server; faults (latency, error answers, resets, holds) are switched
 //! from Rust (tests) or over HTTP under `/_sandbox/` (manual tries).
 
+pub mod canopus;
 pub mod faults;
 pub mod nio;
 pub mod scenario;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use axum::Router;
 
+pub use canopus::{CanopusState, SbBoleto, SbQuota};
 pub use faults::{Fault, Faults, Route};
 pub use nio::{NioState, PdfKind, SbDebt, SbInvoice};
 
@@ -23,6 +25,7 @@ pub const DEFAULT_PASSPHRASE: &str = "sandbox-nio-passphrase";
 pub struct Sandbox {
     pub addr: SocketAddr,
     pub nio: Arc<NioState>,
+    pub canopus: Arc<CanopusState>,
     pub faults: Arc<Faults>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -33,6 +36,7 @@ impl Sandbox {
     pub fn start(passphrase: &str, port: u16) -> Result<Sandbox> {
         let faults = Arc::new(Faults::default());
         let nio = Arc::new(NioState::new(passphrase, faults.clone()));
+        let canopus = Arc::new(CanopusState::new(faults.clone()));
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
         listener.set_nonblocking(true)?;
@@ -40,6 +44,7 @@ impl Sandbox {
         nio.set_self_url(&format!("http://{addr}"));
         let app = Router::new()
             .merge(nio::routes(nio.clone()))
+            .merge(canopus::routes(canopus.clone()))
             .merge(faults::routes(faults.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -64,6 +69,7 @@ impl Sandbox {
         Ok(Sandbox {
             addr,
             nio,
+            canopus,
             faults,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -73,6 +79,11 @@ impl Sandbox {
     /// The `[nio] base_url` to configure.
     pub fn nio_base_url(&self) -> String {
         format!("http://{}/nio", self.addr)
+    }
+
+    /// The `[canopus] base_url` to configure.
+    pub fn canopus_base_url(&self) -> String {
+        format!("http://{}/canopus", self.addr)
     }
 
     /// The `[nio] pdf_url_template` that reaches the sandbox's PDFs.
@@ -91,4 +102,44 @@ impl Drop for Sandbox {
             t.join().ok();
         }
     }
+}
+
+/// A small, valid one-page PDF naming `label`, padded with a comment stream to at least
+/// `min_size` bytes (the real boletos weigh ~170 kB).
+pub fn pdf(label: &str, min_size: usize) -> Vec<u8> {
+    let text: String = label
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | ' '))
+        .collect();
+    let content = format!("BT /F1 14 Tf 72 720 Td (Documento {text}) Tj ET");
+    let padding = "0".repeat(min_size.saturating_sub(900));
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_string(),
+        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+        format!("<< /Length {} >>\nstream\n{padding}\nendstream", padding.len()),
+    ];
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for o in offsets {
+        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
 }

@@ -388,9 +388,11 @@ async fn pdf(
     let self_url = s.data.lock().unwrap().self_url.clone();
     let file_url = format!("{self_url}/nio/files/{}.pdf", inv.id);
     match inv.pdf {
-        PdfKind::Direct => {
-            ([("content-type", "application/pdf")], sample_pdf(&inv.id)).into_response()
-        }
+        PdfKind::Direct => (
+            [("content-type", "application/pdf")],
+            super::pdf(&inv.id, 0),
+        )
+            .into_response(),
         PdfKind::Redirect => Redirect::temporary(&file_url).into_response(),
         PdfKind::JsonLink => axum::Json(json!({"url": file_url})).into_response(),
         PdfKind::NotPdf => (
@@ -403,42 +405,5 @@ async fn pdf(
 
 async fn file(Path(file): Path<String>) -> Response {
     let id = file.trim_end_matches(".pdf");
-    ([("content-type", "application/pdf")], sample_pdf(id)).into_response()
-}
-
-/// A small, valid one-page PDF naming the invoice.
-pub fn sample_pdf(label: &str) -> Vec<u8> {
-    let text: String = label
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
-    let content = format!("BT /F1 18 Tf 72 720 Td (Fatura {text}) Tj ET");
-    let objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_string(),
-        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
-    ];
-    let mut out = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, o) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
-    }
-    let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for o in offsets {
-        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    out
+    ([("content-type", "application/pdf")], super::pdf(id, 0)).into_response()
 }

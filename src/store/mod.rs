@@ -2,9 +2,11 @@
 //! the project lives in this module and its children; the schema is `sql/NNNN_*.sql`, applied
 //! in order when the store opens and never edited once shipped.
 
+mod boletos;
 mod invoices;
 mod runs;
 
+pub use boletos::*;
 pub use invoices::*;
 pub use runs::*;
 
@@ -20,6 +22,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
         M::up(include_str!("../../sql/0001_runs.sql")),
         M::up(include_str!("../../sql/0002_invoices.sql")),
+        M::up(include_str!("../../sql/0003_boletos.sql")),
     ])
 });
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod boletos;
 mod fetch;
 mod imports;
 mod lifecycle;

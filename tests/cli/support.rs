@@ -12,6 +12,9 @@ use crm_jobs::sandbox::{DEFAULT_PASSPHRASE, Sandbox, SbDebt, SbInvoice};
 /// The pinned "now" of every test: 2025-11-10 12:00 in São Paulo.
 pub const NOW: &str = "2025-11-10T12:00:00-03:00";
 
+/// A valid Fernet key (bytes 0..31, url-safe base64).
+pub const FERNET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Env {
@@ -71,6 +74,11 @@ impl Env {
 
     /// Writes the config; `extra` lines (`key = value`) go into `[nio]`, replacing defaults.
     pub fn write_config(&self, extra: &str) {
+        self.configure(extra, "");
+    }
+
+    /// Writes the config with extra lines for `[nio]` and `[canopus]`.
+    pub fn configure(&self, extra: &str, canopus_extra: &str) {
         let mut nio = vec![
             format!("base_url = \"{}\"", self.sandbox.nio_base_url()),
             format!("pdf_url_template = \"{}\"", self.sandbox.nio_pdf_template()),
@@ -83,8 +91,18 @@ impl Env {
             nio.retain(|l| l.split('=').next().unwrap().trim() != key);
             nio.push(line.to_string());
         }
+        let mut canopus = vec![
+            format!("base_url = \"{}\"", self.sandbox.canopus_base_url()),
+            "concurrency = 2".to_string(),
+        ];
+        for line in canopus_extra.lines().filter(|l| !l.trim().is_empty()) {
+            let key = line.split('=').next().unwrap().trim();
+            canopus.retain(|l| l.split('=').next().unwrap().trim() != key);
+            canopus.push(line.to_string());
+        }
         let config = format!(
-            "[store]\npath = \"store/crm.db\"\n\n[downloads]\ndir = \"downloads\"\n\n[nio]\n{}\n",
+            "[store]\npath = \"store/crm.db\"\n\n[downloads]\ndir = \"downloads\"\n\n[canopus]\n{}\n\n[nio]\n{}\n",
+            canopus.join("\n"),
             nio.join("\n")
         );
         std::fs::write(self.path("config.toml"), config).unwrap();
@@ -107,6 +125,7 @@ impl Env {
             .env("CRM_JOBS_CONFIG", self.path("config.toml"))
             .env("CRM_JOBS_NIO_PASSPHRASE", DEFAULT_PASSPHRASE)
             .env("CRM_JOBS_NOW", NOW)
+            .env("CRM_JOBS_FERNET_KEY", FERNET_KEY)
             .stdin(Stdio::null());
         cmd
     }

@@ -1,0 +1,7 @@
+//! The Canopus portal (SERVICES.md §2): a WebForms client and the user's steps on it.
+
+pub mod portal;
+pub mod webforms;
+
+pub use portal::{BoletoRow, Portal, QuotaLink};
+pub use webforms::PortalError;

@@ -1,0 +1,799 @@
+//! `crm-jobs download-boletos`: for each sales point, log in to the Canopus portal (once per
+//! session), search each client by CPF, open each quota, emit the month's boleto and save the
+//! PDF as `{downloads}/{CONSULTOR}/{NOME}_{MES}.pdf`. One outcome per client: `success`,
+//! `cpf_not_found`, `no_boleto` or `error`. A failed login stops that sales point only; an
+//! interrupted run resumes without downloading again what is done for the month.
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use chrono::{Datelike, NaiveDate};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::Ctx;
+use crate::boleto_files;
+use crate::canopus::{BoletoRow, Portal, PortalError, QuotaLink};
+use crate::clock::{self, Clock};
+use crate::config::CanopusConfig;
+use crate::domain::boleto;
+use crate::domain::cpf::Cpf;
+use crate::exit::{Code, CodedError};
+use crate::files;
+use crate::lifecycle::JobRun;
+use crate::store::{BoletoRecord, BoletoSelection, ClientWork, Store};
+
+/// Arguments of `download-boletos`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Sales point, e.g. `17.308` (default: every sales point with credentials).
+    #[arg(long = "ponto-venda", value_name = "CODE")]
+    pub ponto_venda: Option<String>,
+    /// Year of the boletos (default: this year in America/Sao_Paulo).
+    #[arg(long, value_name = "YYYY", value_parser = clap::value_parser!(i32).range(2000..=2100))]
+    pub ano: Option<i32>,
+    /// Month of the boletos, 1 to 12 (default: this month).
+    #[arg(long, value_name = "MM", value_parser = clap::value_parser!(u32).range(1..=12))]
+    pub mes: Option<u32>,
+    /// At most this many clients per sales point.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limite: Option<u32>,
+    /// Only this client (taken again even if done this month).
+    #[arg(long, value_name = "CPF")]
+    pub cpf: Option<String>,
+    /// Only the clients of this consultant.
+    #[arg(long, value_name = "NAME")]
+    pub consultor: Option<String>,
+    /// Portal sessions at once per sales point, 1 to 16 (default `[canopus] concurrency`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub concurrency: Option<u32>,
+    /// List the clients this run would take, and stop: no login, no write.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What happened to one quota.
+enum QuotaOutcome {
+    Saved {
+        quota: String,
+        row: BoletoRow,
+        pdf: Vec<u8>,
+    },
+    AlreadyDone,
+    NoBoleto {
+        quota: String,
+        detail: String,
+    },
+    Failed {
+        quota: String,
+        error: String,
+    },
+}
+
+/// What a worker reports for one client.
+struct ClientDone {
+    client: ClientWork,
+    /// `None`: the CPF is not a client of the portal.
+    quotas: Option<Vec<QuotaOutcome>>,
+    /// A failure before any quota was opened.
+    error: Option<String>,
+    /// How many quotas the client has (to name files of several quotas apart).
+    quota_count: usize,
+    elapsed_ms: i64,
+}
+
+/// Messages from a sales point's workers.
+enum Msg {
+    /// A client's result; the worker waits for the acknowledgement before taking the next
+    /// client, so that whatever a killed run finished is recorded.
+    Client(ClientDone, tokio::sync::oneshot::Sender<()>),
+    LoginFailed(String),
+}
+
+struct Target {
+    year: i32,
+    month: u32,
+    today: NaiveDate,
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
+    let cfg = &ctx.loaded.config.canopus;
+    let today = ctx.clock.today();
+    let target = Target {
+        year: args.ano.unwrap_or(today.year()),
+        month: args.mes.unwrap_or(today.month()),
+        today,
+    };
+    let cpf = match &args.cpf {
+        Some(c) => Some(Cpf::parse(c).map_err(|e| CodedError {
+            code: Code::Usage,
+            message: format!("`--cpf`: {e}"),
+        })?),
+        None => None,
+    };
+    let consultant = args.consultor.as_deref().map(|c| c.trim().to_uppercase());
+    let wanted = match &args.ponto_venda {
+        Some(code) => {
+            Some(
+                super::credentials::sales_point_code(code).ok_or_else(|| CodedError {
+                    code: Code::Usage,
+                    message: format!(
+                        "`--ponto-venda {code}` is not a sales point code (e.g. `17.308`)"
+                    ),
+                })?,
+            )
+        }
+        None => None,
+    };
+    let store = ctx.open_store()?;
+    let points: Vec<String> = match &wanted {
+        Some(code) => vec![code.clone()],
+        None => store
+            .sales_points()?
+            .into_iter()
+            .filter(|p| p.has_password)
+            .map(|p| p.code)
+            .collect(),
+    };
+    let cpf_digits = cpf.as_ref().map(|c| c.digits().to_string());
+    let selection = |code: String| BoletoSelection {
+        sales_point: code,
+        year: target.year,
+        month: target.month,
+        consultant: consultant.clone(),
+        cpf: cpf_digits.clone(),
+        limit: args.limite,
+    };
+    if args.dry_run {
+        let mut total = 0;
+        for code in &points {
+            for c in store.clients_for_boletos(&selection(code.clone()))? {
+                total += 1;
+                println!(
+                    "{code}\t{}\t{}\t{}",
+                    c.consultant,
+                    Cpf::parse(&c.cpf).map(|x| x.masked()).unwrap_or_default(),
+                    c.name
+                );
+            }
+        }
+        ctx.printer.say(&format!(
+            "dry run: {total} client(s) would be taken for {:02}/{}; nothing was sent or written",
+            target.month, target.year
+        ));
+        return Ok(Code::Success);
+    }
+    drop(store);
+    let sealer = super::credentials::sealer(ctx)?;
+    let base_url = cfg.base_url.clone().ok_or_else(|| {
+        CodedError::config("`[canopus] base_url` is not set: set it in the config file or `CRM_JOBS_CANOPUS_BASE_URL` (the real portal is https://cnp3.consorciocanopus.com.br)")
+    })?;
+    if points.is_empty() {
+        return Err(CodedError::config(
+            "no sales point has credentials: add them with `crm-jobs credentials set --ponto-venda CODE --usuario USER`",
+        ));
+    }
+    let origin = if std::io::stdin().is_terminal() {
+        "manual"
+    } else {
+        "automatic"
+    };
+    let mut run = JobRun::start(
+        &ctx.store_path()?,
+        ctx.clock,
+        "download-boletos",
+        "boletos",
+        origin,
+        None,
+    )?;
+    let downloads = ctx.downloads_dir()?;
+    let mut stopped: Vec<String> = Vec::new();
+    for code in &points {
+        if run.cancel.is_cancelled() {
+            break;
+        }
+        let work = run.store.clients_for_boletos(&selection(code.clone()))?;
+        if work.is_empty() {
+            tracing::info!(
+                "sales point {code}: no client to do for {:02}/{}",
+                target.month,
+                target.year
+            );
+            continue;
+        }
+        let Some((user, token)) = run.store.credentials(code)? else {
+            let m = format!(
+                "sales point {code} has no credentials: `crm-jobs credentials set --ponto-venda {code} --usuario USER`"
+            );
+            tracing::warn!("{m}");
+            run.event("warn", m.clone());
+            stopped.push(m);
+            continue;
+        };
+        let password = match sealer.decrypt(&token) {
+            Ok(p) => p,
+            Err(e) => {
+                let m = format!("sales point {code}: {e}");
+                tracing::warn!("{m}");
+                run.event("warn", m.clone());
+                stopped.push(m);
+                continue;
+            }
+        };
+        for folder in work
+            .iter()
+            .map(|c| c.folder.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            files::remove_stale_parts(&downloads.join(&folder));
+        }
+        let concurrency = args.concurrency.unwrap_or(cfg.concurrency) as usize;
+        if let Some(m) = sales_point(
+            &mut run,
+            cfg,
+            &base_url,
+            code,
+            &user,
+            &password,
+            work,
+            &target,
+            &downloads,
+            concurrency,
+            ctx,
+        )
+        .await?
+        {
+            stopped.push(m);
+        }
+    }
+    let n = |k: &str| run.counters.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+    let mut detail = format!(
+        "{} client(s) for {:02}/{}: {} success, {} cpf_not_found, {} no_boleto, {} error; {} file(s) saved",
+        run.counts.total,
+        target.month,
+        target.year,
+        n("success"),
+        n("cpf_not_found"),
+        n("no_boleto"),
+        n("error"),
+        n("files")
+    );
+    if n("already_done") > 0 {
+        detail.push_str(&format!(", {} already done", n("already_done")));
+    }
+    let stop = if !stopped.is_empty() && stopped.len() == points.len() && run.counts.total == 0 {
+        Some(anyhow!(stopped.join("; ")))
+    } else {
+        run.counts.failed += stopped.len() as i64;
+        if !stopped.is_empty() {
+            detail.push_str(&format!("; {} sales point(s) stopped", stopped.len()));
+        }
+        None
+    };
+    run.finish(&ctx.printer, stop, &detail)
+}
+
+/// Runs one sales point; returns why it stopped early, if it did (a failed login).
+#[allow(clippy::too_many_arguments)]
+async fn sales_point(
+    run: &mut JobRun,
+    cfg: &CanopusConfig,
+    base_url: &str,
+    code: &str,
+    user: &str,
+    password: &str,
+    work: Vec<ClientWork>,
+    target: &Target,
+    downloads: &Path,
+    concurrency: usize,
+    ctx: &Ctx,
+) -> Result<Option<String>> {
+    let total = work.len();
+    let mut jobs = VecDeque::new();
+    for c in work {
+        let mut done = Vec::new();
+        for quota in quotas_done(&run.store, &c, target)? {
+            done.push(quota);
+        }
+        jobs.push_back((c, done));
+    }
+    let bar = ctx.printer.progress(total as u64, &format!("PV {code}"));
+    let queue = Arc::new(Mutex::new(jobs));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(total).max(1) {
+        let (queue, stop, tx, cancel) =
+            (queue.clone(), stop.clone(), tx.clone(), run.cancel.clone());
+        let (cfg, base_url, user, password) = (
+            cfg.clone(),
+            base_url.to_string(),
+            user.to_string(),
+            password.to_string(),
+        );
+        let (year, month, today) = (target.year, target.month, target.today);
+        workers.spawn(async move {
+            let mut portal = match Portal::new(&cfg, &base_url) {
+                Ok(p) => p,
+                Err(e) => {
+                    tx.send(Msg::LoginFailed(format!("{e:#}"))).ok();
+                    return;
+                }
+            };
+            let mut logged_in = false;
+            loop {
+                if cancel.is_cancelled() || stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if !logged_in {
+                    match login(&mut portal, &user, &password, cfg.retries).await {
+                        Ok(()) => logged_in = true,
+                        Err(m) => {
+                            stop.store(true, Ordering::SeqCst);
+                            tx.send(Msg::LoginFailed(m)).ok();
+                            break;
+                        }
+                    }
+                }
+                let Some((client, done)) = queue.lock().expect("queue").pop_front() else {
+                    break;
+                };
+                let started = Instant::now();
+                let mut result =
+                    client_boletos(&mut portal, &cfg, &client, &done, year, month, today).await;
+                let mut tries = 0;
+                loop {
+                    match &result {
+                        Err(PortalError::SessionExpired) if tries == 0 => {}
+                        Err(PortalError::Transient(_)) if tries < cfg.retries => {}
+                        _ => break,
+                    }
+                    tries += 1;
+                    if let Err(m) = login(&mut portal, &user, &password, cfg.retries).await {
+                        stop.store(true, Ordering::SeqCst);
+                        tx.send(Msg::LoginFailed(m)).ok();
+                        return;
+                    }
+                    result =
+                        client_boletos(&mut portal, &cfg, &client, &done, year, month, today).await;
+                }
+                let elapsed_ms = started.elapsed().as_millis() as i64;
+                let done = match result {
+                    Ok((quotas, count)) => ClientDone {
+                        client,
+                        quotas,
+                        error: None,
+                        quota_count: count,
+                        elapsed_ms,
+                    },
+                    Err(e) => ClientDone {
+                        client,
+                        quotas: Some(Vec::new()),
+                        error: Some(e.to_string()),
+                        quota_count: 0,
+                        elapsed_ms,
+                    },
+                };
+                let (ack, recorded) = tokio::sync::oneshot::channel();
+                if tx.send(Msg::Client(done, ack)).is_err() || recorded.await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let cancel = run.cancel.clone();
+    let mut login_failure = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                None => break,
+                Some(Msg::LoginFailed(m)) => {
+                    if login_failure.is_none() {
+                        let m = format!("sales point {code}: {m}; its clients were left untouched");
+                        tracing::warn!("{m}");
+                        run.event("warn", m.clone());
+                        run.add("login_failed", 1);
+                        login_failure = Some(m);
+                    }
+                }
+                Some(Msg::Client(done, ack)) => {
+                    bar.set_message(done.client.name.clone());
+                    record_client(run, &ctx.printer, ctx.clock, downloads, target, done)?;
+                    ack.send(()).ok();
+                    bar.inc(1);
+                }
+            },
+            _ = cancel.cancelled(), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                workers.abort_all();
+                tracing::warn!("clients still in flight 5s after the signal were abandoned; nothing was recorded for them");
+                break;
+            }
+        }
+    }
+    workers.abort_all();
+    ctx.printer.finish_progress(&bar);
+    Ok(login_failure)
+}
+
+async fn login(
+    portal: &mut Portal,
+    user: &str,
+    password: &str,
+    retries: u32,
+) -> Result<(), String> {
+    let mut tries = 0;
+    loop {
+        match portal.login(user, password).await {
+            Ok(()) => return Ok(()),
+            Err(PortalError::Transient(m)) if tries < retries => {
+                tries += 1;
+                tracing::debug!("login failed transiently ({m}); trying again");
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// The quotas of a client already saved for the month, whose files are still there.
+fn quotas_done(store: &Store, c: &ClientWork, target: &Target) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for row in store.export_boletos(Some(target.year), Some(target.month), None)? {
+        if row.cpf == c.cpf
+            && row.outcome == "success"
+            && row
+                .pdf_path
+                .as_deref()
+                .is_some_and(|p| Path::new(p).exists())
+        {
+            done.push(row.quota);
+        }
+    }
+    Ok(done)
+}
+
+/// One client's steps on the portal. `Ok((None, 0))`: not a client of the portal.
+async fn client_boletos(
+    portal: &mut Portal,
+    cfg: &CanopusConfig,
+    client: &ClientWork,
+    done: &[String],
+    year: i32,
+    month: u32,
+    today: NaiveDate,
+) -> Result<(Option<Vec<QuotaOutcome>>, usize), PortalError> {
+    let cpf = Cpf::parse(&client.cpf)
+        .map_err(|e| PortalError::Unexpected(format!("invalid CPF in the store: {e}")))?;
+    let links = portal.search(&cpf).await?;
+    if links.is_empty() {
+        return Ok((None, 0));
+    }
+    let count = links.len();
+    let chosen: Vec<QuotaLink> = match cfg.quotas.as_str() {
+        "first" => links.into_iter().take(1).collect(),
+        "last" => links.into_iter().last().into_iter().collect(),
+        _ => links,
+    };
+    let mut out = Vec::new();
+    for link in chosen {
+        let quota = link.label.clone();
+        if done.contains(&quota) {
+            out.push(QuotaOutcome::AlreadyDone);
+            continue;
+        }
+        let (page, rows) = match portal.open_boletos(&link).await {
+            Ok(x) => x,
+            Err(e @ (PortalError::SessionExpired | PortalError::Transient(_))) => return Err(e),
+            Err(e) => {
+                out.push(QuotaOutcome::Failed {
+                    quota,
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let row = match cfg.row.as_str() {
+            "last" => rows.last().cloned(),
+            _ => rows
+                .iter()
+                .find(|r| r.due.year() == year && r.due.month() == month)
+                .cloned(),
+        };
+        let Some(row) = row else {
+            let listed: Vec<String> = rows
+                .iter()
+                .map(|r| r.due.format("%m/%Y").to_string())
+                .collect();
+            let detail = if listed.is_empty() {
+                "the portal lists no open installment".to_string()
+            } else {
+                format!(
+                    "no open installment due in {month:02}/{year} (the portal lists {})",
+                    listed.join(", ")
+                )
+            };
+            out.push(QuotaOutcome::NoBoleto { quota, detail });
+            continue;
+        };
+        match portal.emit(&page, &row, today).await {
+            Ok(pdf) => out.push(QuotaOutcome::Saved { quota, row, pdf }),
+            Err(e @ (PortalError::SessionExpired | PortalError::Transient(_))) => return Err(e),
+            Err(e) => out.push(QuotaOutcome::Failed {
+                quota,
+                error: e.to_string(),
+            }),
+        }
+    }
+    Ok((Some(out), count))
+}
+
+/// Records one client's outcome: files written atomically under names that never overwrite
+/// another client's file, rows in the store, counters and the item line.
+fn record_client(
+    run: &mut JobRun,
+    printer: &crate::output::Printer,
+    clock: Clock,
+    downloads: &Path,
+    target: &Target,
+    done: ClientDone,
+) -> Result<()> {
+    let c = &done.client;
+    let at = clock::to_store(clock.now());
+    let who = format!(
+        "{} ({}, {})",
+        c.name,
+        c.consultant,
+        Cpf::parse(&c.cpf).map(|x| x.masked()).unwrap_or_default()
+    );
+    run.counts.total += 1;
+    run.item_duration(done.elapsed_ms);
+    let run_id = run.run_id;
+    let base = |quota: &'static str| BoletoRecord {
+        client_id: c.id,
+        year: target.year,
+        month: target.month,
+        quota,
+        outcome: "error",
+        due_date: None,
+        value_centavos: None,
+        linha: None,
+        pdf_path: None,
+        pdf_sha256: None,
+        error: None,
+        run_id,
+        at: "",
+    };
+    if let Some(error) = &done.error {
+        run.store.record_boleto(&BoletoRecord {
+            error: Some(error),
+            at: &at,
+            ..base("")
+        })?;
+        run.counts.failed += 1;
+        run.add("error", 1);
+        tracing::warn!("{who}: error: {error}");
+        run.event("warn", format!("client {}: {error}", c.name));
+        return Ok(());
+    }
+    let Some(quotas) = done.quotas else {
+        run.store.record_boleto(&BoletoRecord {
+            outcome: "cpf_not_found",
+            at: &at,
+            ..base("")
+        })?;
+        run.counts.ok += 1;
+        run.add("cpf_not_found", 1);
+        tracing::warn!("{who}: cpf_not_found: the portal finds no quota for this CPF");
+        return Ok(());
+    };
+    let (mut saved, mut failed, mut already) = (0, 0, 0);
+    let mut notes = Vec::new();
+    for q in quotas {
+        match q {
+            QuotaOutcome::AlreadyDone => already += 1,
+            QuotaOutcome::NoBoleto { quota, detail } => {
+                run.store.record_boleto(&BoletoRecord {
+                    quota: &quota,
+                    outcome: "no_boleto",
+                    error: Some(&detail),
+                    at: &at,
+                    ..base("")
+                })?;
+                notes.push(format!("{quota}: {detail}"));
+            }
+            QuotaOutcome::Failed { quota, error } => {
+                failed += 1;
+                run.store.record_boleto(&BoletoRecord {
+                    quota: &quota,
+                    error: Some(&error),
+                    at: &at,
+                    ..base("")
+                })?;
+                notes.push(format!("{quota}: error: {error}"));
+            }
+            QuotaOutcome::Saved { quota, row, pdf } => {
+                let linha = row
+                    .linha
+                    .as_deref()
+                    .and_then(|l| match boleto::validate_linha(l) {
+                        Ok(v) => Some(v.digits),
+                        Err(e) => {
+                            notes.push(format!("{quota}: linha digitável not recorded: {e}"));
+                            None
+                        }
+                    });
+                match save(
+                    run,
+                    downloads,
+                    target,
+                    c,
+                    &quota,
+                    done.quota_count,
+                    &row,
+                    &pdf,
+                    &at,
+                ) {
+                    Ok(path) => {
+                        saved += 1;
+                        run.add("files", 1);
+                        let sha = hex::encode(Sha256::digest(&pdf));
+                        let due = row.due.format("%Y-%m-%d").to_string();
+                        run.store.record_boleto(&BoletoRecord {
+                            quota: &quota,
+                            outcome: "success",
+                            due_date: Some(&due),
+                            value_centavos: row.value_centavos,
+                            linha: linha.as_deref(),
+                            pdf_path: Some(&path.display().to_string()),
+                            pdf_sha256: Some(&sha),
+                            at: &at,
+                            ..base("")
+                        })?;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        let error = format!("{e:#}");
+                        run.store.record_boleto(&BoletoRecord {
+                            quota: &quota,
+                            error: Some(&error),
+                            at: &at,
+                            ..base("")
+                        })?;
+                        notes.push(format!("{quota}: error: {error}"));
+                    }
+                }
+            }
+        }
+    }
+    let outcome = if failed > 0 {
+        "error"
+    } else if saved > 0 || already > 0 {
+        "success"
+    } else {
+        "no_boleto"
+    };
+    run.add(outcome, 1);
+    run.add("already_done", already);
+    if outcome == "error" {
+        run.counts.failed += 1;
+    } else {
+        run.counts.ok += 1;
+    }
+    let line = format!(
+        "{who}: {outcome}{}{}",
+        if saved > 0 {
+            format!(", {saved} file(s) saved")
+        } else {
+            String::new()
+        },
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
+        }
+    );
+    if outcome == "error" {
+        tracing::warn!("{line}");
+        run.event("warn", line);
+    } else if printer.item_lines() {
+        tracing::info!("{line} [{}ms]", done.elapsed_ms);
+    }
+    Ok(())
+}
+
+/// Writes a client's boleto under its name, never over another client's file. A file of the
+/// same client and month from another year is put aside in a folder named after its year.
+#[allow(clippy::too_many_arguments)]
+fn save(
+    run: &mut JobRun,
+    downloads: &Path,
+    target: &Target,
+    c: &ClientWork,
+    quota: &str,
+    quota_count: usize,
+    row: &BoletoRow,
+    pdf: &[u8],
+    at: &str,
+) -> Result<PathBuf> {
+    let path = file_path(run, downloads, target, c, quota, quota_count, row)?;
+    // Claim the name before writing, so that a run killed in between finds the file as this
+    // client's own and never files it under a homonym's name.
+    run.store.record_boleto(&BoletoRecord {
+        client_id: c.id,
+        year: target.year,
+        month: target.month,
+        quota,
+        outcome: "error",
+        due_date: None,
+        value_centavos: None,
+        linha: None,
+        pdf_path: Some(&path.display().to_string()),
+        pdf_sha256: None,
+        error: Some("the process stopped while saving this file"),
+        run_id: run.run_id,
+        at,
+    })?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| downloads.join(&c.folder));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    files::write_atomic(&dir, &name, pdf)
+}
+
+/// Where a client's boleto goes: its own earlier file for the month, else `{NOME}_{MES}.pdf`
+/// (with the quota when the client has several), else the homonym form when the name is taken.
+fn file_path(
+    run: &mut JobRun,
+    downloads: &Path,
+    target: &Target,
+    c: &ClientWork,
+    quota: &str,
+    quota_count: usize,
+    row: &BoletoRow,
+) -> Result<PathBuf> {
+    let dir = downloads.join(&c.folder);
+    if let Some((own, _)) = run
+        .store
+        .boleto_file(c.id, target.year, target.month, quota)?
+    {
+        // A re-download for the same client and month replaces its own file.
+        return Ok(PathBuf::from(own));
+    }
+    let mut stem = boleto_files::file_stem(&c.name, row.due.month());
+    if quota_count > 1 {
+        stem = format!("{stem}_{}", files::safe_component(&quota.replace('/', "-")));
+    }
+    let cpf = Cpf::parse(&c.cpf).map_err(|e| anyhow!("invalid CPF in the store: {e}"))?;
+    let plain = dir.join(format!("{stem}.pdf"));
+    let path = match run.store.file_owner(&plain.display().to_string())? {
+        Some(owner) if owner.client_id == c.id => {
+            // The same client's file from another year (or month of the same name): keep it.
+            let aside = dir.join(owner.year.to_string());
+            files::create_private_dir(&aside)?;
+            let moved = aside.join(plain.file_name().unwrap_or_default());
+            std::fs::rename(&plain, &moved).ok();
+            run.store
+                .move_boleto_file(owner.boleto_id, &moved.display().to_string())?;
+            plain
+        }
+        Some(_) => dir.join(format!("{}.pdf", boleto_files::homonym_stem(&stem, &cpf))),
+        None if plain.exists() => {
+            dir.join(format!("{}.pdf", boleto_files::homonym_stem(&stem, &cpf)))
+        }
+        None => plain,
+    };
+    Ok(path)
+}

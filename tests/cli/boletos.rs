@@ -1,0 +1,480 @@
+//! `credentials`, `import clients` and `download-boletos` against the sandbox's Canopus portal.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use crm_jobs::sandbox::{Route, SbBoleto, SbQuota};
+use rust_xlsxwriter::Workbook;
+
+use crate::support::*;
+
+/// A consultant spreadsheet like the real one: a title block, the header on row 12, CPFs stored
+/// as numbers (leading zero lost), names with commission notes.
+fn spreadsheet(env: &Env, file: &str, rows: &[(&str, &str, &str, &str)]) -> std::path::PathBuf {
+    let mut book = Workbook::new();
+    let sheet = book.add_worksheet();
+    sheet
+        .write_string(0, 0, "PLANILHA GERAL - CONSÓRCIO CANOPUS")
+        .unwrap();
+    sheet.write_string(2, 0, "Consultor: DENER").unwrap();
+    sheet
+        .write_string(4, 0, "Atualizado em 01/11/2025")
+        .unwrap();
+    let header = ["G/C", "CPF", "Concorciado", "SITUAÇÃO", "P.V", "Valor"];
+    for (i, h) in header.iter().enumerate() {
+        sheet.write_string(11, i as u16, *h).unwrap();
+    }
+    for (n, (gc, cpf, name, situacao)) in rows.iter().enumerate() {
+        let r = 12 + n as u32;
+        sheet.write_string(r, 0, *gc).unwrap();
+        match cpf.parse::<f64>() {
+            Ok(number) => sheet.write_number(r, 1, number).unwrap(),
+            Err(_) => sheet.write_string(r, 1, *cpf).unwrap(),
+        };
+        sheet.write_string(r, 2, *name).unwrap();
+        sheet.write_string(r, 3, *situacao).unwrap();
+        sheet.write_number(r, 4, 17308.0).unwrap();
+        sheet.write_number(r, 5, 512.34).unwrap();
+    }
+    let path = env.path(file);
+    book.save(&path).unwrap();
+    path
+}
+
+fn set_credentials(env: &Env, password: &str) -> Out {
+    let mut child = env
+        .cmd(&[
+            "credentials",
+            "set",
+            "--ponto-venda",
+            "17308",
+            "--usuario",
+            "24627",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn quota(group: &str, name: &str, dues: &[&str]) -> SbQuota {
+    SbQuota {
+        group: group.into(),
+        quota: "0123".into(),
+        name: name.into(),
+        boletos: dues
+            .iter()
+            .enumerate()
+            .map(|(i, d)| SbBoleto::new(date(d), 51_234, 7_000 + i as u64))
+            .collect(),
+    }
+}
+
+/// A portal user, credentials stored, and clients imported from a spreadsheet.
+fn setup(env: &Env, rows: &[(&str, &str, &str, &str)]) {
+    env.sandbox.canopus.add_user("24627", "s3nha");
+    let out = set_credentials(env, "s3nha");
+    assert_eq!(out.code, 0, "{out:?}");
+    let file = spreadsheet(env, "DENER__PLANILHA_GERAL.xlsx", rows);
+    let out = env.run(&[
+        "import",
+        "clients",
+        file.to_str().unwrap(),
+        "--consultor",
+        "Dener",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+fn digits(n: u32) -> String {
+    cpf(n).digits().to_string()
+}
+
+#[test]
+fn every_outcome_with_files_named_per_consultant() {
+    let env = Env::new();
+    // cpf(2) starts with 0? Numbers lose leading zeros either way: stored as numbers.
+    setup(
+        &env,
+        &[
+            (
+                "001234/0123",
+                &digits(1),
+                "WESLEY JUNIOR DIDEROT CHERISCAR - 70%",
+                "Em dia",
+            ),
+            ("001235/0123", &digits(2), "MARIA SEM COTA", "INADIMPLENTE"),
+            ("001236/0123", &digits(3), "JOÃO SEM BOLETO 50%", "Em dia"),
+            ("001237/0123", &digits(4), "ANA DUAS COTAS", "Em dia"),
+            ("001238/0123", &digits(5), "CARLOS PDF QUEBRADO", "Em dia"),
+            ("001239/0123", &digits(6), "CANCELADO HÁ TEMPO", "CANCELADO"),
+        ],
+    );
+    let c = &env.sandbox.canopus;
+    c.set_client(
+        &digits(1),
+        vec![quota(
+            "001234",
+            "WESLEY JUNIOR DIDEROT CHERISCAR",
+            &["2025-10-10", "2025-11-10"],
+        )],
+    );
+    c.set_client(&digits(3), vec![quota("001236", "JOÃO SEM BOLETO", &[])]);
+    c.set_client(
+        &digits(4),
+        vec![
+            quota("001237", "ANA DUAS COTAS", &["2025-11-15"]),
+            quota("001240", "ANA DUAS COTAS", &["2025-11-20"]),
+        ],
+    );
+    let mut broken = quota("001238", "CARLOS PDF QUEBRADO", &["2025-11-05"]);
+    broken.boletos[0].broken_pdf = true;
+    c.set_client(&digits(5), vec![broken]);
+
+    let out = env.run(&[
+        "download-boletos",
+        "--ponto-venda",
+        "17.308",
+        "--ano",
+        "2025",
+        "--mes",
+        "11",
+        "--json",
+    ]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let summary: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(summary["counters"]["success"], 2, "{out:?}");
+    assert_eq!(summary["counters"]["cpf_not_found"], 1);
+    assert_eq!(summary["counters"]["no_boleto"], 1);
+    assert_eq!(summary["counters"]["error"], 1);
+    assert_eq!(summary["counters"]["files"], 3);
+    assert_eq!(
+        summary["items"]["total"], 5,
+        "the cancelled client is not taken"
+    );
+
+    let folder = env.downloads().join("DENER");
+    let wesley = folder.join("WESLEY_JUNIOR_DIDEROT_CHERISCAR_NOVEMBRO.pdf");
+    let bytes = std::fs::read(&wesley).unwrap();
+    assert!(
+        bytes.starts_with(b"%PDF-") && bytes.len() > 150_000,
+        "{}",
+        bytes.len()
+    );
+    assert!(
+        folder
+            .join("ANA_DUAS_COTAS_NOVEMBRO_001237-0123.pdf")
+            .exists()
+    );
+    assert!(
+        folder
+            .join("ANA_DUAS_COTAS_NOVEMBRO_001240-0123.pdf")
+            .exists()
+    );
+    assert_eq!(
+        files_under(&env.downloads()).len(),
+        3,
+        "{:?}",
+        files_under(&env.downloads())
+    );
+    assert!(
+        out.stderr.contains("CARLOS PDF QUEBRADO (DENER, "),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(
+            "is not a PDF (48 bytes starting with `<html><body>Erro ao `); nothing was saved"
+        ),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains(&cpf(1).formatted()),
+        "no full CPF in logs"
+    );
+
+    let (due, value, linha): (String, i64, String) = env
+        .db()
+        .query_row(
+            "SELECT b.due_date, b.value_centavos, b.linha FROM boletos b JOIN clients c ON c.id = b.client_id
+             WHERE c.cpf = ?1",
+            [digits(1)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((due.as_str(), value), ("2025-11-10", 51_234));
+    assert!(crm_jobs::domain::boleto::validate_linha(&linha).is_ok());
+
+    let export = env.run(&[
+        "export", "boletos", "--format", "csv", "--ano", "2025", "--mes", "11",
+    ]);
+    assert_eq!(export.code, 0, "{export:?}");
+    assert!(
+        export
+            .stdout
+            .starts_with("sales_point,consultant,cpf,client,year,month,quota,outcome")
+    );
+    assert_eq!(export.stdout.lines().count(), 1 + 6);
+
+    // Resumed: only the client in error is taken again, and nothing is downloaded twice.
+    let pdfs = env.sandbox.faults.seen(Route::CanopusPdf);
+    let again = env.run(&[
+        "download-boletos",
+        "--ponto-venda",
+        "17.308",
+        "--ano",
+        "2025",
+        "--mes",
+        "11",
+        "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(summary["items"]["total"], 1, "{again:?}");
+    assert_eq!(env.sandbox.faults.seen(Route::CanopusPdf), pdfs + 1);
+}
+
+#[test]
+fn an_expired_session_logs_in_again_and_goes_on() {
+    let env = Env::new();
+    env.configure("", "concurrency = 1");
+    setup(
+        &env,
+        &[
+            ("1/1", &digits(11), "CLIENTE UM", "Em dia"),
+            ("2/1", &digits(12), "CLIENTE DOIS", "Em dia"),
+        ],
+    );
+    for n in [11, 12] {
+        env.sandbox.canopus.set_client(
+            &digits(n),
+            vec![quota(&format!("{n}"), "C", &["2025-11-10"])],
+        );
+    }
+    env.sandbox.canopus.expire_sessions_after(6);
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(env.sandbox.canopus.logins(), 2);
+    assert_eq!(files_under(&env.downloads()).len(), 2);
+}
+
+#[test]
+fn a_rejected_postback_names_the_control() {
+    let env = Env::new();
+    env.configure("", "concurrency = 1");
+    setup(&env, &[("1/1", &digits(21), "CLIENTE", "Em dia")]);
+    env.sandbox
+        .canopus
+        .set_client(&digits(21), vec![quota("21", "CLIENTE", &["2025-11-10"])]);
+    env.sandbox.canopus.reject_postbacks(1);
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("error: the portal rejected the postback of `ctl00$Conteudo$cbxCriterioBusca` on `/canopus/WWW/CONAT/frmBuscaCota.aspx` (Invalid postback or callback argument)"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_wrong_password_stops_the_sales_point_and_marks_no_client() {
+    let env = Env::new();
+    setup(&env, &[("1/1", &digits(31), "CLIENTE", "Em dia")]);
+    assert_eq!(set_credentials(&env, "errada").code, 0);
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("sales point 17.308: login refused by the portal: Usuário ou senha inválidos.; its clients were left untouched"),
+        "{out:?}"
+    );
+    let rows: i64 = env.query("SELECT COUNT(*) FROM boletos");
+    assert_eq!(rows, 0);
+    assert!(!out.stderr.contains("errada"));
+}
+
+#[test]
+fn homonyms_and_hostile_names_never_collide_or_escape() {
+    let env = Env::new();
+    setup(
+        &env,
+        &[
+            ("1/1", &digits(41), "JOSÉ DA SILVA", "Em dia"),
+            ("2/1", &digits(42), "JOSÉ DA SILVA - 70%", "Em dia"),
+            ("3/1", &digits(43), "../../etc/passwd", "Em dia"),
+        ],
+    );
+    for n in [41, 42, 43] {
+        env.sandbox.canopus.set_client(
+            &digits(n),
+            vec![quota(&format!("{n}"), "X", &["2025-03-10"])],
+        );
+    }
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "3"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut names: Vec<String> = files_under(&env.downloads())
+        .iter()
+        .map(|p| {
+            p.strip_prefix(env.downloads())
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    let suffix = |n: u32| cpf(n).digits()[7..].to_string();
+    let (first, second) = (suffix(41), suffix(42));
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(
+        names.contains(&"DENER/ETC_PASSWD_MARÇO.pdf".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"DENER/JOSÉ_DA_SILVA_MARÇO.pdf".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&format!("DENER/JOSÉ_DA_SILVA_MARÇO_{first}.pdf"))
+            || names.contains(&format!("DENER/JOSÉ_DA_SILVA_MARÇO_{second}.pdf")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn an_interrupted_run_resumes_without_downloading_again() {
+    let env = Env::new();
+    env.configure("", "concurrency = 1");
+    setup(
+        &env,
+        &[
+            ("1/1", &digits(51), "PRIMEIRO", "Em dia"),
+            ("2/1", &digits(52), "SEGUNDO", "Em dia"),
+        ],
+    );
+    for n in [51, 52] {
+        env.sandbox.canopus.set_client(
+            &digits(n),
+            vec![quota(&format!("{n}"), "X", &["2025-11-10"])],
+        );
+    }
+    // The first PDF goes through; the second is held, and the process is killed there.
+    env.sandbox.faults.hold_after(Route::CanopusPdf, 1);
+    let mut child = env.spawn(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(env.sandbox.faults.wait_held(Route::CanopusPdf, 1, WAIT), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    env.sandbox.faults.release_all();
+    assert_eq!(files_under(&env.downloads()).len(), 1);
+
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("run #1 of `download-boletos` was left running by a process that died"),
+        "{out:?}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        summary["items"]["total"], 1,
+        "only the second client is taken again: {out:?}"
+    );
+    assert_eq!(env.sandbox.faults.seen(Route::CanopusPdf), 3);
+    assert_eq!(files_under(&env.downloads()).len(), 2);
+}
+
+#[test]
+fn credentials_are_stored_encrypted_and_never_listed() {
+    let env = Env::new();
+    setup(&env, &[("1/1", &digits(61), "CLIENTE", "Em dia")]);
+    let list = env.run(&["credentials", "list"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(
+        list.stdout
+            .contains("17.308\t24627\tstored (encrypted)\t1\t"),
+        "{list:?}"
+    );
+    assert!(!list.stdout.contains("s3nha"));
+    let token: String = env.query("SELECT password_token FROM sales_points");
+    assert!(
+        !token.contains("s3nha") && token.starts_with("gAAAAA"),
+        "{token}"
+    );
+    assert_eq!(
+        crm_jobs::secret_box::SecretBox::new(FERNET_KEY)
+            .unwrap()
+            .decrypt(&token)
+            .unwrap(),
+        "s3nha"
+    );
+    // Another key: one clear error, the sales point stopped, nothing else changes.
+    let other = crm_jobs::secret_box::generate_key();
+    let out = env
+        .cmd(&["download-boletos", "--ano", "2025", "--mes", "11"])
+        .env("CRM_JOBS_FERNET_KEY", other)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the stored secret does not decrypt with this Fernet key"),
+        "{stderr}"
+    );
+    assert_eq!(env.sandbox.canopus.logins(), 0);
+}
+
+#[test]
+fn spreadsheet_rows_that_cannot_be_read_are_reported() {
+    let env = Env::new();
+    let file = spreadsheet(
+        &env,
+        "ruim.xlsx",
+        &[
+            ("1/1", &digits(71), "BOM", "Em dia"),
+            ("2/1", "123.456.789-00", "CPF ERRADO", "Em dia"),
+            ("3/1", &digits(72), "", "Em dia"),
+        ],
+    );
+    let out = env.run(&[
+        "import",
+        "clients",
+        file.to_str().unwrap(),
+        "--consultor",
+        "dener",
+    ]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let f = file.display();
+    assert!(out.stderr.contains(&format!("{f}: sheet `Sheet1`, row 14: invalid CPF: CPF check digits do not match (a typo?); row skipped")), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "{f}: sheet `Sheet1`, row 15: the name is empty; row skipped"
+        )),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("imported 1 client(s) of DENER"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("header on row 12"), "{out:?}");
+    let (point, name, value): (String, String, i64) = env
+        .db()
+        .query_row(
+            "SELECT s.code, c.name, c.value_centavos FROM clients c JOIN sales_points s ON s.id = c.sales_point_id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (point.as_str(), name.as_str(), value),
+        ("17.308", "BOM", 51_234)
+    );
+}
