@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use chrono::Datelike;
 
 use crate::cli::GlobalArgs;
 use crate::exit::Code;
@@ -18,6 +19,9 @@ pub struct Args {
     /// Sample contracts.
     #[arg(long, default_value_t = 40)]
     pub contracts: usize,
+    /// Sample consórcio clients.
+    #[arg(long, default_value_t = 24)]
+    pub clients: usize,
     /// Latency of the sandbox, in milliseconds (plus up to as much again of jitter).
     #[arg(long, default_value_t = 25)]
     pub latency_ms: u64,
@@ -54,10 +58,25 @@ pdf_url_template = "{}"
 concurrency = 8
 request_retries = 1
 retry_backoff_ms = 200
+
+[canopus]
+base_url = "{}"
+concurrency = 4
 "#,
         sandbox.nio_base_url(),
-        sandbox.nio_pdf_template()
+        sandbox.nio_pdf_template(),
+        sandbox.canopus_base_url()
     );
+    sandbox.canopus.add_user("24627", "senha-do-portal");
+    let due = today.with_day(10).unwrap_or(today);
+    let rows = scenario::consorcio(&sandbox.canopus, args.clients, due);
+    scenario::write_sheet(
+        &dir.join("DENER__PLANILHA_GERAL.xlsx"),
+        "DENER",
+        "17308",
+        &rows,
+    )?;
+    let fernet_key = crate::secret_box::generate_key();
     std::fs::write(dir.join("config.toml"), config)?;
     // A few transient failures, so that the retry machinery shows itself.
     sandbox.faults.push(
@@ -76,25 +95,67 @@ retry_backoff_ms = 200
         dir.display()
     );
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let steps: &[&[&str]] = &[
-        &["config", "check"],
-        &["import", "contracts", "contracts.csv"],
-        &["import", "invoices", "invoices.csv"],
-        &["fetch-invoices", "--limit", "100", "--origin", "manual"],
-        &["retry"],
-        &[
-            "export",
-            "invoices",
-            "--format",
-            "csv",
-            "--out",
-            "invoices-export.csv",
-        ],
+    let limit = args.contracts.to_string();
+    let steps: &[(&[&str], Option<&str>)] = &[
+        (&["config", "check"], None),
+        (&["import", "contracts", "contracts.csv"], None),
+        (&["import", "invoices", "invoices.csv"], None),
+        (
+            &["fetch-invoices", "--limit", &limit, "--origin", "manual"],
+            None,
+        ),
+        (&["retry"], None),
+        (
+            &[
+                "export",
+                "invoices",
+                "--format",
+                "csv",
+                "--out",
+                "invoices-export.csv",
+            ],
+            None,
+        ),
+        (
+            &[
+                "credentials",
+                "set",
+                "--ponto-venda",
+                "17.308",
+                "--usuario",
+                "24627",
+                "--password-stdin",
+            ],
+            Some("senha-do-portal\n"),
+        ),
+        (&["credentials", "list"], None),
+        (
+            &[
+                "import",
+                "clients",
+                "DENER__PLANILHA_GERAL.xlsx",
+                "--consultor",
+                "DENER",
+            ],
+            None,
+        ),
+        (&["download-boletos", "--ponto-venda", "17.308"], None),
+        (
+            &[
+                "export",
+                "boletos",
+                "--format",
+                "csv",
+                "--out",
+                "boletos-export.csv",
+            ],
+            None,
+        ),
     ];
-    for step in steps {
-        let code = run_step(&exe, &dir, step, global).await?;
+    for (step, stdin) in steps {
+        let code = run_step(&exe, &dir, step, *stdin, &fernet_key, global).await?;
         // A job may end `failed` on the sandbox's bad cases; the commands around them may not.
-        let job = matches!(step[0], "fetch-invoices" | "retry");
+        let job = matches!(step[0], "fetch-invoices" | "retry" | "download-boletos");
         if !(code == 0 || job && matches!(code, 1 | 3)) {
             bail!("demo step `crm-jobs {}` exited {code}", step.join(" "));
         }
@@ -123,13 +184,20 @@ retry_backoff_ms = 200
     );
     eprintln!("  export:    {}", dir.join("invoices-export.csv").display());
     eprintln!(
-        "  try again: CRM_JOBS_CONFIG={} crm-jobs fetch-invoices --contract 7000100 (with `crm-jobs sandbox` running)",
+        "  explore:   CRM_JOBS_CONFIG={} crm-jobs export invoices --format json --contract 7000100",
         dir.join("config.toml").display()
     );
     Ok(Code::Success)
 }
 
-async fn run_step(exe: &Path, dir: &Path, step: &[&str], global: &GlobalArgs) -> Result<i32> {
+async fn run_step(
+    exe: &Path,
+    dir: &Path,
+    step: &[&str],
+    stdin: Option<&str>,
+    fernet_key: &str,
+    global: &GlobalArgs,
+) -> Result<i32> {
     eprintln!();
     eprintln!("$ crm-jobs {}", step.join(" "));
     let mut cmd = Command::new(exe);
@@ -140,13 +208,25 @@ async fn run_step(exe: &Path, dir: &Path, step: &[&str], global: &GlobalArgs) ->
         }
     }
     cmd.env("CRM_JOBS_CONFIG", dir.join("config.toml"))
-        .env("CRM_JOBS_NIO_PASSPHRASE", DEFAULT_PASSPHRASE);
+        .env("CRM_JOBS_NIO_PASSPHRASE", DEFAULT_PASSPHRASE)
+        .env("CRM_JOBS_FERNET_KEY", fernet_key);
     if global.quiet {
         cmd.arg("--quiet");
     }
-    let status = tokio::task::spawn_blocking(move || cmd.status())
-        .await?
-        .context("cannot start a demo step")?;
+    let input = stdin.map(str::to_string);
+    if input.is_some() {
+        cmd.stdin(std::process::Stdio::piped());
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn()?;
+        if let (Some(text), Some(mut pipe)) = (input, child.stdin.take()) {
+            use std::io::Write;
+            pipe.write_all(text.as_bytes())?;
+        }
+        child.wait()
+    })
+    .await?
+    .context("cannot start a demo step")?;
     let code = status.code().unwrap_or(1);
     let meaning = match code {
         0 => "success",

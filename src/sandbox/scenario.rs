@@ -106,3 +106,99 @@ pub fn build(nio: &NioState, n: usize, today: NaiveDate, opts: Options) -> Scena
         contracts: n,
     }
 }
+
+/// Sample consórcio clients: the portal's quotas and boletos, and the consultant spreadsheet
+/// rows (`G/C`, `CPF`, `Concorciado`, `SITUAÇÃO`) that list them. Includes a CPF the portal does
+/// not know, a client without an open installment, one with two quotas, homonyms and a
+/// commission note in a name.
+pub fn consorcio(canopus: &super::CanopusState, n: usize, due: NaiveDate) -> Vec<[String; 4]> {
+    use super::canopus::{SbBoleto, SbQuota};
+    let names = [
+        "WESLEY JUNIOR DIDEROT CHERISCAR - 70%",
+        "MARIA APARECIDA",
+        "JOSÉ DA SILVA",
+        "JOSÉ DA SILVA 50%",
+    ];
+    let mut rows = Vec::new();
+    for i in 0..n {
+        let cpf = Cpf::from_base(300_000_000 + (i as u32) * 7919);
+        let raw = if i < names.len() {
+            names[i].to_string()
+        } else {
+            format!("{} {i}", NAMES[i % NAMES.len()])
+        };
+        let clean = crate::boleto_files::clean_name(&raw);
+        let group = format!("{:06}", 4000 + i);
+        let boleto = |k: u64| SbBoleto::new(due, 48_750 + (i as i64) * 100, 10_000 * i as u64 + k);
+        let situacao = if i % 9 == 8 { "INADIMPLENTE" } else { "Em dia" };
+        rows.push([
+            format!("{group}/0001"),
+            cpf.formatted(),
+            raw,
+            situacao.to_string(),
+        ]);
+        let quotas = match i % 11 {
+            5 => continue, // not a client of the portal
+            7 => vec![SbQuota {
+                group,
+                quota: "0001".into(),
+                name: clean,
+                boletos: vec![],
+            }],
+            3 => vec![
+                SbQuota {
+                    group: group.clone(),
+                    quota: "0001".into(),
+                    name: clean.clone(),
+                    boletos: vec![boleto(1)],
+                },
+                SbQuota {
+                    group,
+                    quota: "0002".into(),
+                    name: clean,
+                    boletos: vec![boleto(2)],
+                },
+            ],
+            _ => vec![SbQuota {
+                group,
+                quota: "0001".into(),
+                name: clean,
+                boletos: vec![boleto(0)],
+            }],
+        };
+        canopus.set_client(cpf.digits(), quotas);
+    }
+    rows
+}
+
+/// Writes a consultant spreadsheet like the real one: a title block, the header on row 12.
+pub fn write_sheet(
+    path: &std::path::Path,
+    consultant: &str,
+    sales_point: &str,
+    rows: &[[String; 4]],
+) -> anyhow::Result<()> {
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet();
+    sheet.write_string(0, 0, "PLANILHA GERAL - CONSÓRCIO CANOPUS")?;
+    sheet.write_string(2, 0, format!("Consultor: {consultant}"))?;
+    for (i, h) in ["G/C", "CPF", "Concorciado", "SITUAÇÃO", "P.V", "Valor"]
+        .iter()
+        .enumerate()
+    {
+        sheet.write_string(11, i as u16, *h)?;
+    }
+    for (n, row) in rows.iter().enumerate() {
+        let r = 12 + n as u32;
+        sheet.write_string(r, 0, &row[0])?;
+        // Spreadsheets keep CPFs as numbers: the leading zero is lost.
+        let digits: String = row[1].chars().filter(char::is_ascii_digit).collect();
+        sheet.write_number(r, 1, digits.parse::<f64>().unwrap_or(0.0))?;
+        sheet.write_string(r, 2, &row[2])?;
+        sheet.write_string(r, 3, &row[3])?;
+        sheet.write_string(r, 4, sales_point)?;
+        sheet.write_number(r, 5, 487.5)?;
+    }
+    book.save(path)?;
+    Ok(())
+}
