@@ -12,6 +12,7 @@ pub mod domain;
 pub mod exit;
 pub mod fetching;
 pub mod files;
+pub mod http;
 pub mod jobs;
 pub mod lifecycle;
 pub mod logging;

@@ -442,18 +442,5 @@ fn button_value(html: &str, name: &str) -> String {
 }
 
 fn transient(e: &reqwest::Error) -> PortalError {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else {
-        "failed"
-    };
-    let mut message = format!("request to the portal {what}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message = format!("{message}: {s}");
-        source = s.source();
-    }
-    PortalError::Transient(message)
+    PortalError::Transient(crate::http::describe_error(e, "portal"))
 }

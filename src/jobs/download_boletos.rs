@@ -557,21 +557,7 @@ fn record_client(
     run.counts.total += 1;
     run.item_duration(done.elapsed_ms);
     let run_id = run.run_id;
-    let base = |quota: &'static str| BoletoRecord {
-        client_id: c.id,
-        year: target.year,
-        month: target.month,
-        quota,
-        outcome: "error",
-        due_date: None,
-        value_centavos: None,
-        linha: None,
-        pdf_path: None,
-        pdf_sha256: None,
-        error: None,
-        run_id,
-        at: "",
-    };
+    let base = |quota: &'static str| empty_record(c, target, run_id, quota);
     if let Some(error) = &done.error {
         run.store.record_boleto(&BoletoRecord {
             error: Some(error),
@@ -728,19 +714,10 @@ fn save(
     // Claim the name before writing, so that a run killed in between finds the file as this
     // client's own and never files it under a homonym's name.
     run.store.record_boleto(&BoletoRecord {
-        client_id: c.id,
-        year: target.year,
-        month: target.month,
-        quota,
-        outcome: "error",
-        due_date: None,
-        value_centavos: None,
-        linha: None,
         pdf_path: Some(&path.display().to_string()),
-        pdf_sha256: None,
         error: Some("the process stopped while saving this file"),
-        run_id: run.run_id,
         at,
+        ..empty_record(c, target, run.run_id, quota)
     })?;
     let dir = path
         .parent()
@@ -796,4 +773,29 @@ fn file_path(
         None => plain,
     };
     Ok(path)
+}
+
+/// A record of `quota` (or of the client, with `""`) for the month, outcome `error` and nothing
+/// else filled in: callers set what they know.
+fn empty_record<'a>(
+    c: &ClientWork,
+    target: &Target,
+    run_id: i64,
+    quota: &'a str,
+) -> BoletoRecord<'a> {
+    BoletoRecord {
+        client_id: c.id,
+        year: target.year,
+        month: target.month,
+        quota,
+        outcome: "error",
+        due_date: None,
+        value_centavos: None,
+        linha: None,
+        pdf_path: None,
+        pdf_sha256: None,
+        error: None,
+        run_id,
+        at: "",
+    }
 }

@@ -611,20 +611,7 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> NioError {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else {
-        "connection failed"
-    };
-    let mut message = format!("request to the Nio API {what}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message = format!("{message}: {s}");
-        source = s.source();
-    }
-    NioError::transient(message)
+    NioError::transient(crate::http::describe_error(e, "Nio API"))
 }
 
 /// A JSON scalar as text (ids come as numbers or strings).

@@ -252,6 +252,20 @@ fn session(s: &CanopusState, headers: &HeaderMap) -> (String, bool) {
     (id, true)
 }
 
+/// What every page does first: faults, the expiry switch, the session and the login check.
+/// `Err` is the answer to give instead (a fault, or the redirect to the login page).
+async fn enter(s: &CanopusState, headers: &HeaderMap, path: &str) -> Result<String, Box<Response>> {
+    if let Some(r) = s.faults.before(Route::CanopusPage).await {
+        return Err(Box::new(r));
+    }
+    s.tick();
+    let (sid, _) = session(s, headers);
+    if !logged_in(s, &sid) {
+        return Err(Box::new(to_login(path)));
+    }
+    Ok(sid)
+}
+
 fn logged_in(s: &CanopusState, sid: &str) -> bool {
     s.data
         .lock()
@@ -447,14 +461,10 @@ async fn login_post(
 }
 
 async fn main_page(State(s): State<Arc<CanopusState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = s.faults.before(Route::CanopusPage).await {
-        return r;
-    }
-    s.tick();
-    let (sid, _) = session(&s, &headers);
-    if !logged_in(&s, &sid) {
-        return to_login(MAIN);
-    }
+    let sid = match enter(&s, &headers, MAIN).await {
+        Ok(sid) => sid,
+        Err(r) => return *r,
+    };
     let hidden = s.issue(&sid, MAIN, &[], false);
     page(
         "Principal",
@@ -515,14 +525,10 @@ fn search_page(s: &CanopusState, sid: &str, results: &str, cpf: Option<String>) 
 }
 
 async fn search_get(State(s): State<Arc<CanopusState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = s.faults.before(Route::CanopusPage).await {
-        return r;
-    }
-    s.tick();
-    let (sid, _) = session(&s, &headers);
-    if !logged_in(&s, &sid) {
-        return to_login(SEARCH);
-    }
+    let sid = match enter(&s, &headers, SEARCH).await {
+        Ok(sid) => sid,
+        Err(r) => return *r,
+    };
     if let Some(sess) = s.data.lock().unwrap().sessions.get_mut(&sid) {
         sess.criterion = "G".into();
     }
@@ -534,14 +540,10 @@ async fn search_post(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = s.faults.before(Route::CanopusPage).await {
-        return r;
-    }
-    s.tick();
-    let (sid, _) = session(&s, &headers);
-    if !logged_in(&s, &sid) {
-        return to_login(SEARCH);
-    }
+    let sid = match enter(&s, &headers, SEARCH).await {
+        Ok(sid) => sid,
+        Err(r) => return *r,
+    };
     let Some((target, shown_cpf)) = postback(&s, &sid, SEARCH, &form) else {
         return invalid_postback();
     };
@@ -635,14 +637,10 @@ fn current_quota(s: &CanopusState, sid: &str) -> Option<SbQuota> {
 }
 
 async fn client_page(State(s): State<Arc<CanopusState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = s.faults.before(Route::CanopusPage).await {
-        return r;
-    }
-    s.tick();
-    let (sid, _) = session(&s, &headers);
-    if !logged_in(&s, &sid) {
-        return to_login(CLIENT);
-    }
+    let sid = match enter(&s, &headers, CLIENT).await {
+        Ok(sid) => sid,
+        Err(r) => return *r,
+    };
     let Some(q) = current_quota(&s, &sid) else {
         return redirect(SEARCH);
     };
@@ -710,14 +708,10 @@ fn boletos_page(s: &CanopusState, sid: &str, q: &SbQuota, extra: &str) -> Respon
 }
 
 async fn boletos_get(State(s): State<Arc<CanopusState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = s.faults.before(Route::CanopusPage).await {
-        return r;
-    }
-    s.tick();
-    let (sid, _) = session(&s, &headers);
-    if !logged_in(&s, &sid) {
-        return to_login(BOLETOS);
-    }
+    let sid = match enter(&s, &headers, BOLETOS).await {
+        Ok(sid) => sid,
+        Err(r) => return *r,
+    };
     let Some(q) = current_quota(&s, &sid) else {
         return redirect(SEARCH);
     };
@@ -732,14 +726,10 @@ async fn boletos_post(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = s.faults.before(Route::CanopusPage).await {
-        return r;
-    }
-    s.tick();
-    let (sid, _) = session(&s, &headers);
-    if !logged_in(&s, &sid) {
-        return to_login(BOLETOS);
-    }
+    let sid = match enter(&s, &headers, BOLETOS).await {
+        Ok(sid) => sid,
+        Err(r) => return *r,
+    };
     let Some(q) = current_quota(&s, &sid) else {
         return redirect(SEARCH);
     };

@@ -478,3 +478,82 @@ fn spreadsheet_rows_that_cannot_be_read_are_reported() {
         ("17.308", "BOM", 51_234)
     );
 }
+
+#[test]
+fn next_years_boleto_puts_last_years_file_aside_instead_of_over_it() {
+    let env = Env::new();
+    setup(&env, &[("1/1", &digits(81), "ROSA MARIA", "Em dia")]);
+    env.sandbox.canopus.set_client(
+        &digits(81),
+        vec![quota("81", "ROSA MARIA", &["2025-11-10", "2026-11-10"])],
+    );
+    assert_eq!(
+        env.run(&["download-boletos", "--ano", "2025", "--mes", "11"])
+            .code,
+        0
+    );
+    let out = env.run(&["download-boletos", "--ano", "2026", "--mes", "11"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let folder = env.downloads().join("DENER");
+    assert!(folder.join("ROSA_MARIA_NOVEMBRO.pdf").exists());
+    assert!(folder.join("2025").join("ROSA_MARIA_NOVEMBRO.pdf").exists());
+    let paths: Vec<String> = {
+        let db = env.db();
+        let mut stmt = db
+            .prepare("SELECT pdf_path FROM boletos ORDER BY year")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(
+        paths[0].ends_with("DENER/2025/ROSA_MARIA_NOVEMBRO.pdf"),
+        "{paths:?}"
+    );
+    assert!(
+        paths[1].ends_with("DENER/ROSA_MARIA_NOVEMBRO.pdf"),
+        "{paths:?}"
+    );
+    // Asking again for 2025 replaces last year's own file where it now is.
+    let again = env.run(&[
+        "download-boletos",
+        "--ano",
+        "2025",
+        "--mes",
+        "11",
+        "--cpf",
+        &digits(81),
+    ]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(files_under(&env.downloads()).len(), 2);
+}
+
+#[test]
+fn dry_run_lists_the_clients_and_logs_in_nowhere() {
+    let env = Env::new();
+    setup(
+        &env,
+        &[
+            ("1/1", &digits(91), "CLIENTE UM", "Em dia"),
+            ("2/1", &digits(92), "CLIENTE DOIS", "CANCELADO"),
+        ],
+    );
+    let out = env.run(&[
+        "download-boletos",
+        "--dry-run",
+        "--ano",
+        "2025",
+        "--mes",
+        "11",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+    assert!(out.stdout.starts_with("17.308\tDENER\t"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("dry run: 1 client(s) would be taken for 11/2025"),
+        "{out:?}"
+    );
+    assert_eq!(env.sandbox.canopus.logins(), 0);
+}
