@@ -20,6 +20,7 @@ const RESERVED_ENV: &[&str] = &[
     "CRM_JOBS_NOW",
     "CRM_JOBS_NIO_PASSPHRASE",
     "CRM_JOBS_FERNET_KEY",
+    "CRM_JOBS_FERNET_KEY_FILE",
     "CRM_JOBS_LOG",
 ];
 
@@ -209,9 +210,13 @@ pub struct CanopusConfig {
     /// Id fragment of the result grid and of its quota links.
     pub results_grid: String,
     pub quota_link: String,
+    /// Text of the search answer for a CPF that is not a client.
+    pub not_found_text: String,
     /// Id fragment of the boleto grid and name fragment of each row's emit image button.
     pub boletos_grid: String,
     pub emit_image: String,
+    /// Text of the boleto page when the quota has no open installment.
+    pub no_boleto_text: String,
     pub emit_button: String,
     pub date_field: String,
     pub kind_field: String,
@@ -246,8 +251,10 @@ impl Default for CanopusConfig {
             search_button: "ctl00$Conteudo$btnBuscar".into(),
             results_grid: "grdBuscaAvancada".into(),
             quota_link: "lnkGrupoCota".into(),
+            not_found_text: "Nenhum registro encontrado".into(),
             boletos_grid: "grdBoleto_Avulso".into(),
             emit_image: "imgEmite_Boleto".into(),
+            no_boleto_text: "Não existem parcelas em aberto".into(),
             emit_button: "ctl00$Conteudo$btnEmitir".into(),
             date_field: "ctl00$Conteudo$edtDT_Compensacao".into(),
             kind_field: "ctl00$Conteudo$rdlTipoEmissao".into(),
@@ -535,6 +542,11 @@ fn validate(config: &Config) -> Result<()> {
             "`[canopus] row` = `{}` is not one of `month`, `last`",
             canopus.row
         )));
+    }
+    if canopus.timeout_secs == 0 {
+        return Err(CodedError::config(
+            "`[canopus] timeout_secs` must be at least 1",
+        ));
     }
     if !(1..=16).contains(&canopus.concurrency) {
         return Err(CodedError::config(format!(

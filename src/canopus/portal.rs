@@ -119,7 +119,7 @@ impl Portal {
                 false,
             )
             .await?;
-        let links = results
+        let links: Vec<QuotaLink> = results
             .postback_links(&self.cfg.quota_link)
             .into_iter()
             .map(|l| QuotaLink {
@@ -127,6 +127,27 @@ impl Portal {
                 label: l.text,
             })
             .collect();
+        if links.is_empty() {
+            // Not a client only when the portal says so: a renamed grid or link must not pass
+            // for an unknown CPF.
+            if let Some(rows) = results
+                .grid(&self.cfg.results_grid)
+                .filter(|r| !r.is_empty())
+            {
+                return Err(PortalError::Unexpected(format!(
+                    "the result grid `{}` has {} row(s) but no `{}` link: the portal changed; check `[canopus] quota_link`",
+                    self.cfg.results_grid,
+                    rows.len(),
+                    self.cfg.quota_link
+                )));
+            }
+            if !results.html.contains(&self.cfg.not_found_text) {
+                return Err(PortalError::Unexpected(format!(
+                    "the search answer has neither the result grid `{}` nor the message `{}`: the portal changed; check `[canopus] results_grid` and `not_found_text`",
+                    self.cfg.results_grid, self.cfg.not_found_text
+                )));
+            }
+        }
         self.search_page = Some(results);
         Ok(links)
     }
@@ -148,8 +169,25 @@ impl Portal {
             .get(self.browser.url(&self.cfg.boletos_path)?, false)
             .await?;
         let rows = match page.grid(&self.cfg.boletos_grid) {
-            None => Vec::new(),
-            Some(rows) => rows.iter().filter_map(|r| self.boleto_row(r)).collect(),
+            None if page.html.contains(&self.cfg.no_boleto_text) => Vec::new(),
+            None => {
+                return Err(PortalError::Unexpected(format!(
+                    "the boleto page has neither the grid `{}` nor the message `{}`: the portal changed; check `[canopus] boletos_grid` and `no_boleto_text`",
+                    self.cfg.boletos_grid, self.cfg.no_boleto_text
+                )));
+            }
+            Some(grid) => {
+                let rows: Vec<BoletoRow> = grid.iter().filter_map(|r| self.boleto_row(r)).collect();
+                if rows.len() < grid.len() {
+                    return Err(PortalError::Unexpected(format!(
+                        "{} row(s) of the boleto grid `{}` have no due date or no `{}` button: the portal changed; check `[canopus] emit_image`",
+                        grid.len() - rows.len(),
+                        self.cfg.boletos_grid,
+                        self.cfg.emit_image
+                    )));
+                }
+                rows
+            }
         };
         Ok((page, rows))
     }

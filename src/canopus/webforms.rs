@@ -444,3 +444,98 @@ fn button_value(html: &str, name: &str) -> String {
 fn transient(e: &reqwest::Error) -> PortalError {
     PortalError::Transient(crate::http::describe_error(e, "portal"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(html: &str) -> Page {
+        Page {
+            url: Url::parse("http://portal/WWW/CONAT/frmBuscaCota.aspx").unwrap(),
+            html: html.into(),
+        }
+    }
+
+    const FORM: &str = r#"<form method="post" action="./frmBuscaCota.aspx">
+<input type="hidden" name="__VIEWSTATE" value="vs1" />
+<input type="hidden" name="__EVENTVALIDATION" value="ev1" />
+<select name="ctl00$Conteudo$cbxCriterioBusca" onchange="javascript:setTimeout('__doPostBack(\'ctl00$Conteudo$cbxCriterioBusca\',\'\')', 0)">
+<option value="G">Grupo</option><option selected="selected" value="F">CPF</option></select>
+<input name="ctl00$Conteudo$edtContextoBusca" type="text" disabled="disabled" />
+<input type="radio" name="tipo" value="BA" /><input type="radio" name="tipo" value="CA" checked="checked" />
+<input type="submit" name="ctl00$Conteudo$btnBuscar" value="Buscar" />
+<input type="image" name="ctl00$Conteudo$grd$ctl02$imgEmite_Boleto" src="x.gif" />
+<table id="ctl00_Conteudo_grdBuscaAvancada"><tr><th>Cota</th></tr>
+<tr><td><a id="ctl00_Conteudo_grdBuscaAvancada_ctl02_lnkGrupoCota" href="javascript:__doPostBack('ctl00$Conteudo$grdBuscaAvancada$ctl02$lnkGrupoCota','')">001234/0567</a></td><td>10/11/2025</td></tr>
+</table>
+<script>window.open("../CONCM/frmConCmImpressao.aspx?id=P1&amp;tipo=BA", "Impressao");</script>
+</form>"#;
+
+    #[test]
+    fn the_form_is_posted_as_a_browser_would() {
+        let form = page(FORM).form().unwrap();
+        assert_eq!(form.action, "./frmBuscaCota.aspx");
+        let get = |n: &str| {
+            form.fields
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("__VIEWSTATE"), Some("vs1"));
+        assert_eq!(get("ctl00$Conteudo$cbxCriterioBusca"), Some("F"));
+        assert_eq!(get("tipo"), Some("CA"), "only the checked radio");
+        assert_eq!(
+            get("ctl00$Conteudo$edtContextoBusca"),
+            None,
+            "disabled fields are not posted"
+        );
+        assert_eq!(
+            get("ctl00$Conteudo$btnBuscar"),
+            None,
+            "buttons only when clicked"
+        );
+        assert!(form.buttons.contains("ctl00$Conteudo$btnBuscar"));
+        assert!(
+            form.buttons
+                .contains("ctl00$Conteudo$grd$ctl02$imgEmite_Boleto")
+        );
+    }
+
+    #[test]
+    fn postbacks_links_grids_and_windows_are_read() {
+        let p = page(FORM);
+        assert!(
+            p.offers_postback("ctl00$Conteudo$cbxCriterioBusca"),
+            "escaped inside setTimeout"
+        );
+        assert!(p.offers_postback("ctl00$Conteudo$grdBuscaAvancada$ctl02$lnkGrupoCota"));
+        assert!(!p.offers_postback("ctl00$Conteudo$outro"));
+        let links = p.postback_links("lnkGrupoCota");
+        assert_eq!(links.len(), 1);
+        assert_eq!(
+            links[0].target,
+            "ctl00$Conteudo$grdBuscaAvancada$ctl02$lnkGrupoCota"
+        );
+        assert_eq!(links[0].text, "001234/0567");
+        let grid = p.grid("grdBuscaAvancada").unwrap();
+        assert_eq!(grid.len(), 1, "the header row is skipped");
+        assert_eq!(grid[0].cells, vec!["001234/0567", "10/11/2025"]);
+        assert_eq!(
+            p.window_open().unwrap(),
+            "../CONCM/frmConCmImpressao.aspx?id=P1&tipo=BA"
+        );
+        assert!(p.grid("grdBoleto").is_none());
+    }
+
+    #[test]
+    fn the_wrapper_embed_is_found() {
+        let p = page(
+            r#"<html><body><embed width="100%" src="Boleto.ashx?id=P1" type="application/pdf" /></body></html>"#,
+        );
+        assert_eq!(p.embed_src().unwrap(), "Boleto.ashx?id=P1");
+        assert_eq!(
+            p.join("Boleto.ashx?id=P1").unwrap().as_str(),
+            "http://portal/WWW/CONAT/Boleto.ashx?id=P1"
+        );
+    }
+}

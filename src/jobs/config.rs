@@ -31,12 +31,26 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
         Some(_) => "set (redacted)",
         None => "NOT SET: export CRM_JOBS_NIO_PASSPHRASE or set [nio] passphrase_file",
     };
+    let fernet = match crate::config::secret(
+        "CRM_JOBS_FERNET_KEY",
+        loaded.config.credentials.fernet_key_file.as_deref(),
+    )
+    .map_err(|e| crate::exit::CodedError::config(format!("{e:#}")))?
+    {
+        Some(key) => match crate::secret_box::SecretBox::new(&key) {
+            Ok(_) => "set (redacted)".to_string(),
+            Err(e) => return Err(crate::exit::CodedError::config(e.to_string())),
+        },
+        None => {
+            "NOT SET: export CRM_JOBS_FERNET_KEY or set [credentials] fernet_key_file".to_string()
+        }
+    };
     if ctx.printer.json {
         ctx.printer.json_out(&serde_json::json!({
             "file": loaded.file.as_ref().map(|(p, why)| serde_json::json!({"path": p, "found_by": why})),
             "env_overrides": loaded.env_overrides,
             "config": effective,
-            "secrets": {"CRM_JOBS_NIO_PASSPHRASE": passphrase},
+            "secrets": {"CRM_JOBS_NIO_PASSPHRASE": passphrase, "CRM_JOBS_FERNET_KEY": fernet},
         }));
         return Ok(Code::Success);
     }
@@ -48,8 +62,12 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
         println!("# overridden by the environment: {name}");
     }
     println!("# secrets: CRM_JOBS_NIO_PASSPHRASE {passphrase}");
+    println!("# secrets: CRM_JOBS_FERNET_KEY {fernet}");
     if loaded.config.nio.base_url.is_none() {
         println!("# warning: [nio] base_url is not set; fetch-invoices and retry need it");
+    }
+    if loaded.config.canopus.base_url.is_none() {
+        println!("# warning: [canopus] base_url is not set; download-boletos needs it");
     }
     println!();
     print!("{}", toml::to_string_pretty(&effective)?);

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use chrono::{Datelike, NaiveDate};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -131,6 +131,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         None => None,
     };
     let store = ctx.open_store()?;
+    let force = cpf.is_some();
     let points: Vec<String> = match &wanted {
         Some(code) => vec![code.clone()],
         None => store
@@ -151,9 +152,18 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     };
     if args.dry_run {
         let mut total = 0;
+        let mut rows = Vec::new();
         for code in &points {
             for c in store.clients_for_boletos(&selection(code.clone()))? {
                 total += 1;
+                if ctx.printer.json {
+                    rows.push(serde_json::json!({
+                        "sales_point": code, "consultant": c.consultant,
+                        "cpf": Cpf::parse(&c.cpf).map(|x| x.masked()).unwrap_or_default(),
+                        "client": c.name,
+                    }));
+                    continue;
+                }
                 println!(
                     "{code}\t{}\t{}\t{}",
                     c.consultant,
@@ -161,6 +171,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                     c.name
                 );
             }
+        }
+        if ctx.printer.json {
+            ctx.printer.json_out(&serde_json::Value::Array(rows));
         }
         ctx.printer.say(&format!(
             "dry run: {total} client(s) would be taken for {:02}/{}; nothing was sent or written",
@@ -225,6 +238,14 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                 continue;
             }
         };
+        // A folder name from the store (a host may have written it) is made safe again.
+        let work: Vec<ClientWork> = work
+            .into_iter()
+            .map(|c| ClientWork {
+                folder: boleto_files::folder_name(&c.folder),
+                ..c
+            })
+            .collect();
         for folder in work
             .iter()
             .map(|c| c.folder.clone())
@@ -244,6 +265,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             &target,
             &downloads,
             concurrency,
+            force,
             ctx,
         )
         .await?
@@ -266,7 +288,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     if n("already_done") > 0 {
         detail.push_str(&format!(", {} already done", n("already_done")));
     }
-    let stop = if !stopped.is_empty() && stopped.len() == points.len() && run.counts.total == 0 {
+    let stop = if !stopped.is_empty() && run.counts.total == 0 {
         Some(anyhow!(stopped.join("; ")))
     } else {
         run.counts.failed += stopped.len() as i64;
@@ -291,17 +313,30 @@ async fn sales_point(
     target: &Target,
     downloads: &Path,
     concurrency: usize,
+    force: bool,
     ctx: &Ctx,
 ) -> Result<Option<String>> {
     let total = work.len();
     let mut jobs = VecDeque::new();
     for c in work {
-        let mut done = Vec::new();
-        for quota in quotas_done(&run.store, &c, target)? {
-            done.push(quota);
-        }
+        // `--cpf` downloads again; otherwise quotas saved this month (file present) are skipped.
+        let done = if force {
+            Vec::new()
+        } else {
+            quotas_done(&run.store, &c, target)?
+        };
         jobs.push_back((c, done));
     }
+    // One session logs in first: a wrong password is tried once, not by every session.
+    let mut first = Portal::new(cfg, base_url)?;
+    if let Err(m) = login(&mut first, user, password, cfg.retries).await {
+        let m = format!("sales point {code}: {m}; its clients were left untouched");
+        tracing::warn!("{m}");
+        run.event("warn", m.clone());
+        run.add("login_failed", 1);
+        return Ok(Some(m));
+    }
+    let mut first = Some(first);
     let bar = ctx.printer.progress(total as u64, &format!("PV {code}"));
     let queue = Arc::new(Mutex::new(jobs));
     let stop = Arc::new(AtomicBool::new(false));
@@ -317,15 +352,16 @@ async fn sales_point(
             password.to_string(),
         );
         let (year, month, today) = (target.year, target.month, target.today);
+        let ready = first.take();
         workers.spawn(async move {
-            let mut portal = match Portal::new(&cfg, &base_url) {
+            let mut logged_in = ready.is_some();
+            let mut portal = match ready.map_or_else(|| Portal::new(&cfg, &base_url), Ok) {
                 Ok(p) => p,
                 Err(e) => {
                     tx.send(Msg::LoginFailed(format!("{e:#}"))).ok();
                     return;
                 }
             };
-            let mut logged_in = false;
             loop {
                 if cancel.is_cancelled() || stop.load(Ordering::SeqCst) {
                     break;
@@ -354,6 +390,10 @@ async fn sales_point(
                         _ => break,
                     }
                     tries += 1;
+                    if matches!(result, Err(PortalError::Transient(_))) {
+                        tokio::time::sleep(std::time::Duration::from_millis(500 << tries.min(6)))
+                            .await;
+                    }
                     if let Err(m) = login(&mut portal, &user, &password, cfg.retries).await {
                         stop.store(true, Ordering::SeqCst);
                         tx.send(Msg::LoginFailed(m)).ok();
@@ -438,6 +478,7 @@ async fn login(
             Err(PortalError::Transient(m)) if tries < retries => {
                 tries += 1;
                 tracing::debug!("login failed transiently ({m}); trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500 << tries.min(6))).await;
             }
             Err(e) => return Err(e.to_string()),
         }
@@ -446,19 +487,12 @@ async fn login(
 
 /// The quotas of a client already saved for the month, whose files are still there.
 fn quotas_done(store: &Store, c: &ClientWork, target: &Target) -> Result<Vec<String>> {
-    let mut done = Vec::new();
-    for row in store.export_boletos(Some(target.year), Some(target.month), None)? {
-        if row.cpf == c.cpf
-            && row.outcome == "success"
-            && row
-                .pdf_path
-                .as_deref()
-                .is_some_and(|p| Path::new(p).exists())
-        {
-            done.push(row.quota);
-        }
-    }
-    Ok(done)
+    Ok(store
+        .boletos_saved(c.id, target.year, target.month)?
+        .into_iter()
+        .filter(|(_, path)| Path::new(path).exists())
+        .map(|(quota, _)| quota)
+        .collect())
 }
 
 /// One client's steps on the portal. `Ok((None, 0))`: not a client of the portal.
@@ -477,12 +511,13 @@ async fn client_boletos(
     if links.is_empty() {
         return Ok((None, 0));
     }
-    let count = links.len();
     let chosen: Vec<QuotaLink> = match cfg.quotas.as_str() {
         "first" => links.into_iter().take(1).collect(),
         "last" => links.into_iter().last().into_iter().collect(),
         _ => links,
     };
+    // Files are told apart by quota only when several are taken.
+    let count = chosen.len();
     let mut out = Vec::new();
     for link in chosen {
         let quota = link.label.clone();
@@ -713,7 +748,7 @@ fn save(
     let path = file_path(run, downloads, target, c, quota, quota_count, row)?;
     // Claim the name before writing, so that a run killed in between finds the file as this
     // client's own and never files it under a homonym's name.
-    run.store.record_boleto(&BoletoRecord {
+    run.store.claim_boleto_path(&BoletoRecord {
         pdf_path: Some(&path.display().to_string()),
         error: Some("the process stopped while saving this file"),
         at,
@@ -754,25 +789,45 @@ fn file_path(
         stem = format!("{stem}_{}", files::safe_component(&quota.replace('/', "-")));
     }
     let cpf = Cpf::parse(&c.cpf).map_err(|e| anyhow!("invalid CPF in the store: {e}"))?;
-    let plain = dir.join(format!("{stem}.pdf"));
-    let path = match run.store.file_owner(&plain.display().to_string())? {
-        Some(owner) if owner.client_id == c.id => {
-            // The same client's file from another year (or month of the same name): keep it.
-            let aside = dir.join(owner.year.to_string());
-            files::create_private_dir(&aside)?;
-            let moved = aside.join(plain.file_name().unwrap_or_default());
-            std::fs::rename(&plain, &moved).ok();
-            run.store
-                .move_boleto_file(owner.boleto_id, &moved.display().to_string())?;
-            plain
+    // The plain name first, then the homonym form, then numbered ones: the first name that no
+    // other client owns and no unknown file occupies.
+    let homonym = boleto_files::homonym_stem(&stem, &cpf);
+    let candidates = std::iter::once(stem.clone())
+        .chain(std::iter::once(homonym.clone()))
+        .chain((2..).map(|n| format!("{homonym}_{n}")));
+    for candidate in candidates.take(100) {
+        let path = dir.join(format!("{candidate}.pdf"));
+        match run.store.file_owner(&path.display().to_string())? {
+            Some(owner) if owner.client_id == c.id => {
+                if owner.year != target.year {
+                    // The same client's file of another year: put it aside, never over it.
+                    let aside = dir.join(owner.year.to_string());
+                    files::create_private_dir(&aside)?;
+                    let moved = aside.join(path.file_name().unwrap_or_default());
+                    if path.exists() {
+                        std::fs::rename(&path, &moved).with_context(|| {
+                            format!(
+                                "cannot move `{}` aside to `{}`",
+                                path.display(),
+                                moved.display()
+                            )
+                        })?;
+                    }
+                    run.store
+                        .move_boleto_file(owner.boleto_id, &moved.display().to_string())?;
+                }
+                return Ok(path);
+            }
+            Some(_) => continue,
+            None if path.exists() => continue,
+            None => return Ok(path),
         }
-        Some(_) => dir.join(format!("{}.pdf", boleto_files::homonym_stem(&stem, &cpf))),
-        None if plain.exists() => {
-            dir.join(format!("{}.pdf", boleto_files::homonym_stem(&stem, &cpf)))
-        }
-        None => plain,
-    };
-    Ok(path)
+    }
+    Err(anyhow!(
+        "no free file name for `{}` in `{}` (100 homonyms?)",
+        stem,
+        dir.display()
+    ))
 }
 
 /// A record of `quota` (or of the client, with `""`) for the month, outcome `error` and nothing

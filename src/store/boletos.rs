@@ -211,8 +211,9 @@ impl Store {
         Ok(!existed)
     }
 
-    /// Clients of a sales point still to do for a month: not cancelled, and without a finished
-    /// outcome for that month (a client whose rows hold an error is taken again).
+    /// Clients of a sales point still to do for a month: not cancelled, and not already saved
+    /// for that month (`cpf_not_found`, `no_boleto` and `error` are taken again: an
+    /// installment may appear later in the month).
     pub fn clients_for_boletos(&self, sel: &BoletoSelection) -> Result<Vec<ClientWork>> {
         let mut stmt = self.conn.prepare(
             "SELECT c.id, c.cpf, c.name, k.name, k.folder
@@ -227,7 +228,7 @@ impl Store {
                      SELECT 1 FROM boletos b WHERE b.client_id = c.id AND b.year = ?2 AND b.month = ?3)
                    OR EXISTS (
                      SELECT 1 FROM boletos b WHERE b.client_id = c.id AND b.year = ?2 AND b.month = ?3
-                       AND b.outcome = 'error'))
+                       AND b.outcome <> 'success'))
              ORDER BY k.name, c.name, c.id
              LIMIT COALESCE(?6, -1)",
         )?;
@@ -273,6 +274,39 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
+    }
+
+    /// The quotas of a client saved for a month, with their files.
+    pub fn boletos_saved(
+        &self,
+        client_id: i64,
+        year: i32,
+        month: u32,
+    ) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT quota, pdf_path FROM boletos
+             WHERE client_id = ?1 AND year = ?2 AND month = ?3 AND outcome = 'success'
+               AND pdf_path IS NOT NULL",
+        )?;
+        let rows = stmt
+            .query_map(params![client_id, year, month], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Claims a file name for a client's quota before the file is written (outcome `error`
+    /// until the write is recorded), without counting an attempt.
+    pub fn claim_boleto_path(&mut self, b: &BoletoRecord) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO boletos (client_id, year, month, quota, outcome, pdf_path, error, attempts, run_id, attempted_at)
+             VALUES (?1, ?2, ?3, ?4, 'error', ?5, ?6, 0, ?7, ?8)
+             ON CONFLICT (client_id, year, month, quota) DO UPDATE SET
+                    pdf_path = excluded.pdf_path, error = CASE WHEN outcome = 'success' THEN error ELSE excluded.error END",
+            params![b.client_id, b.year, b.month, b.quota, b.pdf_path, b.error, b.run_id, b.at],
+        )?;
+        Ok(())
     }
 
     /// The latest download recorded (or claimed) under `path`, if any.

@@ -242,8 +242,54 @@ fn every_outcome_with_files_named_per_consultant() {
         "--json",
     ]);
     let summary: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
-    assert_eq!(summary["items"]["total"], 1, "{again:?}");
+    // The saved ones are not taken again; the error, the unknown CPF and the quota without an
+    // installment are (an installment may appear later in the month).
+    assert_eq!(summary["items"]["total"], 3, "{again:?}");
     assert_eq!(env.sandbox.faults.seen(Route::CanopusPdf), pdfs + 1);
+}
+
+#[test]
+fn a_renamed_portal_control_is_an_error_not_an_unknown_cpf() {
+    let env = Env::new();
+    env.configure("", "quota_link = \"lnkCotaNova\"");
+    setup(&env, &[("1/1", &digits(101), "CLIENTE", "Em dia")]);
+    env.sandbox
+        .canopus
+        .set_client(&digits(101), vec![quota("101", "CLIENTE", &["2025-11-10"])]);
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("the result grid `grdBuscaAvancada` has 1 row(s) but no `lnkCotaNova` link: the portal changed; check `[canopus] quota_link`"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_forced_client_is_downloaded_again_into_its_own_file() {
+    let env = Env::new();
+    setup(&env, &[("1/1", &digits(111), "CLIENTE", "Em dia")]);
+    env.sandbox
+        .canopus
+        .set_client(&digits(111), vec![quota("111", "CLIENTE", &["2025-11-10"])]);
+    assert_eq!(
+        env.run(&["download-boletos", "--ano", "2025", "--mes", "11"])
+            .code,
+        0
+    );
+    let out = env.run(&[
+        "download-boletos",
+        "--ano",
+        "2025",
+        "--mes",
+        "11",
+        "--cpf",
+        &cpf(111).formatted(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(env.sandbox.faults.seen(Route::CanopusPdf), 2);
+    assert_eq!(files_under(&env.downloads()).len(), 1);
+    let attempts: i64 = env.query("SELECT attempts FROM boletos");
+    assert_eq!(attempts, 2);
 }
 
 #[test]
