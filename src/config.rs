@@ -21,6 +21,8 @@ const RESERVED_ENV: &[&str] = &[
     "CRM_JOBS_NIO_PASSPHRASE",
     "CRM_JOBS_FERNET_KEY",
     "CRM_JOBS_FERNET_KEY_FILE",
+    "CRM_JOBS_CRM_ACCESS_TOKEN",
+    "CRM_JOBS_CRM_SECRET_ACCESS_TOKEN",
     "CRM_JOBS_LOG",
 ];
 
@@ -28,6 +30,10 @@ const RESERVED_ENV: &[&str] = &[
 /// wins over `nio`.
 const SECTIONS: &[&str] = &[
     "nio.fields",
+    "crm.references",
+    "crm.resources",
+    "sync.priorities",
+    "cleanup",
     "credentials",
     "downloads",
     "canopus",
@@ -35,6 +41,8 @@ const SECTIONS: &[&str] = &[
     "fetch",
     "retry",
     "nio",
+    "crm",
+    "sync",
 ];
 
 /// The whole configuration.
@@ -48,6 +56,9 @@ pub struct Config {
     pub retry: RetryConfig,
     pub canopus: CanopusConfig,
     pub credentials: CredentialsConfig,
+    pub crm: CrmConfig,
+    pub sync: SyncConfig,
+    pub cleanup: CleanupConfig,
 }
 
 /// `[store]`: where the SQLite file lives.
@@ -264,6 +275,136 @@ impl Default for CanopusConfig {
             timeout_secs: 60,
             concurrency: 4,
             retries: 1,
+        }
+    }
+}
+
+/// `[crm]`: the external CRM's REST API (SERVICES.md §3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrmConfig {
+    /// API root, e.g. `https://api.beteltecnologia.com`. No default.
+    pub base_url: Option<String>,
+    /// Header names of the two credentials (values from `CRM_JOBS_CRM_ACCESS_TOKEN` and
+    /// `CRM_JOBS_CRM_SECRET_ACCESS_TOKEN`, or the `*_file` keys).
+    pub access_token_header: String,
+    pub secret_token_header: String,
+    pub access_token_file: Option<PathBuf>,
+    pub secret_token_file: Option<PathBuf>,
+    /// JSON pointer of the new record's id in a create's answer.
+    pub id_pointer: String,
+    /// JSON pointer of the error message in a 4xx answer.
+    pub message_pointer: String,
+    /// Requests per minute, for every process of the tool together (0: no limit).
+    pub rate_limit_per_minute: u32,
+    pub timeout_secs: u64,
+    /// Requests in flight at once.
+    pub concurrency: u32,
+    /// Path of each entity's resource.
+    pub resources: std::collections::BTreeMap<String, String>,
+    /// References to translate per entity: `"/json/pointer=entity"`, `*` for every element of a
+    /// list (e.g. `"/produtos/*/produto/id=produtos"`).
+    pub references: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for CrmConfig {
+    fn default() -> Self {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        CrmConfig {
+            base_url: None,
+            access_token_header: "access-token".into(),
+            secret_token_header: "secret-access-token".into(),
+            access_token_file: None,
+            secret_token_file: None,
+            id_pointer: "/data/id".into(),
+            message_pointer: "/data/mensagem".into(),
+            rate_limit_per_minute: 100,
+            timeout_secs: 30,
+            concurrency: 4,
+            resources: map(&[
+                ("clientes", "/clientes"),
+                ("produtos", "/produtos"),
+                ("vendas", "/vendas"),
+                ("atividades", "/orcamentos"),
+            ]),
+            references: [(
+                "vendas".to_string(),
+                vec![
+                    "/cliente_id=clientes".to_string(),
+                    "/produtos/*/produto/id=produtos".to_string(),
+                ],
+            )]
+            .into_iter()
+            .collect(),
+        }
+    }
+}
+
+/// `[sync]`: the outbox drain (`sync-queue`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Items per run (`--batch`).
+    pub batch: u32,
+    /// Transient failures after which an item is `failed` (`--max-attempts`).
+    pub max_attempts: u32,
+    /// First backoff after a transient failure, doubled at each attempt.
+    pub backoff_secs: u64,
+    /// How long an item waits for a reference that is not synced yet, unless it is synced
+    /// sooner in the same run.
+    pub defer_secs: u64,
+    /// Longest `Retry-After` honoured by waiting; a longer one ends the run (items untouched).
+    pub max_retry_after_secs: u64,
+    /// Priority by entity (higher first).
+    pub priorities: std::collections::BTreeMap<String, i64>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch: 100,
+            max_attempts: 3,
+            backoff_secs: 2,
+            defer_secs: 60,
+            max_retry_after_secs: 120,
+            priorities: [
+                ("vendas", 5),
+                ("clientes", 3),
+                ("produtos", 3),
+                ("atividades", 2),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        }
+    }
+}
+
+/// `[cleanup]`: retention of old rows, in days, and the batch size of deletions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupConfig {
+    pub sync_log_days: u32,
+    pub queue_done_days: u32,
+    pub queue_failed_days: u32,
+    pub runs_days: u32,
+    /// Rows deleted per transaction (the write lock is held that long only).
+    pub batch_size: u32,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        CleanupConfig {
+            sync_log_days: 30,
+            queue_done_days: 7,
+            queue_failed_days: 30,
+            runs_days: 180,
+            batch_size: 1000,
         }
     }
 }
@@ -486,6 +627,8 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     fix(&mut config.downloads.dir);
     fix(&mut config.nio.passphrase_file);
     fix(&mut config.credentials.fernet_key_file);
+    fix(&mut config.crm.access_token_file);
+    fix(&mut config.crm.secret_token_file);
 }
 
 fn validate(config: &Config) -> Result<()> {
@@ -542,6 +685,37 @@ fn validate(config: &Config) -> Result<()> {
             "`[canopus] row` = `{}` is not one of `month`, `last`",
             canopus.row
         )));
+    }
+    let crm = &config.crm;
+    if let Some(url) = &crm.base_url
+        && !reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http" || u.scheme() == "https")
+    {
+        return Err(CodedError::config(format!(
+            "`[crm] base_url` = `{url}` is not an http(s) URL"
+        )));
+    }
+    if !(1..=64).contains(&crm.concurrency) || crm.timeout_secs == 0 {
+        return Err(CodedError::config(
+            "`[crm] concurrency` must be 1 to 64 and `[crm] timeout_secs` at least 1",
+        ));
+    }
+    for (entity, refs) in &crm.references {
+        for r in refs {
+            match r.split_once('=') {
+                Some((pointer, target))
+                    if pointer.starts_with('/') && crm.resources.contains_key(target) => {}
+                _ => {
+                    return Err(CodedError::config(format!(
+                        "`[crm.references] {entity}` has `{r}`: expected `/json/pointer=entity` with an entity of `[crm.resources]`"
+                    )));
+                }
+            }
+        }
+    }
+    if config.sync.max_attempts == 0 || config.sync.batch == 0 || config.cleanup.batch_size == 0 {
+        return Err(CodedError::config(
+            "`[sync] max_attempts`, `[sync] batch` and `[cleanup] batch_size` must be at least 1",
+        ));
     }
     if canopus.timeout_secs == 0 {
         return Err(CodedError::config(

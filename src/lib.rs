@@ -8,6 +8,7 @@ pub mod canopus;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crm;
 pub mod domain;
 pub mod exit;
 pub mod fetching;

@@ -72,11 +72,11 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    // The fixtures are embedded relative to this file, which works both in `crm-jobs` and in any
-    // crate whose `src/` sits two levels under a folder holding `shared/`.
-    const GENERATE: &str = include_str!("../../shared/fixtures/fernet/generate.json");
-    const VERIFY: &str = include_str!("../../shared/fixtures/fernet/verify.json");
-    const INVALID: &str = include_str!("../../shared/fixtures/fernet/invalid.json");
+    // The official spec vectors, kept in the repo (tests/fixtures/fernet/SOURCE.txt says where
+    // they come from) so that the tests need nothing outside the checkout.
+    const GENERATE: &str = include_str!("../tests/fixtures/fernet/generate.json");
+    const VERIFY: &str = include_str!("../tests/fixtures/fernet/verify.json");
+    const INVALID: &str = include_str!("../tests/fixtures/fernet/invalid.json");
 
     #[derive(Deserialize)]
     struct Vector {

@@ -28,6 +28,8 @@ pub enum Route {
     CanopusPage,
     /// The Canopus PDF (after the wrapper page).
     CanopusPdf,
+    /// Any request to the CRM API.
+    Crm,
 }
 
 /// One fault, applied to the next request of its route.

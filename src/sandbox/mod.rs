@@ -4,6 +4,7 @@
 //! from Rust (tests) or over HTTP under `/_sandbox/` (manual tries).
 
 pub mod canopus;
+pub mod crm;
 pub mod faults;
 pub mod nio;
 pub mod scenario;
@@ -26,6 +27,7 @@ pub struct Sandbox {
     pub addr: SocketAddr,
     pub nio: Arc<NioState>,
     pub canopus: Arc<CanopusState>,
+    pub crm: Arc<crm::CrmState>,
     pub faults: Arc<Faults>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -37,6 +39,7 @@ impl Sandbox {
         let faults = Arc::new(Faults::default());
         let nio = Arc::new(NioState::new(passphrase, faults.clone()));
         let canopus = Arc::new(CanopusState::new(faults.clone()));
+        let crm = Arc::new(crm::CrmState::new(faults.clone()));
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
         listener.set_nonblocking(true)?;
@@ -45,6 +48,7 @@ impl Sandbox {
         let app = Router::new()
             .merge(nio::routes(nio.clone()))
             .merge(canopus::routes(canopus.clone()))
+            .merge(crm::routes(crm.clone()))
             .merge(faults::routes(faults.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -70,6 +74,7 @@ impl Sandbox {
             addr,
             nio,
             canopus,
+            crm,
             faults,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -84,6 +89,11 @@ impl Sandbox {
     /// The `[canopus] base_url` to configure.
     pub fn canopus_base_url(&self) -> String {
         format!("http://{}/canopus", self.addr)
+    }
+
+    /// The `[crm] base_url` to configure.
+    pub fn crm_base_url(&self) -> String {
+        format!("http://{}/crm", self.addr)
     }
 
     /// The `[nio] pdf_url_template` that reaches the sandbox's PDFs.

@@ -4,10 +4,12 @@
 
 mod boletos;
 mod invoices;
+mod queue;
 mod runs;
 
 pub use boletos::*;
 pub use invoices::*;
+pub use queue::*;
 pub use runs::*;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../sql/0001_runs.sql")),
         M::up(include_str!("../../sql/0002_invoices.sql")),
         M::up(include_str!("../../sql/0003_boletos.sql")),
+        M::up(include_str!("../../sql/0004_sync_queue.sql")),
     ])
 });
 

@@ -1,0 +1,520 @@
+//! SQL of the CRM outbox: enqueueing, superseding, claiming, outcomes, the CRM ids learned,
+//! the request log, the shared rate limit, and the retention of old rows.
+
+use anyhow::Result;
+use rusqlite::{OptionalExtension, params};
+
+use super::Store;
+
+/// A change to enqueue.
+pub struct NewItem {
+    pub entity: String,
+    pub record_id: String,
+    pub action: String,
+    pub payload: String,
+    pub priority: Option<i64>,
+}
+
+/// A claimed item.
+#[derive(Debug, Clone)]
+pub struct QueueItem {
+    pub id: i64,
+    pub entity: String,
+    pub record_id: String,
+    pub action: String,
+    pub payload: String,
+    pub priority: i64,
+    pub attempts: u32,
+    pub idempotency_key: String,
+    pub unknown_outcome: bool,
+}
+
+/// One exported queue row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueExport {
+    pub id: i64,
+    pub entity: String,
+    pub record_id: String,
+    pub action: String,
+    pub status: String,
+    pub priority: Option<i64>,
+    pub attempts: i64,
+    pub external_id: Option<String>,
+    pub unknown_outcome: bool,
+    pub waiting_for: Option<String>,
+    pub due_at: Option<String>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// A pending item of a record, for superseding.
+struct Pending {
+    id: i64,
+    action: String,
+    attempts: i64,
+    unknown: bool,
+}
+
+/// Rows a cleanup rule removes: a table and the condition on the cutoff instant (`?1`).
+pub struct Retention {
+    pub name: &'static str,
+    pub table: &'static str,
+    pub condition: &'static str,
+}
+
+/// Every retention rule; each job's rows join this list.
+pub const RETENTION: &[Retention] = &[
+    Retention {
+        name: "sync_log",
+        table: "sync_log",
+        condition: "at < ?1",
+    },
+    Retention {
+        name: "queue_done",
+        table: "sync_queue",
+        condition: "status IN ('done', 'superseded') AND finished_at < ?1",
+    },
+    Retention {
+        name: "queue_failed",
+        table: "sync_queue",
+        condition: "status = 'failed' AND finished_at < ?1",
+    },
+    Retention {
+        name: "runs",
+        table: "runs",
+        condition: "status <> 'running' AND started_at < ?1",
+    },
+];
+
+impl Store {
+    /// Inserts changes in one transaction. Returns the new ids.
+    pub fn enqueue(&mut self, items: &[NewItem]) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO sync_queue (entity, record_id, action, payload, priority) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for i in items {
+                stmt.execute(params![
+                    i.entity,
+                    i.record_id,
+                    i.action,
+                    i.payload,
+                    i.priority
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(items.len())
+    }
+
+    /// Folds several pending changes of one record into the newest: returns (superseded,
+    /// cancelled). A create is kept as a create; a create never sent followed by a delete
+    /// cancels both.
+    pub fn supersede(&mut self, now: &str) -> Result<(usize, usize)> {
+        let tx = self.conn.transaction()?;
+        let groups: Vec<(String, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT entity, record_id FROM sync_queue WHERE status = 'pending'
+                 GROUP BY entity, record_id HAVING COUNT(*) > 1",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let (mut superseded, mut cancelled) = (0, 0);
+        for (entity, record) in groups {
+            let items: Vec<Pending> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT id, action, attempts, unknown_outcome FROM sync_queue
+                     WHERE status = 'pending' AND entity = ?1 AND record_id = ?2 ORDER BY id",
+                )?;
+                stmt.query_map(params![entity, record], |r| {
+                    Ok(Pending {
+                        id: r.get(0)?,
+                        action: r.get(1)?,
+                        attempts: r.get(2)?,
+                        unknown: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?
+            };
+            let Some(newest) = items.last() else { continue };
+            // A create the CRM may have received (attempted, or in flight when a process died)
+            // is not "never created".
+            let never_sent_create = items
+                .iter()
+                .any(|p| p.action == "create" && p.attempts == 0 && !p.unknown);
+            let had_create = items[..items.len() - 1]
+                .iter()
+                .any(|p| p.action == "create");
+            let action = match newest.action.as_str() {
+                "delete"
+                    if never_sent_create && items.iter().all(|p| !p.unknown && p.attempts == 0) =>
+                {
+                    None
+                }
+                "update" | "upsert" if had_create => Some("create"),
+                other => Some(other),
+            };
+            let unknown = items.iter().any(|p| p.unknown);
+            for p in &items[..items.len() - 1] {
+                tx.execute(
+                    "UPDATE sync_queue SET status = 'superseded', finished_at = ?2, updated_at = ?2,
+                            last_error = 'superseded by item #' || ?3
+                     WHERE id = ?1",
+                    params![p.id, now, newest.id],
+                )?;
+                superseded += 1;
+            }
+            match action {
+                Some(a) => {
+                    tx.execute(
+                        "UPDATE sync_queue SET action = ?2, unknown_outcome = MAX(unknown_outcome, ?3), updated_at = ?4 WHERE id = ?1",
+                        params![newest.id, a, unknown, now],
+                    )?;
+                }
+                None => {
+                    tx.execute(
+                        "UPDATE sync_queue SET status = 'done', finished_at = ?2, updated_at = ?2,
+                                last_error = 'created and deleted before any sync: nothing sent'
+                         WHERE id = ?1",
+                        params![newest.id, now],
+                    )?;
+                    cancelled += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok((superseded, cancelled))
+    }
+
+    /// Writes the priorities by entity used by claims.
+    pub fn set_priorities(&mut self, priorities: &[(String, i64)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM sync_priorities", [])?;
+        for (e, p) in priorities {
+            tx.execute(
+                "INSERT INTO sync_priorities (entity, priority) VALUES (?1, ?2)",
+                params![e, p],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Items left `processing` by a dead process: their request's outcome is unknown. They go
+    /// back to `pending`, marked, to be resent with the same idempotency key.
+    pub fn recover_in_flight(&mut self, now: &str) -> Result<Vec<(i64, Option<i64>)>> {
+        let tx = self.conn.transaction()?;
+        let ids: Vec<(i64, Option<i64>)> = {
+            let mut stmt =
+                tx.prepare("SELECT id, claimed_run FROM sync_queue WHERE status = 'processing'")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        tx.execute(
+            "UPDATE sync_queue SET status = 'pending', unknown_outcome = 1, claimed_run = NULL, updated_at = ?1,
+                    last_error = 'unknown outcome: a request was in flight when run #' || COALESCE(claimed_run, '?') ||
+                                 ' stopped; resent with the same idempotency key'
+             WHERE status = 'processing'",
+            [now],
+        )?;
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Claims up to `limit` due items atomically (priority, then age).
+    pub fn claim(&mut self, run_id: i64, now: &str, limit: u32) -> Result<Vec<QueueItem>> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE sync_queue SET status = 'processing', claimed_run = ?1, claimed_at = ?2, updated_at = ?2,
+                    idempotency_key = COALESCE(idempotency_key, 'crm-jobs-' || id)
+             WHERE id IN (
+                SELECT q.id FROM sync_queue q LEFT JOIN sync_priorities p ON p.entity = q.entity
+                WHERE q.status = 'pending' AND (q.due_at IS NULL OR q.due_at <= ?2)
+                ORDER BY COALESCE(q.priority, p.priority, 0) DESC, q.id
+                LIMIT ?3)
+             RETURNING id, entity, record_id, action, payload,
+                    COALESCE(priority, (SELECT priority FROM sync_priorities p WHERE p.entity = sync_queue.entity), 0),
+                    attempts, idempotency_key, unknown_outcome",
+        )?;
+        let mut items: Vec<QueueItem> = stmt
+            .query_map(params![run_id, now, limit], |r| {
+                Ok(QueueItem {
+                    id: r.get(0)?,
+                    entity: r.get(1)?,
+                    record_id: r.get(2)?,
+                    action: r.get(3)?,
+                    payload: r.get(4)?,
+                    priority: r.get(5)?,
+                    attempts: r.get(6)?,
+                    idempotency_key: r.get(7)?,
+                    unknown_outcome: r.get(8)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        items.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Ok(items)
+    }
+
+    /// Gives claimed items back, untouched (the run stopped before sending them).
+    pub fn release(&mut self, ids: &[i64], now: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for id in ids {
+            tx.execute(
+                "UPDATE sync_queue SET status = 'pending', claimed_run = NULL, updated_at = ?2 WHERE id = ?1 AND status = 'processing'",
+                params![id, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The CRM id of an ERP record, if learned.
+    pub fn external_id(&self, entity: &str, record_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT external_id FROM external_ids WHERE entity = ?1 AND record_id = ?2",
+            )?
+            .query_row(params![entity, record_id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Defers an item until a referenced record has a CRM id (no attempt is counted).
+    pub fn defer(&mut self, id: i64, waiting_for: &str, due_at: &str, now: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE sync_queue SET status = 'pending', claimed_run = NULL, waiting_for = ?2, due_at = ?3, updated_at = ?4,
+                    last_error = 'waiting for ' || ?2 || ' to be synced first'
+             WHERE id = ?1",
+            params![id, waiting_for, due_at, now],
+        )?;
+        Ok(())
+    }
+
+    /// Makes the items waiting for `entity:record_id` due now. Returns how many.
+    pub fn wake(&mut self, waiting_for: &str) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE sync_queue SET due_at = NULL, waiting_for = NULL WHERE waiting_for = ?1 AND status = 'pending'",
+            [waiting_for],
+        )?)
+    }
+
+    /// Records a success, learning (or forgetting, for a delete) the record's CRM id.
+    pub fn record_done(
+        &mut self,
+        item: &QueueItem,
+        action: &str,
+        external_id: Option<&str>,
+        status: u16,
+        now: &str,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE sync_queue SET status = 'done', external_id = COALESCE(?2, external_id), last_status = ?3,
+                    last_error = NULL, waiting_for = NULL, finished_at = ?4, updated_at = ?4, claimed_run = NULL
+             WHERE id = ?1",
+            params![item.id, external_id, status, now],
+        )?;
+        if action == "delete" {
+            tx.execute(
+                "DELETE FROM external_ids WHERE entity = ?1 AND record_id = ?2",
+                params![item.entity, item.record_id],
+            )?;
+        } else if let Some(ext) = external_id {
+            tx.execute(
+                "INSERT INTO external_ids (entity, record_id, external_id, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (entity, record_id) DO UPDATE SET external_id = excluded.external_id, updated_at = excluded.updated_at",
+                params![item.entity, item.record_id, ext, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a permanent failure.
+    pub fn record_failed(
+        &mut self,
+        id: i64,
+        status: Option<u16>,
+        error: &str,
+        now: &str,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE sync_queue SET status = 'failed', last_status = ?2, last_error = ?3, finished_at = ?4,
+                    updated_at = ?4, claimed_run = NULL
+             WHERE id = ?1",
+            params![id, status, error, now],
+        )?;
+        Ok(())
+    }
+
+    /// Records a transient failure: due again at `due_at`, or `failed` at the attempt limit.
+    /// Returns whether it failed for good.
+    pub fn record_retry(
+        &mut self,
+        id: i64,
+        status: Option<u16>,
+        error: &str,
+        due_at: &str,
+        max_attempts: u32,
+        now: &str,
+    ) -> Result<bool> {
+        let failed: bool = self.conn.query_row(
+            "UPDATE sync_queue SET attempts = attempts + 1, last_status = ?2, last_error = ?3, claimed_run = NULL,
+                    updated_at = ?6,
+                    status = CASE WHEN attempts + 1 >= ?5 THEN 'failed' ELSE 'pending' END,
+                    finished_at = CASE WHEN attempts + 1 >= ?5 THEN ?6 ELSE NULL END,
+                    due_at = CASE WHEN attempts + 1 >= ?5 THEN due_at ELSE ?4 END
+             WHERE id = ?1 RETURNING status = 'failed'",
+            params![id, status, error, due_at, max_attempts, now],
+            |r| r.get(0),
+        )?;
+        Ok(failed)
+    }
+
+    /// Appends to the request log.
+    #[allow(clippy::too_many_arguments)]
+    pub fn log_request(
+        &mut self,
+        item_id: i64,
+        run_id: i64,
+        at: &str,
+        request: &str,
+        status: Option<u16>,
+        duration_ms: i64,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sync_log (item_id, run_id, at, request, status, duration_ms, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![item_id, run_id, at, request, status, duration_ms, error])?;
+        Ok(())
+    }
+
+    /// Takes one token of the shared bucket `name` (`per_minute` tokens a minute, no burst), or
+    /// says how long to wait before asking again. `now_ms` is the real clock.
+    pub fn rate_acquire(&mut self, name: &str, per_minute: u32, now_ms: i64) -> Result<u64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row: Option<(f64, i64, i64)> = tx
+            .query_row(
+                "SELECT tokens, updated_ms, paused_until_ms FROM rate_limits WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let (tokens, updated, paused) = row.unwrap_or((1.0, now_ms, 0));
+        let per_ms = f64::from(per_minute) / 60_000.0;
+        let tokens = (tokens + (now_ms - updated).max(0) as f64 * per_ms).min(1.0);
+        let (left, wait) = if now_ms < paused {
+            (tokens, (paused - now_ms) as u64)
+        } else if tokens >= 1.0 - 1e-9 {
+            (tokens - 1.0, 0)
+        } else {
+            (tokens, ((1.0 - tokens) / per_ms).ceil() as u64)
+        };
+        tx.execute(
+            "INSERT INTO rate_limits (name, tokens, updated_ms, paused_until_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated_ms = excluded.updated_ms",
+            params![name, left, now_ms, paused],
+        )?;
+        tx.commit()?;
+        Ok(wait)
+    }
+
+    /// Pauses the shared bucket `name` until `until_ms` (a 429's Retry-After).
+    pub fn rate_pause(&mut self, name: &str, until_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO rate_limits (name, tokens, updated_ms, paused_until_ms) VALUES (?1, 0, ?2, ?2)
+             ON CONFLICT (name) DO UPDATE SET paused_until_ms = MAX(paused_until_ms, excluded.paused_until_ms)",
+            params![name, until_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Queue depth by status.
+    pub fn queue_counts(&self) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, COUNT(*) FROM sync_queue GROUP BY status ORDER BY status")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Queue rows for export, newest first.
+    pub fn export_queue(&self, status: Option<&str>) -> Result<Vec<QueueExport>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, entity, record_id, action, status, priority, attempts, external_id, unknown_outcome,
+                    waiting_for, due_at, last_status, last_error, idempotency_key, created_at, finished_at
+             FROM sync_queue WHERE (?1 IS NULL OR status = ?1) ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([status], |r| {
+                Ok(QueueExport {
+                    id: r.get(0)?,
+                    entity: r.get(1)?,
+                    record_id: r.get(2)?,
+                    action: r.get(3)?,
+                    status: r.get(4)?,
+                    priority: r.get(5)?,
+                    attempts: r.get(6)?,
+                    external_id: r.get(7)?,
+                    unknown_outcome: r.get(8)?,
+                    waiting_for: r.get(9)?,
+                    due_at: r.get(10)?,
+                    last_status: r.get(11)?,
+                    last_error: r.get(12)?,
+                    idempotency_key: r.get(13)?,
+                    created_at: r.get(14)?,
+                    finished_at: r.get(15)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// How many rows a retention rule would remove.
+    pub fn retention_count(&self, rule: &Retention, cutoff: &str) -> Result<i64> {
+        Ok(self.conn.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM {} WHERE {}",
+                rule.table, rule.condition
+            ),
+            [cutoff],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Removes at most `batch` rows of a retention rule in one short transaction.
+    pub fn retention_delete(
+        &mut self,
+        rule: &Retention,
+        cutoff: &str,
+        batch: u32,
+    ) -> Result<usize> {
+        Ok(self.conn.execute(
+            &format!(
+                "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {c} LIMIT ?2)",
+                t = rule.table,
+                c = rule.condition
+            ),
+            params![cutoff, batch],
+        )?)
+    }
+
+    /// Moves the WAL back into the database file and truncates it.
+    pub fn checkpoint(&mut self) -> Result<(i64, i64, i64)> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?)
+    }
+}
