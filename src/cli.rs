@@ -71,6 +71,12 @@ pub enum Command {
     /// Manage the portal credentials of the sales points (stored encrypted).
     #[command(subcommand)]
     Credentials(jobs::credentials::Command),
+    /// Add ERP changes (JSON lines) to the CRM outbox.
+    Enqueue(jobs::enqueue::Args),
+    /// Send the CRM outbox: priorities, shared rate limit, backoff, CRM ids.
+    SyncQueue(jobs::sync_queue::Args),
+    /// Remove rows past their retention, in small batches, then checkpoint the WAL.
+    Cleanup(jobs::cleanup::Args),
     /// Import operator spreadsheets (CSV, consultant XLSX) into the store.
     #[command(subcommand)]
     Import(jobs::import::Command),

@@ -16,6 +16,22 @@ pub enum Command {
     Invoices(Args),
     /// The outcome of every client (and quota) per month, with the saved file.
     Boletos(BoletoArgs),
+    /// The CRM outbox: every item with its status, attempts, CRM id and last error.
+    Queue(QueueArgs),
+}
+
+/// Arguments of `export queue`.
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Csv)]
+    pub format: Format,
+    /// Only items in this status (`pending`, `processing`, `done`, `failed`, `superseded`).
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+    /// Write to this file (atomically) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// Arguments of `export boletos`.
@@ -89,6 +105,17 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 args.out.as_deref(),
                 BOLETO_HEADER,
                 "boleto row(s)",
+            )
+        }
+        Command::Queue(args) => {
+            let rows = store.export_queue(args.status.as_deref())?;
+            write(
+                ctx,
+                &rows,
+                args.format,
+                args.out.as_deref(),
+                QUEUE_HEADER,
+                "queue item(s)",
             )
         }
     }
@@ -194,4 +221,24 @@ const BOLETO_HEADER: &[&str] = &[
     "error",
     "attempts",
     "attempted_at",
+];
+
+/// The queue CSV header when there is no row.
+const QUEUE_HEADER: &[&str] = &[
+    "id",
+    "entity",
+    "record_id",
+    "action",
+    "status",
+    "priority",
+    "attempts",
+    "external_id",
+    "unknown_outcome",
+    "waiting_for",
+    "due_at",
+    "last_status",
+    "last_error",
+    "idempotency_key",
+    "created_at",
+    "finished_at",
 ];

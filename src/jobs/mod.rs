@@ -1,15 +1,18 @@
 //! One file per subcommand: its clap `Args` and its `run`. This module holds what they share:
 //! the resolved context (config, clock, printer, paths) and the dispatch.
 
+pub mod cleanup;
 pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod download_boletos;
+pub mod enqueue;
 pub mod export;
 pub mod fetch_invoices;
 pub mod import;
 pub mod retry;
 pub mod sandbox;
+pub mod sync_queue;
 
 use std::path::PathBuf;
 
@@ -93,6 +96,9 @@ pub async fn dispatch(cli: Cli) -> Result<Code> {
                 Command::Retry(args) => retry::run(&ctx, args).await,
                 Command::DownloadBoletos(args) => download_boletos::run(&ctx, args).await,
                 Command::Credentials(c) => credentials::run(&ctx, c),
+                Command::Enqueue(args) => enqueue::run(&ctx, args),
+                Command::SyncQueue(args) => sync_queue::run(&ctx, args).await,
+                Command::Cleanup(args) => cleanup::run(&ctx, args).await,
                 Command::Import(c) => import::run(&ctx, c),
                 Command::Export(c) => export::run(&ctx, c),
                 Command::Config(c) => config::run(&ctx, c),

@@ -395,8 +395,9 @@ impl Store {
         Ok(())
     }
 
-    /// Takes one token of the shared bucket `name` (`per_minute` tokens a minute, no burst), or
-    /// says how long to wait before asking again. `now_ms` is the real clock.
+    /// Takes one token of the shared bucket `name` (`per_minute` tokens a minute, no burst; 0:
+    /// no limit), or says how long to wait before asking again (also while a 429's pause
+    /// lasts). `now_ms` is the real clock.
     pub fn rate_acquire(&mut self, name: &str, per_minute: u32, now_ms: i64) -> Result<u64> {
         let tx = self
             .conn
@@ -409,6 +410,11 @@ impl Store {
             )
             .optional()?;
         let (tokens, updated, paused) = row.unwrap_or((1.0, now_ms, 0));
+        if per_minute == 0 {
+            // No limit of our own; only a pause a 429 asked for.
+            tx.commit()?;
+            return Ok((paused - now_ms).max(0) as u64);
+        }
         let per_ms = f64::from(per_minute) / 60_000.0;
         let tokens = (tokens + (now_ms - updated).max(0) as f64 * per_ms).min(1.0);
         let (left, wait) = if now_ms < paused {

@@ -8,3 +8,4 @@ mod boletos;
 mod fetch;
 mod imports;
 mod lifecycle;
+mod sync;

@@ -101,7 +101,8 @@ impl Env {
             canopus.push(line.to_string());
         }
         let config = format!(
-            "[store]\npath = \"store/crm.db\"\n\n[downloads]\ndir = \"downloads\"\n\n[canopus]\n{}\n\n[nio]\n{}\n",
+            "[store]\npath = \"store/crm.db\"\n\n[downloads]\ndir = \"downloads\"\n\n[crm]\nbase_url = \"{}\"\n\n[canopus]\n{}\n\n[nio]\n{}\n",
+            self.sandbox.crm_base_url(),
             canopus.join("\n"),
             nio.join("\n")
         );
@@ -126,6 +127,14 @@ impl Env {
             .env("CRM_JOBS_NIO_PASSPHRASE", DEFAULT_PASSPHRASE)
             .env("CRM_JOBS_NOW", NOW)
             .env("CRM_JOBS_FERNET_KEY", FERNET_KEY)
+            .env(
+                "CRM_JOBS_CRM_ACCESS_TOKEN",
+                crm_jobs::sandbox::crm::ACCESS_TOKEN,
+            )
+            .env(
+                "CRM_JOBS_CRM_SECRET_ACCESS_TOKEN",
+                crm_jobs::sandbox::crm::SECRET_TOKEN,
+            )
             .stdin(Stdio::null());
         cmd
     }

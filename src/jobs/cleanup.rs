@@ -1,0 +1,78 @@
+//! `crm-jobs cleanup`: removes rows past their retention (request log, finished queue items,
+//! failed ones later, old run history) in small batches that never hold the write lock long,
+//! then checkpoints the WAL. Every job's old rows join the same list of rules
+//! (`store::RETENTION`).
+
+use anyhow::Result;
+use chrono::Duration;
+
+use super::Ctx;
+use crate::clock;
+use crate::exit::Code;
+use crate::lifecycle::JobRun;
+use crate::store::RETENTION;
+
+/// Arguments of `cleanup`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Count what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
+    let cfg = &ctx.loaded.config.cleanup;
+    let days = |name: &str| match name {
+        "sync_log" => cfg.sync_log_days,
+        "queue_done" => cfg.queue_done_days,
+        "queue_failed" => cfg.queue_failed_days,
+        _ => cfg.runs_days,
+    };
+    let now = ctx.clock.now();
+    let cutoff = |name: &str| clock::to_store(now - Duration::days(i64::from(days(name))));
+    if args.dry_run {
+        let store = ctx.open_store()?;
+        for rule in RETENTION {
+            let n = store.retention_count(rule, &cutoff(rule.name))?;
+            println!("{}\t{n}\tolder than {} days", rule.name, days(rule.name));
+        }
+        ctx.printer.say("dry run: nothing was removed");
+        return Ok(Code::Success);
+    }
+    let mut run = JobRun::start(
+        &ctx.store_path()?,
+        ctx.clock,
+        "cleanup",
+        "cleanup",
+        "automatic",
+        None,
+    )?;
+    let mut parts = Vec::new();
+    for rule in RETENTION {
+        let cut = cutoff(rule.name);
+        let mut removed = 0usize;
+        loop {
+            if run.cancel.is_cancelled() {
+                break;
+            }
+            // One short transaction per batch: the jobs running meanwhile wait milliseconds.
+            let n = run.store.retention_delete(rule, &cut, cfg.batch_size)?;
+            removed += n;
+            if n < cfg.batch_size as usize {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        run.add(rule.name, removed as i64);
+        run.counts.total += removed as i64;
+        run.counts.ok += removed as i64;
+        parts.push(format!("{removed} {}", rule.name));
+    }
+    let (busy, log, moved) = run.store.checkpoint()?;
+    if busy != 0 {
+        tracing::info!(
+            "WAL checkpoint could not finish while other jobs read the store ({moved} of {log} pages moved); the next one will"
+        );
+    }
+    run.finish(&ctx.printer, None, &format!("removed {}", parts.join(", ")))
+}

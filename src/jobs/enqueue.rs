@@ -1,0 +1,123 @@
+//! `crm-jobs enqueue [FILE|-]`: JSON lines of ERP changes into the CRM outbox. A bad line is
+//! reported with file, line and reason and enqueues nothing; the others go in one transaction.
+//! A newer pending change of a record supersedes the older one.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use super::Ctx;
+use crate::clock;
+use crate::exit::Code;
+use crate::store::NewItem;
+
+/// Arguments of `enqueue`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// JSON lines `{"entity", "record_id", "action", "payload"[, "priority"]}`; `-` or nothing
+    /// reads stdin. Actions: `create`, `update`, `delete`, `upsert` (create or update, as the
+    /// CRM id is known or not).
+    pub file: Option<PathBuf>,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Code> {
+    let (name, text) = match args.file.as_deref() {
+        None => ("stdin".to_string(), read_stdin()?),
+        Some(p) if p.as_os_str() == "-" => ("stdin".to_string(), read_stdin()?),
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).with_context(|| format!("cannot read `{}`", p.display()))?,
+        ),
+    };
+    let resources = &ctx.loaded.config.crm.resources;
+    let mut items = Vec::new();
+    let mut bad = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_line(line, resources) {
+            Ok(item) => items.push(item),
+            Err(reason) => {
+                bad += 1;
+                tracing::warn!("{name}:{}: {reason}; line skipped", i + 1);
+            }
+        }
+    }
+    let mut store = ctx.open_store()?;
+    let now = clock::to_store(ctx.clock.now());
+    let added = store.enqueue(&items)?;
+    let (superseded, cancelled) = store.supersede(&now)?;
+    if ctx.printer.json {
+        ctx.printer.json_out(&serde_json::json!({
+            "file": name, "enqueued": added, "superseded": superseded, "cancelled": cancelled, "skipped": bad,
+        }));
+    }
+    ctx.printer.say(&format!(
+        "enqueued {added} change(s) from {name}; {superseded} older pending change(s) superseded, {cancelled} cancelled out; {bad} line(s) skipped"
+    ));
+    Ok(if bad > 0 {
+        Code::Partial
+    } else {
+        Code::Success
+    })
+}
+
+fn read_stdin() -> Result<String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read stdin")?;
+    Ok(text)
+}
+
+fn parse_line(
+    line: &str,
+    resources: &std::collections::BTreeMap<String, String>,
+) -> Result<NewItem, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON ({e})"))?;
+    let obj = v.as_object().ok_or("not a JSON object")?;
+    let text = |k: &str| -> Result<String, String> {
+        match obj.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            Some(_) => Err(format!("`{k}` must be a non-empty text or number")),
+            None => Err(format!("`{k}` is missing")),
+        }
+    };
+    let entity = text("entity")?;
+    if !resources.contains_key(&entity) {
+        let known: Vec<&str> = resources.keys().map(String::as_str).collect();
+        return Err(format!(
+            "`entity` = `{entity}` is not one of {} (`[crm.resources]`)",
+            known.join(", ")
+        ));
+    }
+    let record_id = text("record_id")?;
+    let action = text("action")?;
+    if !["create", "update", "delete", "upsert"].contains(&action.as_str()) {
+        return Err(format!(
+            "`action` = `{action}` is not one of create, update, delete, upsert"
+        ));
+    }
+    let payload = match obj.get("payload") {
+        Some(p @ Value::Object(_)) => p.to_string(),
+        None | Some(Value::Null) if action == "delete" => "{}".to_string(),
+        Some(_) => return Err("`payload` must be a JSON object".into()),
+        None => return Err(format!("`payload` is missing (needed to {action})")),
+    };
+    let priority = match obj.get("priority") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.is_i64() => n.as_i64(),
+        Some(_) => return Err("`priority` must be an integer".into()),
+    };
+    Ok(NewItem {
+        entity,
+        record_id,
+        action,
+        payload,
+        priority,
+    })
+}
