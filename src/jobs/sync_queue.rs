@@ -144,15 +144,36 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     run.add("cancelled", cancelled as i64);
 
     let bar = ctx.printer.progress(u64::from(batch), "sync");
+    let mut last_pause_check = Instant::now() - Duration::from_secs(1);
+    let mut last_limited = 0;
     let mut budget = batch;
     let mut stop: Option<String> = None;
     let mut inflight: tokio::task::JoinSet<(Prepared, Result<crm::Answer, CrmError>, i64, String)> =
         tokio::task::JoinSet::new();
     'rounds: while budget > 0 && stop.is_none() && !run.cancel.is_cancelled() {
         let now = clock::to_store(ctx.clock.now());
-        let items = run.store.claim(run.run_id, &now, budget.min(50))?;
+        // Small claims keep the pipeline full without holding many items `processing`.
+        let items = run.store.claim(run.run_id, &now, budget.min(64))?;
         if items.is_empty() {
-            break;
+            if inflight.is_empty() {
+                break;
+            }
+            // Answers still out may wake items waiting for a reference: take them, claim again.
+            while let Some(done) = inflight.join_next().await {
+                let (p, result, ms, at) = done?;
+                handle(
+                    &mut run,
+                    ctx,
+                    p,
+                    result,
+                    ms,
+                    &at,
+                    max_attempts,
+                    &mut stop,
+                    &bar,
+                )?;
+            }
+            continue;
         }
         let mut queue = std::collections::VecDeque::from(items);
         while let Some(item) = queue.pop_front() {
@@ -217,8 +238,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                     )?;
                 }
             }
-            // The shared rate limit, and any pause a 429 asked for.
+            // The shared rate limit, and any pause a 429 asked for. Without a limit of our own
+            // the shared pause is looked at after our own 429s and every 200 ms, not before
+            // every request.
+            let unlimited = cfg.crm.rate_limit_per_minute == 0;
+            let limited_now = run
+                .counters
+                .get("rate_limited")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if !unlimited
+                || limited_now != last_limited
+                || last_pause_check.elapsed() >= Duration::from_millis(200)
             {
+                last_pause_check = Instant::now();
+                last_limited = limited_now;
                 loop {
                     let wait =
                         run.store
@@ -253,20 +287,6 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                 let result = client.send(&prepared.request).await;
                 (*prepared, result, started.elapsed().as_millis() as i64, at)
             });
-        }
-        while let Some(done) = inflight.join_next().await {
-            let (p, result, ms, at) = done?;
-            handle(
-                &mut run,
-                ctx,
-                p,
-                result,
-                ms,
-                &at,
-                max_attempts,
-                &mut stop,
-                &bar,
-            )?;
         }
     }
     while let Some(done) = inflight.join_next().await {

@@ -1,0 +1,155 @@
+//! Benchmarks of the CRM outbox (not tests):
+//! 1. `enqueue` of 100,000 JSON lines;
+//! 2. `sync-queue` draining 10,000 items with no limit and 20 ms latency, against the
+//!    network-bound limit `items x latency / concurrency` (target: at least 0.9 of
+//!    `concurrency / latency` items a second);
+//! 3. `sync-queue` under the CRM's limit, scaled down (100 a second instead of 100 a minute):
+//!    the sandbox counts any 429 (target: none) and the achieved rate is set against the limit;
+//! 4. `cleanup` of 1,000,000 old log rows.
+//!
+//! `cargo bench --bench sync_queue`; knobs BENCH_ITEMS (10000), BENCH_LATENCY_MS (20),
+//! BENCH_CONCURRENCY (16), BENCH_LIMITED_ITEMS (1000), BENCH_ENQUEUE (100000),
+//! BENCH_CLEANUP (1000000).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crm_jobs::sandbox::{DEFAULT_PASSPHRASE, Route, Sandbox, crm};
+
+fn var(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Bench {
+    dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new(sandbox: &Sandbox, crm_section: &str) -> Bench {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("config.toml"),
+            format!(
+                "[store]\npath = \"crm.db\"\n[crm]\nbase_url = \"{}\"\n{crm_section}\n",
+                sandbox.crm_base_url()
+            ),
+        )
+        .unwrap();
+        Bench { dir }
+    }
+
+    fn run(&self, args: &[&str]) -> (f64, serde_json::Value) {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_crm-jobs"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("CRM_JOBS_CONFIG", self.dir.path().join("config.toml"))
+            .env("CRM_JOBS_CRM_ACCESS_TOKEN", crm::ACCESS_TOKEN)
+            .env("CRM_JOBS_CRM_SECRET_ACCESS_TOKEN", crm::SECRET_TOKEN)
+            .env_remove("CRM_JOBS_NOW")
+            .output()
+            .expect("run crm-jobs");
+        let wall = started.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            wall,
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn enqueue(&self, n: u64) -> f64 {
+        let mut lines = String::new();
+        for i in 0..n {
+            lines.push_str(&format!(
+                "{{\"entity\": \"produtos\", \"record_id\": \"{i}\", \"action\": \"upsert\", \"payload\": {{\"nome\": \"Produto {i}\", \"valor_venda\": \"99.90\"}}}}\n"
+            ));
+        }
+        std::fs::write(self.dir.path().join("changes.jsonl"), lines).unwrap();
+        self.run(&["--quiet", "--json", "enqueue", "changes.jsonl"])
+            .0
+    }
+}
+
+fn main() {
+    let items = var("BENCH_ITEMS", 10_000);
+    let latency_ms = var("BENCH_LATENCY_MS", 20);
+    let concurrency = var("BENCH_CONCURRENCY", 16);
+    let limited = var("BENCH_LIMITED_ITEMS", 1_000);
+    let big = var("BENCH_ENQUEUE", 100_000);
+    let cleanup_rows = var("BENCH_CLEANUP", 1_000_000);
+    let sandbox = Sandbox::start(DEFAULT_PASSPHRASE, 0).expect("sandbox");
+
+    // 1. Enqueue.
+    let b = Bench::new(&sandbox, "");
+    let wall = b.enqueue(big);
+    println!(
+        "enqueue: {big} lines in {wall:.2} s ({:.0} lines/s)",
+        big as f64 / wall
+    );
+
+    // 2. No limit, fixed latency.
+    let b = Bench::new(
+        &sandbox,
+        &format!("rate_limit_per_minute = 0\nconcurrency = {concurrency}"),
+    );
+    b.enqueue(items);
+    sandbox.faults.set_latency(latency_ms, 0);
+    let before = sandbox.faults.seen(Route::Crm);
+    let batch = items.to_string();
+    let (wall, summary) = b.run(&["--quiet", "--json", "sync-queue", "--batch", &batch]);
+    let requests = sandbox.faults.seen(Route::Crm) - before;
+    let bound = requests as f64 * latency_ms as f64 / 1000.0 / concurrency as f64;
+    let ideal = concurrency as f64 * 1000.0 / latency_ms as f64;
+    println!(
+        "sync-queue, no limit: {items} items, {requests} requests, {latency_ms} ms latency, concurrency {concurrency}"
+    );
+    println!(
+        "  wall {wall:.2} s | network-bound limit {bound:.2} s | ratio {:.3} | {:.0} items/s = {:.2} of concurrency/latency | peak memory {:.1} MB | done {}",
+        wall / bound,
+        requests as f64 / wall,
+        requests as f64 / wall / ideal,
+        summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+        summary["counters"]["done"]
+    );
+    sandbox.faults.set_latency(0, 0);
+
+    // 3. Under the limit, scaled down: 100 a second at the CRM, 6,000 a minute configured.
+    let b = Bench::new(&sandbox, "rate_limit_per_minute = 6000\nconcurrency = 8");
+    b.enqueue(limited);
+    sandbox.crm.set_limit(100, Duration::from_secs(1));
+    let rejected = sandbox.crm.rejected_429();
+    let batch = limited.to_string();
+    let (wall, summary) = b.run(&["--quiet", "--json", "sync-queue", "--batch", &batch]);
+    let rate = limited as f64 / wall;
+    println!(
+        "sync-queue, limited: {limited} items at 100/s (100/min scaled 60x): wall {wall:.2} s | {rate:.1} items/s = {:.3} of the limit | 429 answers: {} | done {}",
+        rate / 100.0,
+        sandbox.crm.rejected_429() - rejected,
+        summary["counters"]["done"]
+    );
+
+    // 4. Cleanup of old log rows.
+    let b = Bench::new(&sandbox, "");
+    b.enqueue(1);
+    let db = rusqlite::Connection::open(b.dir.path().join("crm.db")).unwrap();
+    db.execute_batch(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {cleanup_rows})
+         INSERT INTO sync_log (item_id, at, request, status, duration_ms)
+         SELECT 1, '2020-01-01T00:00:00.000Z', 'POST /produtos', 200, 20 FROM n;"
+    ))
+    .unwrap();
+    drop(db);
+    let (wall, summary) = b.run(&["--quiet", "--json", "cleanup"]);
+    println!(
+        "cleanup: {} rows in {wall:.2} s ({:.0} rows/s), batches of 1000",
+        summary["counters"]["sync_log"],
+        cleanup_rows as f64 / wall
+    );
+}
