@@ -62,11 +62,21 @@ retry_backoff_ms = 200
 [canopus]
 base_url = "{}"
 concurrency = 4
+
+[crm]
+base_url = "{}"
+# The real limit is 100 a minute; the sandbox's is wider, so the demo does not wait.
+rate_limit_per_minute = 1200
 "#,
         sandbox.nio_base_url(),
         sandbox.nio_pdf_template(),
-        sandbox.canopus_base_url()
+        sandbox.canopus_base_url(),
+        sandbox.crm_base_url()
     );
+    std::fs::write(
+        dir.join("erp-changes.jsonl"),
+        scenario::erp_changes(args.clients),
+    )?;
     sandbox.canopus.add_user("24627", "senha-do-portal");
     let due = today.with_day(10).unwrap_or(today);
     let rows = scenario::consorcio(&sandbox.canopus, args.clients, due);
@@ -140,6 +150,21 @@ concurrency = 4
             None,
         ),
         (&["download-boletos", "--ponto-venda", "17.308"], None),
+        (&["enqueue", "erp-changes.jsonl"], None),
+        (&["sync-queue"], None),
+        (
+            &[
+                "export",
+                "queue",
+                "--format",
+                "csv",
+                "--out",
+                "queue-export.csv",
+            ],
+            None,
+        ),
+        (&["cleanup", "--dry-run"], None),
+        (&["cleanup"], None),
         (
             &[
                 "export",
@@ -155,7 +180,10 @@ concurrency = 4
     for (step, stdin) in steps {
         let code = run_step(&exe, &dir, step, *stdin, &fernet_key, global).await?;
         // A job may end `failed` on the sandbox's bad cases; the commands around them may not.
-        let job = matches!(step[0], "fetch-invoices" | "retry" | "download-boletos");
+        let job = matches!(
+            step[0],
+            "fetch-invoices" | "retry" | "download-boletos" | "sync-queue" | "enqueue"
+        );
         if !(code == 0 || job && matches!(code, 1 | 3)) {
             bail!("demo step `crm-jobs {}` exited {code}", step.join(" "));
         }
@@ -183,6 +211,7 @@ concurrency = 4
         dir.join("downloads").join("faturas").display()
     );
     eprintln!("  export:    {}", dir.join("invoices-export.csv").display());
+    eprintln!("  queue:     {}", dir.join("queue-export.csv").display());
     eprintln!(
         "  explore:   CRM_JOBS_CONFIG={} crm-jobs export invoices --format json --contract 7000100",
         dir.join("config.toml").display()
@@ -209,7 +238,15 @@ async fn run_step(
     }
     cmd.env("CRM_JOBS_CONFIG", dir.join("config.toml"))
         .env("CRM_JOBS_NIO_PASSPHRASE", DEFAULT_PASSPHRASE)
-        .env("CRM_JOBS_FERNET_KEY", fernet_key);
+        .env("CRM_JOBS_FERNET_KEY", fernet_key)
+        .env(
+            "CRM_JOBS_CRM_ACCESS_TOKEN",
+            crate::sandbox::crm::ACCESS_TOKEN,
+        )
+        .env(
+            "CRM_JOBS_CRM_SECRET_ACCESS_TOKEN",
+            crate::sandbox::crm::SECRET_TOKEN,
+        );
     if global.quiet {
         cmd.arg("--quiet");
     }

@@ -202,3 +202,47 @@ pub fn write_sheet(
     book.save(path)?;
     Ok(())
 }
+
+/// Sample ERP changes for the CRM outbox (JSON lines): clients, products, sales that refer to
+/// them by ERP id, an activity, a later change that supersedes an earlier one, and a client the
+/// CRM refuses (no name) so that a failure shows.
+pub fn erp_changes(n: usize) -> String {
+    let mut out = String::new();
+    let mut line = |v: serde_json::Value| {
+        out.push_str(&v.to_string());
+        out.push('\n');
+    };
+    for i in 0..n {
+        let name = NAMES[i % NAMES.len()];
+        line(
+            serde_json::json!({"entity": "clientes", "record_id": format!("C{i}"), "action": "upsert",
+            "payload": {"nome": name, "cpf_cnpj": Cpf::from_base(400_000_000 + i as u32 * 7919).formatted()}}),
+        );
+    }
+    for p in 0..3 {
+        line(
+            serde_json::json!({"entity": "produtos", "record_id": format!("P{p}"), "action": "upsert",
+            "payload": {"nome": format!("NIO FIBRA {}MB", 300 + p * 200), "valor_venda": "99.90"}}),
+        );
+    }
+    for i in 0..n {
+        line(
+            serde_json::json!({"entity": "vendas", "record_id": format!("V{i}"), "action": "create",
+            "payload": {"cliente_id": format!("C{i}"), "data": "2025-11-10",
+                        "produtos": [{"produto": {"id": format!("P{}", i % 3), "quantidade": "1", "valor_venda": "99.90"}}]}}),
+        );
+    }
+    line(
+        serde_json::json!({"entity": "atividades", "record_id": "A1", "action": "create",
+        "payload": {"descricao": "Ligar para confirmar a instalação"}}),
+    );
+    line(
+        serde_json::json!({"entity": "clientes", "record_id": "C0", "action": "upsert",
+        "payload": {"nome": "MARIA DA SILVA SOUZA", "cpf_cnpj": Cpf::from_base(400_000_000).formatted()}}),
+    );
+    line(
+        serde_json::json!({"entity": "clientes", "record_id": "SEM-NOME", "action": "create",
+        "payload": {"email": "sem.nome@example.com"}}),
+    );
+    out
+}
