@@ -15,7 +15,7 @@ CREATE TABLE sync_queue (
     record_id       TEXT    NOT NULL,               -- the ERP's id of the record
     action          TEXT    NOT NULL CHECK (action IN ('create', 'update', 'delete', 'upsert')),
     payload         TEXT    NOT NULL DEFAULT '{}',  -- JSON object sent as the body (ERP ids in references)
-    priority        INTEGER,                        -- higher first; NULL: by entity
+    priority        INTEGER,                        -- higher first; NULL: by entity, filled in at the next run
     status          TEXT    NOT NULL DEFAULT 'pending'
                     CHECK (status IN ('pending', 'processing', 'done', 'failed', 'superseded')),
     attempts        INTEGER NOT NULL DEFAULT 0,     -- requests that failed transiently
@@ -33,7 +33,8 @@ CREATE TABLE sync_queue (
     finished_at     TEXT                            -- when it became done, failed or superseded
 );
 
-CREATE INDEX sync_queue_claim ON sync_queue (status, due_at);
+-- Claims walk pending items by priority, then age, without sorting the queue.
+CREATE INDEX sync_queue_claim ON sync_queue (status, priority DESC, id);
 CREATE INDEX sync_queue_record ON sync_queue (entity, record_id, status);
 CREATE INDEX sync_queue_waiting ON sync_queue (waiting_for) WHERE waiting_for IS NOT NULL;
 CREATE INDEX sync_queue_finished ON sync_queue (finished_at) WHERE finished_at IS NOT NULL;

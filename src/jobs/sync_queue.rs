@@ -20,7 +20,7 @@ use crate::clock;
 use crate::crm::{self, CrmClient, CrmError, Reference, Request};
 use crate::exit::{Code, CodedError};
 use crate::lifecycle::JobRun;
-use crate::store::QueueItem;
+use crate::store::{QueueItem, RequestLog};
 
 /// The shared rate limit's name in the store.
 const BUCKET: &str = "crm";
@@ -205,16 +205,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                     continue;
                 }
                 Prepare::Done(note) => {
-                    run.store.record_done(&item, "delete", None, 0, &now)?;
-                    run.store.log_request(
-                        item.id,
-                        run.run_id,
-                        &now,
-                        "none",
-                        None,
-                        0,
-                        Some(note),
-                    )?;
+                    let log = RequestLog {
+                        run_id: run.run_id,
+                        at: &now,
+                        request: "none",
+                        status: None,
+                        duration_ms: 0,
+                        error: Some(note),
+                    };
+                    run.store.record_done(&item, "delete", None, &now, &log)?;
                     run.add("done", 1);
                     run.counts.ok += 1;
                     budget = budget.saturating_sub(1);
@@ -430,15 +429,6 @@ fn handle(
     bar.inc(1);
     match result {
         Ok(answer) => {
-            run.store.log_request(
-                item.id,
-                run.run_id,
-                at,
-                &summary,
-                Some(answer.status),
-                ms,
-                None,
-            )?;
             let ext = answer.external_id.clone().or_else(|| {
                 // An update or a delete answers the record we named.
                 p.request
@@ -448,15 +438,19 @@ fn handle(
                     .filter(|_| p.action != "create")
                     .map(str::to_string)
             });
-            run.store
-                .record_done(item, &p.action, ext.as_deref(), answer.status, &now)?;
-            if p.action != "delete" && ext.is_some() {
-                let woken = run
-                    .store
-                    .wake(&format!("{}:{}", item.entity, item.record_id))?;
-                if woken > 0 {
-                    run.add("woken", woken as i64);
-                }
+            let log = RequestLog {
+                run_id: run.run_id,
+                at,
+                request: &summary,
+                status: Some(answer.status),
+                duration_ms: ms,
+                error: None,
+            };
+            let woken = run
+                .store
+                .record_done(item, &p.action, ext.as_deref(), &now, &log)?;
+            if woken > 0 {
+                run.add("woken", woken as i64);
             }
             run.counts.total += 1;
             run.counts.ok += 1;

@@ -50,6 +50,16 @@ pub struct QueueExport {
     pub finished_at: Option<String>,
 }
 
+/// A request as logged in `sync_log`.
+pub struct RequestLog<'a> {
+    pub run_id: i64,
+    pub at: &'a str,
+    pub request: &'a str,
+    pub status: Option<u16>,
+    pub duration_ms: i64,
+    pub error: Option<&'a str>,
+}
+
 /// A pending item of a record, for superseding.
 struct Pending {
     id: i64,
@@ -191,7 +201,7 @@ impl Store {
         Ok((superseded, cancelled))
     }
 
-    /// Writes the priorities by entity used by claims.
+    /// Writes the priorities by entity and gives them to pending items without their own.
     pub fn set_priorities(&mut self, priorities: &[(String, i64)]) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM sync_priorities", [])?;
@@ -201,6 +211,12 @@ impl Store {
                 params![e, p],
             )?;
         }
+        tx.execute(
+            "UPDATE sync_queue SET priority = COALESCE(
+                    (SELECT p.priority FROM sync_priorities p WHERE p.entity = sync_queue.entity), 0)
+             WHERE status = 'pending' AND priority IS NULL",
+            [],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -226,18 +242,18 @@ impl Store {
         Ok(ids)
     }
 
-    /// Claims up to `limit` due items atomically (priority, then age).
+    /// Claims up to `limit` due items atomically (priority, then age). Items inserted since
+    /// the run's [`Store::set_priorities`] without a priority wait for the next run.
     pub fn claim(&mut self, run_id: i64, now: &str, limit: u32) -> Result<Vec<QueueItem>> {
         let mut stmt = self.conn.prepare_cached(
             "UPDATE sync_queue SET status = 'processing', claimed_run = ?1, claimed_at = ?2, updated_at = ?2,
                     idempotency_key = COALESCE(idempotency_key, 'crm-jobs-' || id)
              WHERE id IN (
-                SELECT q.id FROM sync_queue q LEFT JOIN sync_priorities p ON p.entity = q.entity
-                WHERE q.status = 'pending' AND (q.due_at IS NULL OR q.due_at <= ?2)
-                ORDER BY COALESCE(q.priority, p.priority, 0) DESC, q.id
+                SELECT id FROM sync_queue INDEXED BY sync_queue_claim
+                WHERE status = 'pending' AND priority IS NOT NULL AND (due_at IS NULL OR due_at <= ?2)
+                ORDER BY priority DESC, id
                 LIMIT ?3)
-             RETURNING id, entity, record_id, action, payload,
-                    COALESCE(priority, (SELECT priority FROM sync_priorities p WHERE p.entity = sync_queue.entity), 0),
+             RETURNING id, entity, record_id, action, payload, priority,
                     attempts, idempotency_key, unknown_outcome",
         )?;
         let mut items: Vec<QueueItem> = stmt
@@ -294,30 +310,24 @@ impl Store {
         Ok(())
     }
 
-    /// Makes the items waiting for `entity:record_id` due now. Returns how many.
-    pub fn wake(&mut self, waiting_for: &str) -> Result<usize> {
-        Ok(self.conn.execute(
-            "UPDATE sync_queue SET due_at = NULL, waiting_for = NULL WHERE waiting_for = ?1 AND status = 'pending'",
-            [waiting_for],
-        )?)
-    }
-
-    /// Records a success, learning (or forgetting, for a delete) the record's CRM id.
+    /// Records a success with its log line, learning (or forgetting, for a delete) the
+    /// record's CRM id; items waiting for it become due. Returns how many woke.
     pub fn record_done(
         &mut self,
         item: &QueueItem,
         action: &str,
         external_id: Option<&str>,
-        status: u16,
         now: &str,
-    ) -> Result<()> {
+        log: &RequestLog,
+    ) -> Result<usize> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "UPDATE sync_queue SET status = 'done', external_id = COALESCE(?2, external_id), last_status = ?3,
                     last_error = NULL, waiting_for = NULL, finished_at = ?4, updated_at = ?4, claimed_run = NULL
              WHERE id = ?1",
-            params![item.id, external_id, status, now],
+            params![item.id, external_id, log.status, now],
         )?;
+        let mut woken = 0;
         if action == "delete" {
             tx.execute(
                 "DELETE FROM external_ids WHERE entity = ?1 AND record_id = ?2",
@@ -329,9 +339,18 @@ impl Store {
                  ON CONFLICT (entity, record_id) DO UPDATE SET external_id = excluded.external_id, updated_at = excluded.updated_at",
                 params![item.entity, item.record_id, ext, now],
             )?;
+            // Items waiting for this record are due now.
+            woken = tx.execute(
+                "UPDATE sync_queue SET due_at = NULL, waiting_for = NULL WHERE waiting_for = ?1 AND status = 'pending'",
+                [format!("{}:{}", item.entity, item.record_id)],
+            )?;
         }
+        tx.execute(
+            "INSERT INTO sync_log (item_id, run_id, at, request, status, duration_ms, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![item.id, log.run_id, log.at, log.request, log.status, log.duration_ms, log.error],
+        )?;
         tx.commit()?;
-        Ok(())
+        Ok(woken)
     }
 
     /// Records a permanent failure.
