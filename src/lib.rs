@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod crm;
 pub mod domain;
+pub mod email;
 pub mod exit;
 pub mod fetching;
 pub mod files;

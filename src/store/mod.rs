@@ -6,11 +6,13 @@ mod boletos;
 mod invoices;
 mod queue;
 mod runs;
+mod subscriptions;
 
 pub use boletos::*;
 pub use invoices::*;
 pub use queue::*;
 pub use runs::*;
+pub use subscriptions::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -26,6 +28,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../sql/0002_invoices.sql")),
         M::up(include_str!("../../sql/0003_boletos.sql")),
         M::up(include_str!("../../sql/0004_sync_queue.sql")),
+        M::up(include_str!("../../sql/0005_subscriptions.sql")),
     ])
 });
 
