@@ -10,7 +10,7 @@
 -- payload), whether it came from `crm-jobs enqueue` or from an INSERT.
 
 CREATE TABLE sync_queue (
-    id              INTEGER PRIMARY KEY,
+    id              INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: idempotency keys derive from it
     entity          TEXT    NOT NULL,               -- clientes | produtos | vendas | atividades ([crm.resources])
     record_id       TEXT    NOT NULL,               -- the ERP's id of the record
     action          TEXT    NOT NULL CHECK (action IN ('create', 'update', 'delete', 'upsert')),

@@ -23,6 +23,12 @@ const RESERVED_ENV: &[&str] = &[
     "CRM_JOBS_FERNET_KEY_FILE",
     "CRM_JOBS_CRM_ACCESS_TOKEN",
     "CRM_JOBS_CRM_SECRET_ACCESS_TOKEN",
+    "CRM_JOBS_CRM_ACCESS_TOKEN_FILE",
+    "CRM_JOBS_CRM_SECRET_ACCESS_TOKEN_FILE",
+    "CRM_JOBS_STRIPE_SECRET_KEY",
+    "CRM_JOBS_STRIPE_SECRET_KEY_FILE",
+    "CRM_JOBS_SMTP_PASSWORD",
+    "CRM_JOBS_SMTP_PASSWORD_FILE",
     "CRM_JOBS_LOG",
 ];
 
@@ -43,6 +49,9 @@ const SECTIONS: &[&str] = &[
     "nio",
     "crm",
     "sync",
+    "stripe",
+    "smtp",
+    "renew",
 ];
 
 /// The whole configuration.
@@ -59,6 +68,9 @@ pub struct Config {
     pub crm: CrmConfig,
     pub sync: SyncConfig,
     pub cleanup: CleanupConfig,
+    pub stripe: StripeConfig,
+    pub smtp: SmtpConfig,
+    pub renew: RenewConfig,
 }
 
 /// `[store]`: where the SQLite file lives.
@@ -409,6 +421,100 @@ impl Default for CleanupConfig {
     }
 }
 
+/// `[stripe]`: Stripe's API (SERVICES.md §4).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StripeConfig {
+    /// API root, e.g. `https://api.stripe.com`. No default.
+    pub base_url: Option<String>,
+    /// The pinned `Stripe-Version` header.
+    pub api_version: String,
+    /// File holding the secret key (else `CRM_JOBS_STRIPE_SECRET_KEY`).
+    pub secret_key_file: Option<PathBuf>,
+    pub timeout_secs: u64,
+    /// Subscriptions asked at once.
+    pub concurrency: u32,
+    /// Extra tries of one request on 429 (as `Retry-After` says) or 5xx.
+    pub retries: u32,
+}
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        StripeConfig {
+            base_url: None,
+            api_version: "2025-03-31.basil".into(),
+            secret_key_file: None,
+            timeout_secs: 30,
+            concurrency: 8,
+            retries: 2,
+        }
+    }
+}
+
+/// `[smtp]`: how `renew` sends its emails (SERVICES.md §5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// `smtp` sends; `eml` writes each message as a `.eml` file into `eml_dir` (development).
+    pub mode: String,
+    pub host: Option<String>,
+    pub port: u16,
+    /// `none`, `starttls` or `tls` (implicit TLS, usually port 465).
+    pub tls: String,
+    /// User for AUTH (the password from `CRM_JOBS_SMTP_PASSWORD` or `password_file`); unset:
+    /// no AUTH.
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust, e.g. a test server's.
+    pub ca_file: Option<PathBuf>,
+    /// The sender, e.g. `Equipe <nao-responda@example.com>`.
+    pub from: String,
+    pub eml_dir: Option<PathBuf>,
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            mode: "smtp".into(),
+            host: None,
+            port: 587,
+            tls: "starttls".into(),
+            user: None,
+            password_file: None,
+            ca_file: None,
+            from: "crm-jobs <nao-responda@localhost>".into(),
+            eml_dir: None,
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// `[renew]`: the subscription steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenewConfig {
+    /// Warn subscriptions whose period ends within this many days (`--days`).
+    pub days: u32,
+    /// The product's name in the emails.
+    pub app_name: String,
+    /// Domain of the Message-IDs.
+    pub message_id_domain: String,
+    /// Emails sent per run at most.
+    pub email_batch: u32,
+}
+
+impl Default for RenewConfig {
+    fn default() -> Self {
+        RenewConfig {
+            days: 3,
+            app_name: "Painel".into(),
+            message_id_domain: "crm-jobs.localhost".into(),
+            email_batch: 500,
+        }
+    }
+}
+
 /// `[fetch]`: defaults of `fetch-invoices`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -629,6 +735,10 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     fix(&mut config.credentials.fernet_key_file);
     fix(&mut config.crm.access_token_file);
     fix(&mut config.crm.secret_token_file);
+    fix(&mut config.stripe.secret_key_file);
+    fix(&mut config.smtp.password_file);
+    fix(&mut config.smtp.ca_file);
+    fix(&mut config.smtp.eml_dir);
 }
 
 fn validate(config: &Config) -> Result<()> {
@@ -715,6 +825,26 @@ fn validate(config: &Config) -> Result<()> {
     if config.sync.max_attempts == 0 || config.sync.batch == 0 || config.cleanup.batch_size == 0 {
         return Err(CodedError::config(
             "`[sync] max_attempts`, `[sync] batch` and `[cleanup] batch_size` must be at least 1",
+        ));
+    }
+    let smtp = &config.smtp;
+    if !["smtp", "eml"].contains(&smtp.mode.as_str())
+        || !["none", "starttls", "tls"].contains(&smtp.tls.as_str())
+    {
+        return Err(CodedError::config(format!(
+            "`[smtp] mode` = `{}` / `tls` = `{}`: mode is `smtp` or `eml`, tls is `none`, `starttls` or `tls`",
+            smtp.mode, smtp.tls
+        )));
+    }
+    if smtp.from.parse::<lettre::message::Mailbox>().is_err() {
+        return Err(CodedError::config(format!(
+            "`[smtp] from` = `{}` is not an address (e.g. `Equipe <nao-responda@example.com>`)",
+            smtp.from
+        )));
+    }
+    if config.stripe.concurrency == 0 || config.stripe.timeout_secs == 0 || smtp.timeout_secs == 0 {
+        return Err(CodedError::config(
+            "`[stripe] concurrency`, `[stripe] timeout_secs` and `[smtp] timeout_secs` must be at least 1",
         ));
     }
     if canopus.timeout_secs == 0 {

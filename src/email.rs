@@ -39,14 +39,33 @@ fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     // `.html` templates are auto-escaped, `.txt` ones are not.
     for (name, source) in [
-        ("expiring.txt", include_str!("../templates/email/expiring.txt")),
-        ("expiring.html", include_str!("../templates/email/expiring.html")),
-        ("expired.txt", include_str!("../templates/email/expired.txt")),
-        ("expired.html", include_str!("../templates/email/expired.html")),
-        ("renewed.txt", include_str!("../templates/email/renewed.txt")),
-        ("renewed.html", include_str!("../templates/email/renewed.html")),
+        (
+            "expiring.txt",
+            include_str!("../templates/email/expiring.txt"),
+        ),
+        (
+            "expiring.html",
+            include_str!("../templates/email/expiring.html"),
+        ),
+        (
+            "expired.txt",
+            include_str!("../templates/email/expired.txt"),
+        ),
+        (
+            "expired.html",
+            include_str!("../templates/email/expired.html"),
+        ),
+        (
+            "renewed.txt",
+            include_str!("../templates/email/renewed.txt"),
+        ),
+        (
+            "renewed.html",
+            include_str!("../templates/email/renewed.html"),
+        ),
     ] {
-        env.add_template(name, source).expect("the repo's templates parse");
+        env.add_template(name, source)
+            .expect("the repo's templates parse");
     }
     env
 }
@@ -58,7 +77,13 @@ pub fn date_br(t: DateTime<Utc>) -> String {
 
 /// Renders an email of `kind` for a subscription; `days` is for the expiring warning, and
 /// `period` the (new) period shown.
-pub fn render(kind: Kind, sub: &SubscriptionRow, app: &str, days: i64, period: (DateTime<Utc>, DateTime<Utc>)) -> Result<Rendered> {
+pub fn render(
+    kind: Kind,
+    sub: &SubscriptionRow,
+    app: &str,
+    days: i64,
+    period: (DateTime<Utc>, DateTime<Utc>),
+) -> Result<Rendered> {
     let env = environment();
     let ctx = context! {
         nome => sub.user_name,
@@ -80,12 +105,25 @@ pub fn render(kind: Kind, sub: &SubscriptionRow, app: &str, days: i64, period: (
         Kind::Expired => "❌ Sua assinatura expirou".to_string(),
         Kind::Renewed => "✅ Assinatura renovada com sucesso!".to_string(),
     };
-    Ok(Rendered { subject, text: render("txt")?, html: render("html")? })
+    Ok(Rendered {
+        subject,
+        text: render("txt")?,
+        html: render("html")?,
+    })
 }
 
 /// A Message-ID that depends only on what the email is about: `<renew.expiring.42.1763046000@domain>`.
-pub fn message_id(kind: Kind, subscription_id: i64, period_end: DateTime<Utc>, domain: &str) -> String {
-    format!("<renew.{}.{subscription_id}.{}@{domain}>", kind.as_str(), period_end.timestamp())
+pub fn message_id(
+    kind: Kind,
+    subscription_id: i64,
+    period_end: DateTime<Utc>,
+    domain: &str,
+) -> String {
+    format!(
+        "<renew.{}.{subscription_id}.{}@{domain}>",
+        kind.as_str(),
+        period_end.timestamp()
+    )
 }
 
 #[cfg(test)]
@@ -108,12 +146,22 @@ mod tests {
             current_period_end: String::new(),
             gateway_subscription_id: None,
         };
-        let end = DateTime::parse_from_rfc3339("2025-11-13T02:00:00Z").unwrap().with_timezone(&Utc);
+        let end = DateTime::parse_from_rfc3339("2025-11-13T02:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let r = render(Kind::Expiring, &sub, "Painel", 3, (end, end)).unwrap();
         assert_eq!(r.subject, "⚠️ Sua assinatura expira em 3 dias");
         assert!(r.text.contains("Olá, Ana <b>& João</b>!"));
-        assert!(r.html.contains("Ana &lt;b&gt;&amp; João&lt;&#x2f;b&gt;"), "{}", r.html);
-        assert!(r.text.contains("em 12/11/2025"), "São Paulo date: {}", r.text);
+        assert!(
+            r.html.contains("Ana &lt;b&gt;&amp; João&lt;&#x2f;b&gt;"),
+            "{}",
+            r.html
+        );
+        assert!(
+            r.text.contains("em 12/11/2025"),
+            "São Paulo date: {}",
+            r.text
+        );
         assert!(r.text.contains("R$ 1.234,56"));
     }
 }

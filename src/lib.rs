@@ -24,6 +24,7 @@ pub mod sandbox;
 pub mod secret_box;
 pub mod spreadsheet;
 pub mod store;
+pub mod stripe;
 
 use std::process::ExitCode;
 

@@ -22,11 +22,13 @@ pub struct Args {
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let cfg = &ctx.loaded.config.cleanup;
+    // Every rule has its own key: a new rule without one is a bug caught by the tests.
     let days = |name: &str| match name {
         "sync_log" => cfg.sync_log_days,
         "queue_done" => cfg.queue_done_days,
         "queue_failed" => cfg.queue_failed_days,
-        _ => cfg.runs_days,
+        "runs" => cfg.runs_days,
+        other => unreachable!("retention rule `{other}` has no `[cleanup]` key"),
     };
     let now = ctx.clock.now();
     let cutoff = |name: &str| clock::to_store(now - Duration::days(i64::from(days(name))));
@@ -39,12 +41,17 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         ctx.printer.say("dry run: nothing was removed");
         return Ok(Code::Success);
     }
+    let origin = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        "manual"
+    } else {
+        "automatic"
+    };
     let mut run = JobRun::start(
         &ctx.store_path()?,
         ctx.clock,
         "cleanup",
         "cleanup",
-        "automatic",
+        origin,
         None,
     )?;
     let mut parts = Vec::new();

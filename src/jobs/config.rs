@@ -63,6 +63,35 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
     }
     println!("# secrets: CRM_JOBS_NIO_PASSPHRASE {passphrase}");
     println!("# secrets: CRM_JOBS_FERNET_KEY {fernet}");
+    for (env, file) in [
+        (
+            "CRM_JOBS_CRM_ACCESS_TOKEN",
+            loaded.config.crm.access_token_file.as_deref(),
+        ),
+        (
+            "CRM_JOBS_CRM_SECRET_ACCESS_TOKEN",
+            loaded.config.crm.secret_token_file.as_deref(),
+        ),
+        (
+            "CRM_JOBS_STRIPE_SECRET_KEY",
+            loaded.config.stripe.secret_key_file.as_deref(),
+        ),
+        (
+            "CRM_JOBS_SMTP_PASSWORD",
+            loaded.config.smtp.password_file.as_deref(),
+        ),
+    ] {
+        let state = match crate::config::secret(env, file)
+            .map_err(|e| crate::exit::CodedError::config(format!("{e:#}")))?
+        {
+            Some(_) => "set (redacted)",
+            None => "not set",
+        };
+        println!("# secrets: {env} {state}");
+    }
+    if loaded.config.crm.base_url.is_none() {
+        println!("# warning: [crm] base_url is not set; sync-queue needs it");
+    }
     if loaded.config.nio.base_url.is_none() {
         println!("# warning: [nio] base_url is not set; fetch-invoices and retry need it");
     }

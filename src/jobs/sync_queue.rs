@@ -146,11 +146,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let bar = ctx.printer.progress(u64::from(batch), "sync");
     let mut last_pause_check = Instant::now() - Duration::from_secs(1);
     let mut last_limited = 0;
+    let mut paused: Option<u64> = None;
     let mut budget = batch;
     let mut stop: Option<String> = None;
     let mut inflight: tokio::task::JoinSet<(Prepared, Result<crm::Answer, CrmError>, i64, String)> =
         tokio::task::JoinSet::new();
-    'rounds: while budget > 0 && stop.is_none() && !run.cancel.is_cancelled() {
+    'rounds: while budget > 0 && stop.is_none() && paused.is_none() && !run.cancel.is_cancelled() {
         let now = clock::to_store(ctx.clock.now());
         // Small claims keep the pipeline full without holding many items `processing`.
         let items = run.store.claim(run.run_id, &now, budget.min(64))?;
@@ -185,7 +186,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                 break 'rounds;
             }
             let now = clock::to_store(ctx.clock.now());
-            let prepared = match prepare(&run, &cfg.crm.resources, &references, item.clone())? {
+            let prepared = match prepare(&run, &cfg.crm.resources, &references, item.clone()) {
+                Err(e) => {
+                    // A row the tool cannot send (unknown entity, payload not JSON) fails alone;
+                    // the rest of the queue goes on.
+                    let m = format!("{e:#}");
+                    run.store.record_failed(item.id, None, &m, &now)?;
+                    run.add("failed", 1);
+                    run.counts.total += 1;
+                    run.counts.failed += 1;
+                    tracing::warn!("{m}");
+                    continue;
+                }
+                Ok(p) => p,
+            };
+            let prepared = match prepared {
                 Prepare::Defer(waiting) => {
                     let due = clock::to_store(
                         ctx.clock.now() + chrono::Duration::seconds(cfg.sync.defer_secs as i64),
@@ -215,6 +230,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                     };
                     run.store.record_done(&item, "delete", None, &now, &log)?;
                     run.add("done", 1);
+                    run.counts.total += 1;
                     run.counts.ok += 1;
                     budget = budget.saturating_sub(1);
                     continue;
@@ -262,10 +278,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                     if Duration::from_millis(wait)
                         > Duration::from_secs(cfg.sync.max_retry_after_secs)
                     {
-                        stop = Some(format!(
-                            "the CRM asked to wait {}s (more than `[sync] max_retry_after_secs`); the run stopped, items untouched",
-                            wait / 1000
-                        ));
+                        // Not a failure: the CRM asked everyone to wait; the next run goes on.
+                        paused = Some(wait / 1000);
                         break;
                     }
                     tokio::select! {
@@ -273,15 +287,19 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                         _ = run.cancel.cancelled() => break,
                     }
                 }
-                if stop.is_some() || run.cancel.is_cancelled() {
-                    queue.push_front(prepared.item);
-                    continue;
+                if stop.is_some() || paused.is_some() || run.cancel.is_cancelled() {
+                    let mut rest: Vec<i64> = queue.iter().map(|i| i.id).collect();
+                    rest.push(prepared.item.id);
+                    run.store
+                        .release(&rest, &clock::to_store(ctx.clock.now()))?;
+                    break 'rounds;
                 }
             }
             budget = budget.saturating_sub(1);
             let client = client.clone();
+            let clock_now = ctx.clock;
             inflight.spawn(async move {
-                let at = clock::to_store(chrono::Utc::now());
+                let at = clock::to_store(clock_now.now());
                 let started = Instant::now();
                 let result = client.send(&prepared.request).await;
                 (*prepared, result, started.elapsed().as_millis() as i64, at)
@@ -319,6 +337,14 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             n("superseded"),
             n("cancelled")
         ));
+    }
+    if let Some(secs) = paused {
+        let m = format!(
+            "the CRM asked to wait {secs}s (more than `[sync] max_retry_after_secs`): this run stopped sending; the items wait, untouched"
+        );
+        tracing::warn!("{m}");
+        run.event("warn", m);
+        detail.push_str(&format!("; paused by the CRM for {secs}s"));
     }
     let depth: i64 = run
         .store

@@ -30,6 +30,8 @@ pub enum Route {
     CanopusPdf,
     /// Any request to the CRM API.
     Crm,
+    /// Any request to Stripe.
+    Stripe,
 }
 
 /// One fault, applied to the next request of its route.

@@ -8,6 +8,7 @@ pub mod crm;
 pub mod faults;
 pub mod nio;
 pub mod scenario;
+pub mod stripe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub struct Sandbox {
     pub nio: Arc<NioState>,
     pub canopus: Arc<CanopusState>,
     pub crm: Arc<crm::CrmState>,
+    pub stripe: Arc<stripe::StripeState>,
     pub faults: Arc<Faults>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -40,6 +42,7 @@ impl Sandbox {
         let nio = Arc::new(NioState::new(passphrase, faults.clone()));
         let canopus = Arc::new(CanopusState::new(faults.clone()));
         let crm = Arc::new(crm::CrmState::new(faults.clone()));
+        let stripe = Arc::new(stripe::StripeState::new(faults.clone()));
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
         listener.set_nonblocking(true)?;
@@ -49,6 +52,7 @@ impl Sandbox {
             .merge(nio::routes(nio.clone()))
             .merge(canopus::routes(canopus.clone()))
             .merge(crm::routes(crm.clone()))
+            .merge(stripe::routes(stripe.clone()))
             .merge(faults::routes(faults.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -75,6 +79,7 @@ impl Sandbox {
             nio,
             canopus,
             crm,
+            stripe,
             faults,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -94,6 +99,11 @@ impl Sandbox {
     /// The `[crm] base_url` to configure.
     pub fn crm_base_url(&self) -> String {
         format!("http://{}/crm", self.addr)
+    }
+
+    /// The `[stripe] base_url` to configure.
+    pub fn stripe_base_url(&self) -> String {
+        format!("http://{}/stripe", self.addr)
     }
 
     /// The `[nio] pdf_url_template` that reaches the sandbox's PDFs.

@@ -170,20 +170,36 @@ impl Store {
                 other => Some(other),
             };
             let unknown = items.iter().any(|p| p.unknown);
+            // A change whose outcome is unknown lends its idempotency key to the one that
+            // supersedes it: a CRM that honours keys then recognises the repeat.
+            let inherited: Option<String> = match items.iter().find(|p| p.unknown) {
+                Some(p) => tx
+                    .query_row(
+                        "SELECT idempotency_key FROM sync_queue WHERE id = ?1",
+                        [p.id],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten(),
+                None => None,
+            };
             for p in &items[..items.len() - 1] {
                 tx.execute(
                     "UPDATE sync_queue SET status = 'superseded', finished_at = ?2, updated_at = ?2,
-                            last_error = 'superseded by item #' || ?3
+                            last_error = 'superseded by item #' || ?3,
+                            idempotency_key = CASE WHEN idempotency_key = ?4 THEN NULL ELSE idempotency_key END
                      WHERE id = ?1",
-                    params![p.id, now, newest.id],
+                    params![p.id, now, newest.id, inherited],
                 )?;
                 superseded += 1;
             }
             match action {
                 Some(a) => {
                     tx.execute(
-                        "UPDATE sync_queue SET action = ?2, unknown_outcome = MAX(unknown_outcome, ?3), updated_at = ?4 WHERE id = ?1",
-                        params![newest.id, a, unknown, now],
+                        "UPDATE sync_queue SET action = ?2, unknown_outcome = MAX(unknown_outcome, ?3), updated_at = ?4,
+                                idempotency_key = COALESCE(?5, idempotency_key)
+                         WHERE id = ?1",
+                        params![newest.id, a, unknown, now, inherited],
                     )?;
                 }
                 None => {
@@ -249,9 +265,12 @@ impl Store {
             "UPDATE sync_queue SET status = 'processing', claimed_run = ?1, claimed_at = ?2, updated_at = ?2,
                     idempotency_key = COALESCE(idempotency_key, 'crm-jobs-' || id)
              WHERE id IN (
-                SELECT id FROM sync_queue INDEXED BY sync_queue_claim
-                WHERE status = 'pending' AND priority IS NOT NULL AND (due_at IS NULL OR due_at <= ?2)
-                ORDER BY priority DESC, id
+                SELECT q.id FROM sync_queue q INDEXED BY sync_queue_claim
+                WHERE q.status = 'pending' AND q.priority IS NOT NULL AND (q.due_at IS NULL OR q.due_at <= ?2)
+                  -- one change of a record at a time: not while another is in flight
+                  AND NOT EXISTS (SELECT 1 FROM sync_queue f WHERE f.status = 'processing'
+                                  AND f.entity = q.entity AND f.record_id = q.record_id)
+                ORDER BY q.priority DESC, q.id
                 LIMIT ?3)
              RETURNING id, entity, record_id, action, payload, priority,
                     attempts, idempotency_key, unknown_outcome",
@@ -473,7 +492,7 @@ impl Store {
         Ok(rows)
     }
 
-    /// Queue rows for export, newest first.
+    /// Queue rows for export, oldest first.
     pub fn export_queue(&self, status: Option<&str>) -> Result<Vec<QueueExport>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, entity, record_id, action, status, priority, attempts, external_id, unknown_outcome,

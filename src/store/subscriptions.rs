@@ -70,7 +70,8 @@ pub struct OutboxEmail {
     pub attempts: i64,
 }
 
-const SUBSCRIPTION_COLUMNS: &str = "s.id, s.external_id, u.id, u.name, u.email, p.id, p.name, p.price_centavos,
+const SUBSCRIPTION_COLUMNS: &str =
+    "s.id, s.external_id, u.id, u.name, u.email, p.id, p.name, p.price_centavos,
     s.status, s.current_period_start, s.current_period_end, s.gateway_subscription_id";
 
 fn subscription_row(r: &rusqlite::Row) -> rusqlite::Result<SubscriptionRow> {
@@ -91,7 +92,12 @@ fn subscription_row(r: &rusqlite::Row) -> rusqlite::Result<SubscriptionRow> {
 }
 
 impl Store {
-    fn subscriptions_where(&self, condition: &str, a: &str, b: &str) -> Result<Vec<SubscriptionRow>> {
+    fn subscriptions_where(
+        &self,
+        condition: &str,
+        a: &str,
+        b: &str,
+    ) -> Result<Vec<SubscriptionRow>> {
         let sql = format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN users u ON u.id = s.user_id
              JOIN plans p ON p.id = s.plan_id WHERE s.deleted_at IS NULL AND {condition} ORDER BY s.current_period_end, s.id"
@@ -184,7 +190,16 @@ impl Store {
         self.conn.execute(
             "INSERT INTO audit_log (at, run_id, entity, entity_id, action, before, after, reason)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![now, run_id, a.entity, a.entity_id, a.action, a.before, a.after, a.reason],
+            params![
+                now,
+                run_id,
+                a.entity,
+                a.entity_id,
+                a.action,
+                a.before,
+                a.after,
+                a.reason
+            ],
         )?;
         Ok(())
     }
@@ -193,8 +208,11 @@ impl Store {
     /// themselves. Returns their ids.
     pub fn recover_sending(&mut self, now: &str) -> Result<Vec<i64>> {
         let ids: Vec<i64> = {
-            let mut stmt = self.conn.prepare("SELECT id FROM email_outbox WHERE status = 'sending'")?;
-            stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id FROM email_outbox WHERE status = 'sending'")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
         };
         self.conn.execute(
             "UPDATE email_outbox SET status = 'unknown', last_error = 'the process stopped while handing this message to the SMTP server: it may have been delivered; not resent (see `renew --resend`)',
@@ -229,7 +247,13 @@ impl Store {
     }
 
     /// Sets an email's status (and error); `sent` also records when.
-    pub fn set_email_status(&mut self, id: i64, status: &str, error: Option<&str>, now: &str) -> Result<()> {
+    pub fn set_email_status(
+        &mut self,
+        id: i64,
+        status: &str,
+        error: Option<&str>,
+        now: &str,
+    ) -> Result<()> {
         self.conn.execute(
             "UPDATE email_outbox SET status = ?2, last_error = ?3,
                     attempts = attempts + CASE WHEN ?2 = 'sending' THEN 1 ELSE 0 END,
@@ -252,13 +276,23 @@ impl Store {
 
     /// Outbox depth by status.
     pub fn email_counts(&self) -> Result<Vec<(String, i64)>> {
-        let mut stmt = self.conn.prepare("SELECT status, COUNT(*) FROM email_outbox GROUP BY status ORDER BY status")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, COUNT(*) FROM email_outbox GROUP BY status ORDER BY status")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
     /// Soft-deletes sessions expired before `cutoff`, each with an audit row. Returns how many.
-    pub fn soft_delete_sessions(&mut self, cutoff: &str, run_id: i64, now: &str, batch: u32) -> Result<usize> {
+    pub fn soft_delete_sessions(
+        &mut self,
+        cutoff: &str,
+        run_id: i64,
+        now: &str,
+        batch: u32,
+    ) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let ids: Vec<(i64, String)> = {
             let mut stmt = tx.prepare(
@@ -268,7 +302,10 @@ impl Store {
                 .collect::<rusqlite::Result<_>>()?
         };
         for (id, expires) in &ids {
-            tx.execute("UPDATE sessions SET deleted_at = ?2 WHERE id = ?1", params![id, now])?;
+            tx.execute(
+                "UPDATE sessions SET deleted_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
             tx.execute(
                 "INSERT INTO audit_log (at, run_id, entity, entity_id, action, before, after, reason)
                  VALUES (?1, ?2, 'session', ?3, 'soft_deleted', '{\"deleted_at\":null}', json_object('deleted_at', ?1), 'expired ' || ?4 || ', more than the retention ago')",
@@ -280,15 +317,26 @@ impl Store {
     }
 
     /// Cancels payments pending since before `cutoff`, each with an audit row.
-    pub fn cancel_stale_payments(&mut self, cutoff: &str, run_id: i64, now: &str, batch: u32) -> Result<usize> {
+    pub fn cancel_stale_payments(
+        &mut self,
+        cutoff: &str,
+        run_id: i64,
+        now: &str,
+        batch: u32,
+    ) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let ids: Vec<i64> = {
-            let mut stmt =
-                tx.prepare("SELECT id FROM payments WHERE status = 'pending' AND created_at < ?1 LIMIT ?2")?;
-            stmt.query_map(params![cutoff, batch], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+            let mut stmt = tx.prepare(
+                "SELECT id FROM payments WHERE status = 'pending' AND created_at < ?1 LIMIT ?2",
+            )?;
+            stmt.query_map(params![cutoff, batch], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
         };
         for id in &ids {
-            tx.execute("UPDATE payments SET status = 'cancelled', updated_at = ?2 WHERE id = ?1", params![id, now])?;
+            tx.execute(
+                "UPDATE payments SET status = 'cancelled', updated_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
             tx.execute(
                 "INSERT INTO audit_log (at, run_id, entity, entity_id, action, before, after, reason)
                  VALUES (?1, ?2, 'payment', ?3, 'cancelled', '{\"status\":\"pending\"}', '{\"status\":\"cancelled\"}', 'pending for longer than the retention')",
@@ -303,7 +351,11 @@ impl Store {
     fn id_of(&self, table: &str, external_id: &str) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .query_row(&format!("SELECT id FROM {table} WHERE external_id = ?1"), [external_id], |r| r.get(0))
+            .query_row(
+                &format!("SELECT id FROM {table} WHERE external_id = ?1"),
+                [external_id],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 
@@ -319,9 +371,18 @@ impl Store {
     }
 
     /// Upserts a user by its host id; `plan` is the plan's host id.
-    pub fn upsert_user(&mut self, ext: &str, name: &str, email: &str, plan: Option<&str>) -> Result<()> {
+    pub fn upsert_user(
+        &mut self,
+        ext: &str,
+        name: &str,
+        email: &str,
+        plan: Option<&str>,
+    ) -> Result<()> {
         let plan_id = match plan {
-            Some(p) => Some(self.id_of("plans", p)?.with_context(|| format!("unknown plan `{p}`"))?),
+            Some(p) => Some(
+                self.id_of("plans", p)?
+                    .with_context(|| format!("unknown plan `{p}`"))?,
+            ),
             None => None,
         };
         self.conn.execute(
@@ -345,8 +406,12 @@ impl Store {
         gateway: &str,
         gateway_id: Option<&str>,
     ) -> Result<()> {
-        let user_id = self.id_of("users", user)?.with_context(|| format!("unknown user `{user}`"))?;
-        let plan_id = self.id_of("plans", plan)?.with_context(|| format!("unknown plan `{plan}`"))?;
+        let user_id = self
+            .id_of("users", user)?
+            .with_context(|| format!("unknown user `{user}`"))?;
+        let plan_id = self
+            .id_of("plans", plan)?
+            .with_context(|| format!("unknown plan `{plan}`"))?;
         self.conn.execute(
             "INSERT INTO subscriptions (external_id, user_id, plan_id, status, current_period_start, current_period_end,
                     cancel_at_period_end, gateway, gateway_subscription_id)
@@ -362,7 +427,9 @@ impl Store {
 
     /// Upserts a session by its host id.
     pub fn upsert_session(&mut self, ext: &str, user: &str, expires_at: &str) -> Result<()> {
-        let user_id = self.id_of("users", user)?.with_context(|| format!("unknown user `{user}`"))?;
+        let user_id = self
+            .id_of("users", user)?
+            .with_context(|| format!("unknown user `{user}`"))?;
         self.conn.execute(
             "INSERT INTO sessions (external_id, user_id, expires_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (external_id) DO UPDATE SET user_id = excluded.user_id, expires_at = excluded.expires_at",
@@ -372,10 +439,23 @@ impl Store {
     }
 
     /// Upserts a payment by its host id.
-    pub fn upsert_payment(&mut self, ext: &str, user: &str, subscription: Option<&str>, amount: i64, status: &str, created_at: &str) -> Result<()> {
-        let user_id = self.id_of("users", user)?.with_context(|| format!("unknown user `{user}`"))?;
+    pub fn upsert_payment(
+        &mut self,
+        ext: &str,
+        user: &str,
+        subscription: Option<&str>,
+        amount: i64,
+        status: &str,
+        created_at: &str,
+    ) -> Result<()> {
+        let user_id = self
+            .id_of("users", user)?
+            .with_context(|| format!("unknown user `{user}`"))?;
         let sub_id = match subscription {
-            Some(s) => Some(self.id_of("subscriptions", s)?.with_context(|| format!("unknown subscription `{s}`"))?),
+            Some(s) => Some(
+                self.id_of("subscriptions", s)?
+                    .with_context(|| format!("unknown subscription `{s}`"))?,
+            ),
             None => None,
         };
         self.conn.execute(

@@ -1,0 +1,198 @@
+//! Stripe's subscription endpoint (SERVICES.md §4): one GET per subscription, the answer read
+//! in both API shapes (the current period on each item since 2025-03-31, on the subscription
+//! before), errors classified by what the caller does.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// How a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StripeError {
+    /// The key was refused: stop the step.
+    #[error("{0}")]
+    Stop(String),
+    /// `404 resource_missing`, or any other 4xx: this subscription only.
+    #[error("{0}")]
+    Permanent(String),
+    /// 429, 5xx, timeouts after the retries: try again at the next run.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// What Stripe says of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeSubscription {
+    pub status: String,
+    pub period: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub cancel_at_period_end: bool,
+}
+
+/// Reads a subscription object of either API version.
+pub fn parse_subscription(v: &Value) -> Option<StripeSubscription> {
+    let ts = |v: Option<&Value>| {
+        v.and_then(Value::as_i64)
+            .and_then(|s| DateTime::from_timestamp(s, 0))
+    };
+    let pair = |o: &Value| {
+        Some((
+            ts(o.get("current_period_start"))?,
+            ts(o.get("current_period_end"))?,
+        ))
+    };
+    let from_items = v
+        .pointer("/items/data")
+        .and_then(Value::as_array)
+        .and_then(|items| items.iter().find_map(pair));
+    Some(StripeSubscription {
+        status: v.get("status")?.as_str()?.to_string(),
+        period: from_items.or_else(|| pair(v)),
+        cancel_at_period_end: v
+            .get("cancel_at_period_end")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+/// The client.
+pub struct StripeClient {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    version: String,
+    retries: u32,
+}
+
+impl StripeClient {
+    pub fn new(
+        base: &str,
+        key: &str,
+        version: &str,
+        timeout: Duration,
+        retries: u32,
+    ) -> anyhow::Result<StripeClient> {
+        Ok(StripeClient {
+            http: reqwest::Client::builder()
+                .user_agent(concat!("crm-jobs/", env!("CARGO_PKG_VERSION")))
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(10))
+                .build()?,
+            base: base.trim_end_matches('/').to_string(),
+            key: key.to_string(),
+            version: version.to_string(),
+            retries,
+        })
+    }
+
+    /// GETs a subscription, trying again in place on 429 (as `Retry-After` says) and 5xx.
+    pub async fn subscription(&self, id: &str) -> Result<StripeSubscription, StripeError> {
+        let mut tries = 0;
+        loop {
+            match self.once(id).await {
+                Err((StripeError::Transient(m), wait)) if tries < self.retries => {
+                    tries += 1;
+                    tracing::debug!("Stripe: {m}; trying again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+                Err((e, _)) => return Err(e),
+                Ok(s) => return Ok(s),
+            }
+        }
+    }
+
+    async fn once(&self, id: &str) -> Result<StripeSubscription, (StripeError, Duration)> {
+        let backoff = Duration::from_millis(500);
+        let resp = self
+            .http
+            .get(format!("{}/v1/subscriptions/{id}", self.base))
+            .bearer_auth(&self.key)
+            .header("Stripe-Version", &self.version)
+            .send()
+            .await
+            .map_err(|e| {
+                (
+                    StripeError::Transient(crate::http::describe_error(&e, "Stripe API")),
+                    backoff,
+                )
+            })?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let message = body
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message")
+            .to_string();
+        let code = body
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        match status.as_u16() {
+            200 => parse_subscription(&body).ok_or_else(|| {
+                (
+                    StripeError::Permanent(format!(
+                        "Stripe's answer for `{id}` has no status: the API changed?"
+                    )),
+                    backoff,
+                )
+            }),
+            401 | 403 => Err((
+                StripeError::Stop(format!(
+                    "Stripe refused the secret key ({status}: {message}): check `CRM_JOBS_STRIPE_SECRET_KEY`; the step stopped"
+                )),
+                backoff,
+            )),
+            429 => Err((
+                StripeError::Transient(format!("Stripe answered 429 ({message})")),
+                retry_after.unwrap_or(Duration::from_secs(1)),
+            )),
+            500..=599 => Err((
+                StripeError::Transient(format!("Stripe answered {status}")),
+                retry_after.unwrap_or(backoff),
+            )),
+            _ => Err((
+                StripeError::Permanent(format!(
+                    "Stripe answered {status} for `{id}` ({code}: {message})"
+                )),
+                backoff,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_api_shapes_are_read() {
+        let basil: Value = serde_json::from_str(include_str!(
+            "../tests/fixtures/stripe/subscription_basil.json"
+        ))
+        .unwrap();
+        let legacy: Value = serde_json::from_str(include_str!(
+            "../tests/fixtures/stripe/subscription_legacy.json"
+        ))
+        .unwrap();
+        let b = parse_subscription(&basil).unwrap();
+        assert_eq!(b.status, "active");
+        assert_eq!(
+            b.period.unwrap().0.timestamp(),
+            1_896_570_518,
+            "from items.data[0]"
+        );
+        let l = parse_subscription(&legacy).unwrap();
+        assert_eq!(
+            l.period.unwrap().1.timestamp(),
+            1_234_567_890,
+            "from the subscription"
+        );
+    }
+}
