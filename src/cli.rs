@@ -75,6 +75,8 @@ pub enum Command {
     Enqueue(jobs::enqueue::Args),
     /// Send the CRM outbox: priorities, shared rate limit, backoff, CRM ids.
     SyncQueue(jobs::sync_queue::Args),
+    /// Subscriptions: warn those expiring, expire overdue ones, renew from Stripe, send the emails.
+    Renew(jobs::renew::Args),
     /// Remove rows past their retention, in small batches, then checkpoint the WAL.
     Cleanup(jobs::cleanup::Args),
     /// Import operator spreadsheets (CSV, consultant XLSX) into the store.

@@ -405,6 +405,12 @@ pub struct CleanupConfig {
     pub queue_done_days: u32,
     pub queue_failed_days: u32,
     pub runs_days: u32,
+    /// Sent (or failed) emails of the outbox.
+    pub email_outbox_days: u32,
+    /// Sessions expired longer ago than this are soft-deleted.
+    pub sessions_days: u32,
+    /// Payments pending longer than this are cancelled.
+    pub pending_payments_days: u32,
     /// Rows deleted per transaction (the write lock is held that long only).
     pub batch_size: u32,
 }
@@ -416,6 +422,9 @@ impl Default for CleanupConfig {
             queue_done_days: 7,
             queue_failed_days: 30,
             runs_days: 180,
+            email_outbox_days: 90,
+            sessions_days: 30,
+            pending_payments_days: 7,
             batch_size: 1000,
         }
     }
@@ -465,8 +474,10 @@ pub struct SmtpConfig {
     /// no AUTH.
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
-    /// Extra CA certificate (PEM) to trust, e.g. a test server's.
+    /// Extra CA certificate (PEM) to trust, e.g. a test server's; set, only it is trusted.
     pub ca_file: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: `host`).
+    pub tls_server_name: Option<String>,
     /// The sender, e.g. `Equipe <nao-responda@example.com>`.
     pub from: String,
     pub eml_dir: Option<PathBuf>,
@@ -483,6 +494,7 @@ impl Default for SmtpConfig {
             user: None,
             password_file: None,
             ca_file: None,
+            tls_server_name: None,
             from: "crm-jobs <nao-responda@localhost>".into(),
             eml_dir: None,
             timeout_secs: 30,

@@ -18,6 +18,7 @@ pub mod http;
 pub mod jobs;
 pub mod lifecycle;
 pub mod logging;
+pub mod mailer;
 pub mod nio;
 pub mod output;
 pub mod sandbox;

@@ -28,6 +28,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         "queue_done" => cfg.queue_done_days,
         "queue_failed" => cfg.queue_failed_days,
         "runs" => cfg.runs_days,
+        "email_outbox" => cfg.email_outbox_days,
         other => unreachable!("retention rule `{other}` has no `[cleanup]` key"),
     };
     let now = ctx.clock.now();
@@ -75,6 +76,37 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         run.counts.ok += removed as i64;
         parts.push(format!("{removed} {}", rule.name));
     }
+    // Rows that are kept but changed, each with an audit row.
+    let sessions_cut = clock::to_store(now - Duration::days(i64::from(cfg.sessions_days)));
+    let payments_cut = clock::to_store(now - Duration::days(i64::from(cfg.pending_payments_days)));
+    let stamp = clock::to_store(now);
+    let mut sessions = 0;
+    loop {
+        let n =
+            run.store
+                .soft_delete_sessions(&sessions_cut, run.run_id, &stamp, cfg.batch_size)?;
+        sessions += n;
+        if n < cfg.batch_size as usize || run.cancel.is_cancelled() {
+            break;
+        }
+    }
+    let mut payments = 0;
+    loop {
+        let n =
+            run.store
+                .cancel_stale_payments(&payments_cut, run.run_id, &stamp, cfg.batch_size)?;
+        payments += n;
+        if n < cfg.batch_size as usize || run.cancel.is_cancelled() {
+            break;
+        }
+    }
+    run.add("sessions_soft_deleted", sessions as i64);
+    run.add("payments_cancelled", payments as i64);
+    run.counts.total += (sessions + payments) as i64;
+    run.counts.ok += (sessions + payments) as i64;
+    parts.push(format!(
+        "{sessions} session(s) soft-deleted, {payments} pending payment(s) cancelled"
+    ));
     let (busy, log, moved) = run.store.checkpoint()?;
     if busy != 0 {
         tracing::info!(

@@ -43,6 +43,12 @@ pub enum Command {
         #[arg(long = "ponto-venda", value_name = "CODE")]
         ponto_venda: Option<String>,
     },
+    /// Users, plans, subscriptions, sessions and payments: JSON lines with a `type` (`plan`,
+    /// `user`, `subscription`, `session`, `payment`) and the host's `id`; upserted by that id.
+    Subscriptions {
+        /// The JSON-lines file.
+        file: PathBuf,
+    },
 }
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
@@ -54,6 +60,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
             consultor,
             ponto_venda,
         } => clients(ctx, &file, &consultor, ponto_venda.as_deref()),
+        Command::Subscriptions { file } => subscriptions(ctx, &file),
     }
 }
 
@@ -417,4 +424,158 @@ fn clients(ctx: &Ctx, file: &Path, consultant: &str, default_point: Option<&str>
     } else {
         Code::Success
     })
+}
+
+fn subscriptions(ctx: &Ctx, file: &Path) -> Result<Code> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read `{name}`"))?;
+    let mut store = ctx.open_store()?;
+    let (mut ok, mut bad) = (0usize, 0usize);
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match subscription_line(&mut store, line) {
+            Ok(()) => ok += 1,
+            Err(reason) => {
+                bad += 1;
+                tracing::warn!("{name}:{}: {reason}; line skipped", i + 1);
+            }
+        }
+    }
+    if ctx.printer.json {
+        ctx.printer
+            .json_out(&serde_json::json!({"file": name, "imported": ok, "skipped": bad}));
+    }
+    ctx.printer.say(&format!(
+        "imported {ok} record(s) from `{name}`; {bad} line(s) skipped"
+    ));
+    Ok(if bad > 0 {
+        Code::Partial
+    } else {
+        Code::Success
+    })
+}
+
+/// One line of the subscriptions file.
+fn subscription_line(
+    store: &mut crate::store::Store,
+    line: &str,
+) -> std::result::Result<(), String> {
+    use serde_json::Value;
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON ({e})"))?;
+    let text = |k: &str| -> std::result::Result<String, String> {
+        match v.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            _ => Err(format!("`{k}` is missing or empty")),
+        }
+    };
+    let opt = |k: &str| text(k).ok();
+    let instant = |k: &str| -> std::result::Result<String, String> {
+        match v.get(k) {
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+                .map(clock::to_store)
+                .ok_or_else(|| format!("`{k}` is not a Unix time")),
+            Some(Value::String(s)) => clock::from_store(s).map(clock::to_store).ok_or_else(|| {
+                format!("`{k}` = `{s}` is not an RFC 3339 instant (e.g. `2025-11-13T12:00:00Z`)")
+            }),
+            _ => Err(format!("`{k}` is missing")),
+        }
+    };
+    let centavos = |k: &str| -> std::result::Result<i64, String> {
+        match v.get(k) {
+            Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
+            Some(Value::String(s)) => money::parse_brl(s).map_err(|e| format!("`{k}`: {e}")),
+            _ => Err(format!(
+                "`{k}` must be centavos (an integer) or a text amount like `R$ 49,90`"
+            )),
+        }
+    };
+    let one_of =
+        |k: &str, value: String, allowed: &[&str]| -> std::result::Result<String, String> {
+            if allowed.contains(&value.as_str()) {
+                Ok(value)
+            } else {
+                Err(format!(
+                    "`{k}` = `{value}` is not one of {}",
+                    allowed.join(", ")
+                ))
+            }
+        };
+    let err = |e: anyhow::Error| format!("{e:#}");
+    match text("type")?.as_str() {
+        "plan" => store
+            .upsert_plan(
+                &text("id")?,
+                &text("name")?,
+                centavos("price")?,
+                &one_of(
+                    "billing_cycle",
+                    opt("billing_cycle").unwrap_or_else(|| "monthly".into()),
+                    &["monthly", "quarterly", "yearly"],
+                )?,
+            )
+            .map_err(err),
+        "user" => {
+            let email = text("email")?;
+            if email.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(format!("`email` = `{email}` is not an email address"));
+            }
+            store
+                .upsert_user(&text("id")?, &text("name")?, &email, opt("plan").as_deref())
+                .map_err(err)
+        }
+        "subscription" => {
+            let start = instant("current_period_start")?;
+            let end = instant("current_period_end")?;
+            if end <= start {
+                return Err("`current_period_end` is not after `current_period_start`".into());
+            }
+            store
+                .upsert_subscription(
+                    &text("id")?,
+                    &text("user")?,
+                    &text("plan")?,
+                    &one_of(
+                        "status",
+                        text("status")?,
+                        &["active", "inactive", "canceled", "past_due", "trialing"],
+                    )?,
+                    (&start, &end),
+                    v.get("cancel_at_period_end")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                    &one_of(
+                        "gateway",
+                        opt("gateway").unwrap_or_else(|| "stripe".into()),
+                        &["stripe", "mercadopago", "paypal", "manual"],
+                    )?,
+                    opt("gateway_subscription_id").as_deref(),
+                )
+                .map_err(err)
+        }
+        "session" => store
+            .upsert_session(&text("id")?, &text("user")?, &instant("expires_at")?)
+            .map_err(err),
+        "payment" => store
+            .upsert_payment(
+                &text("id")?,
+                &text("user")?,
+                opt("subscription").as_deref(),
+                centavos("amount")?,
+                &one_of(
+                    "status",
+                    text("status")?,
+                    &["pending", "approved", "cancelled", "refunded"],
+                )?,
+                &instant("created_at")?,
+            )
+            .map_err(err),
+        other => Err(format!(
+            "`type` = `{other}` is not one of plan, user, subscription, session, payment"
+        )),
+    }
 }

@@ -10,6 +10,7 @@ pub mod enqueue;
 pub mod export;
 pub mod fetch_invoices;
 pub mod import;
+pub mod renew;
 pub mod retry;
 pub mod sandbox;
 pub mod sync_queue;
@@ -99,6 +100,7 @@ pub async fn dispatch(cli: Cli) -> Result<Code> {
                 Command::Enqueue(args) => enqueue::run(&ctx, args),
                 Command::SyncQueue(args) => sync_queue::run(&ctx, args).await,
                 Command::Cleanup(args) => cleanup::run(&ctx, args).await,
+                Command::Renew(args) => renew::run(&ctx, args).await,
                 Command::Import(c) => import::run(&ctx, c),
                 Command::Export(c) => export::run(&ctx, c),
                 Command::Config(c) => config::run(&ctx, c),

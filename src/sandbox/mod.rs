@@ -8,6 +8,7 @@ pub mod crm;
 pub mod faults;
 pub mod nio;
 pub mod scenario;
+pub mod smtp;
 pub mod stripe;
 
 use std::net::SocketAddr;
@@ -23,6 +24,10 @@ pub use nio::{NioState, PdfKind, SbDebt, SbInvoice};
 /// The passphrase the sandbox's Nio site encrypts its params with, unless told otherwise.
 pub const DEFAULT_PASSPHRASE: &str = "sandbox-nio-passphrase";
 
+/// The SMTP sandbox's AUTH credentials.
+pub const SMTP_USER: &str = "sandbox";
+pub const SMTP_PASSWORD: &str = "sandbox-smtp-password";
+
 /// A running sandbox. Dropping it stops the server.
 pub struct Sandbox {
     pub addr: SocketAddr,
@@ -30,6 +35,8 @@ pub struct Sandbox {
     pub canopus: Arc<CanopusState>,
     pub crm: Arc<crm::CrmState>,
     pub stripe: Arc<stripe::StripeState>,
+    /// The SMTP server (its own port), accepting [`SMTP_USER`] / [`SMTP_PASSWORD`].
+    pub smtp: Arc<smtp::SmtpServer>,
     pub faults: Arc<Faults>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -55,6 +62,7 @@ impl Sandbox {
             .merge(stripe::routes(stripe.clone()))
             .merge(faults::routes(faults.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (smtp_tx, smtp_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("sandbox".into())
             .spawn(move || {
@@ -64,6 +72,12 @@ impl Sandbox {
                     .build()
                     .expect("sandbox runtime");
                 rt.block_on(async move {
+                    let smtp = smtp::SmtpServer::start(0, SMTP_USER, SMTP_PASSWORD).await;
+                    let ok = smtp.is_ok();
+                    smtp_tx.send(smtp.map(Arc::new)).ok();
+                    if !ok {
+                        return;
+                    }
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                     axum::serve(listener, app)
                         .with_graceful_shutdown(async {
@@ -74,12 +88,16 @@ impl Sandbox {
                 });
                 rt.shutdown_timeout(std::time::Duration::from_millis(100));
             })?;
+        let smtp = smtp_rx
+            .recv()
+            .context("the sandbox thread ended before its SMTP server started")??;
         Ok(Sandbox {
             addr,
             nio,
             canopus,
             crm,
             stripe,
+            smtp,
             faults,
             shutdown: Some(tx),
             thread: Some(thread),

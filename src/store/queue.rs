@@ -97,6 +97,11 @@ pub const RETENTION: &[Retention] = &[
         table: "runs",
         condition: "status <> 'running' AND started_at < ?1",
     },
+    Retention {
+        name: "email_outbox",
+        table: "email_outbox",
+        condition: "status IN ('sent', 'failed') AND created_at < ?1",
+    },
 ];
 
 impl Store {

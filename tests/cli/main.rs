@@ -8,4 +8,5 @@ mod boletos;
 mod fetch;
 mod imports;
 mod lifecycle;
+mod renew;
 mod sync;

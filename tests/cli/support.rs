@@ -101,8 +101,11 @@ impl Env {
             canopus.push(line.to_string());
         }
         let config = format!(
-            "[store]\npath = \"store/crm.db\"\n\n[downloads]\ndir = \"downloads\"\n\n[crm]\nbase_url = \"{}\"\n\n[canopus]\n{}\n\n[nio]\n{}\n",
+            "[store]\npath = \"store/crm.db\"\n\n[downloads]\ndir = \"downloads\"\n\n[crm]\nbase_url = \"{}\"\n\n[stripe]\nbase_url = \"{}\"\nretries = 0\n\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nuser = \"{}\"\nfrom = \"Equipe Painel <nao-responda@painel.test>\"\ntimeout_secs = 5\n\n[canopus]\n{}\n\n[nio]\n{}\n",
             self.sandbox.crm_base_url(),
+            self.sandbox.stripe_base_url(),
+            self.sandbox.smtp.addr().port(),
+            crm_jobs::sandbox::SMTP_USER,
             canopus.join("\n"),
             nio.join("\n")
         );
@@ -135,6 +138,11 @@ impl Env {
                 "CRM_JOBS_CRM_SECRET_ACCESS_TOKEN",
                 crm_jobs::sandbox::crm::SECRET_TOKEN,
             )
+            .env(
+                "CRM_JOBS_STRIPE_SECRET_KEY",
+                crm_jobs::sandbox::stripe::SECRET_KEY,
+            )
+            .env("CRM_JOBS_SMTP_PASSWORD", crm_jobs::sandbox::SMTP_PASSWORD)
             .stdin(Stdio::null());
         cmd
     }
@@ -213,4 +221,25 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Replaces `key = ...` of `[section]` in the config (the key must be there).
+pub fn set_key(env: &Env, section: &str, key: &str, value: &str) {
+    let text = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut done = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            current = line.trim_matches(['[', ']']).to_string();
+        }
+        if current == section && line.split('=').next().map(str::trim) == Some(key) {
+            out.push(format!("{key} = {value}"));
+            done = true;
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    assert!(done, "no `{key}` in [{section}]");
+    std::fs::write(env.path("config.toml"), out.join("\n") + "\n").unwrap();
 }

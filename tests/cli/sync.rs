@@ -489,13 +489,24 @@ fn rows_inserted_by_a_host_are_sent_and_a_bad_one_fails_alone() {
         .unwrap();
     let out = env.run(&["sync-queue"]);
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("item #1: entity `fornecedores` has no `[crm.resources]` path"), "{out:?}");
-    assert!(out.stderr.contains("item #3: the payload is not JSON"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("item #1: entity `fornecedores` has no `[crm.resources]` path"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("item #3: the payload is not JSON"),
+        "{out:?}"
+    );
     let s: Vec<String> = statuses(&env).into_iter().map(|(_, s)| s).collect();
     assert_eq!(s, vec!["failed", "done", "failed"]);
     let (priority, key): (i64, String) = env
         .db()
-        .query_row("SELECT priority, idempotency_key FROM sync_queue WHERE record_id = 'H1'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT priority, idempotency_key FROM sync_queue WHERE record_id = 'H1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!((priority, key.as_str()), (3, "crm-jobs-2"));
 }
@@ -504,19 +515,33 @@ fn rows_inserted_by_a_host_are_sent_and_a_bad_one_fails_alone() {
 fn a_change_superseding_an_unknown_outcome_reuses_its_key() {
     let env = Env::new();
     with_crm(&env, NO_LIMIT);
-    enqueue(&env, &[r#"{"entity": "clientes", "record_id": "U1", "action": "create", "payload": {"nome": "Antes"}}"#]);
+    enqueue(
+        &env,
+        &[
+            r#"{"entity": "clientes", "record_id": "U1", "action": "create", "payload": {"nome": "Antes"}}"#,
+        ],
+    );
     env.sandbox.faults.hold(Route::Crm);
     let mut child = env.spawn(&["sync-queue"]);
     assert_eq!(env.sandbox.faults.wait_held(Route::Crm, 1, WAIT), 1);
     child.kill().unwrap();
     child.wait().unwrap();
     env.sandbox.faults.release_all();
-    enqueue(&env, &[r#"{"entity": "clientes", "record_id": "U1", "action": "update", "payload": {"nome": "Depois"}}"#]);
+    enqueue(
+        &env,
+        &[
+            r#"{"entity": "clientes", "record_id": "U1", "action": "update", "payload": {"nome": "Depois"}}"#,
+        ],
+    );
     let out = env.run(&["sync-queue"]);
     assert_eq!(out.code, 0, "{out:?}");
     let (action, key): (String, String) = env
         .db()
-        .query_row("SELECT action, idempotency_key FROM sync_queue WHERE status = 'done'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT action, idempotency_key FROM sync_queue WHERE status = 'done'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!((action.as_str(), key.as_str()), ("create", "crm-jobs-1"));
     assert_eq!(env.sandbox.crm.duplicates(), 0);

@@ -1,0 +1,478 @@
+//! `import subscriptions`, `renew` (every step) and the subscription rows of `cleanup`, against
+//! the sandbox's Stripe and SMTP server.
+
+use crm_jobs::sandbox::smtp::SmtpFault;
+use crm_jobs::sandbox::{Fault, Route};
+
+use crate::support::*;
+
+/// NOW is 2025-11-10T15:00:00Z.
+fn ts(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+}
+
+/// A plan, and per subscription a user: (id, status, period end, extra JSON fields).
+fn subscriptions(env: &Env, subs: &[(&str, &str, &str, &str)]) {
+    let mut lines =
+        vec![r#"{"type": "plan", "id": "pro", "name": "Pro", "price": "R$ 49,90"}"#.to_string()];
+    for (id, status, end, extra) in subs {
+        lines.push(format!(
+            r#"{{"type": "user", "id": "u-{id}", "name": "Usuária {id}", "email": "{id}@example.com", "plan": "pro"}}"#
+        ));
+        lines.push(format!(
+            r#"{{"type": "subscription", "id": "{id}", "user": "u-{id}", "plan": "pro", "status": "{status}", "current_period_start": "2025-10-10T15:00:00Z", "current_period_end": "{end}"{extra}}}"#
+        ));
+    }
+    let file = env.path("subs.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = env.run(&["import", "subscriptions", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+fn outbox(env: &Env) -> Vec<(String, String, String)> {
+    let db = env.db();
+    let mut stmt = db
+        .prepare("SELECT kind, to_address, status FROM email_outbox ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn expiring_warns_once_per_period_at_the_boundaries() {
+    let env = Env::new();
+    subscriptions(
+        &env,
+        &[
+            ("exact", "active", "2025-11-13T15:00:00Z", ""),
+            ("later", "active", "2025-11-13T15:00:01Z", ""),
+            ("soon", "active", "2025-11-11T10:00:00Z", ""),
+            ("inactive", "inactive", "2025-11-12T15:00:00Z", ""),
+        ],
+    );
+    let out = env.run(&["renew", "--step", "expiring"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        outbox(&env),
+        vec![
+            (
+                "expiring".into(),
+                "soon@example.com".into(),
+                "pending".into()
+            ),
+            (
+                "expiring".into(),
+                "exact@example.com".into(),
+                "pending".into()
+            ),
+        ]
+    );
+    let subject: String =
+        env.query("SELECT subject FROM email_outbox WHERE to_address = 'exact@example.com'");
+    assert_eq!(subject, "⚠️ Sua assinatura expira em 3 dias");
+    let audits: i64 = env.query("SELECT COUNT(*) FROM audit_log WHERE action = 'expiring_warned'");
+    assert_eq!(audits, 2);
+    // Again: nothing new for the same period.
+    assert_eq!(env.run(&["renew", "--step", "expiring"]).code, 0);
+    assert_eq!(outbox(&env).len(), 2);
+}
+
+#[test]
+fn expired_takes_the_plan_away_unless_set_to_cancel_at_period_end() {
+    let env = Env::new();
+    subscriptions(
+        &env,
+        &[
+            ("ended", "active", "2025-11-10T14:59:59Z", ""),
+            (
+                "cancels",
+                "active",
+                "2025-11-10T14:00:00Z",
+                r#", "cancel_at_period_end": true"#,
+            ),
+            ("running", "active", "2025-11-10T15:00:01Z", ""),
+        ],
+    );
+    let out = env.run(&["renew", "--step", "expired"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let (status, plan): (String, Option<i64>) = env
+        .db()
+        .query_row(
+            "SELECT s.status, u.plan_id FROM subscriptions s JOIN users u ON u.id = s.user_id WHERE s.external_id = 'ended'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((status.as_str(), plan), ("inactive", None));
+    let untouched: i64 = env.query("SELECT COUNT(*) FROM subscriptions WHERE status = 'active'");
+    assert_eq!(untouched, 2);
+    let trail: Vec<String> = {
+        let db = env.db();
+        let mut stmt = db.prepare("SELECT entity || ':' || action || ':' || before || '->' || after FROM audit_log ORDER BY id").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(
+        trail,
+        vec![
+            r#"subscription:expired:{"status":"active"}->{"status":"inactive"}"#.to_string(),
+            r#"user:plan_removed:{"plan_id":1}->{"plan_id":null}"#.to_string(),
+        ]
+    );
+    assert_eq!(
+        outbox(&env),
+        vec![(
+            "expired".into(),
+            "ended@example.com".into(),
+            "pending".into()
+        )]
+    );
+}
+
+fn stripe_case(version: &str) {
+    let env = Env::new();
+    set_key(&env, "stripe", "retries", "1");
+    let mut cfg = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    cfg = cfg.replacen(
+        "[stripe]\n",
+        &format!("[stripe]\napi_version = \"{version}\"\n"),
+        1,
+    );
+    std::fs::write(env.path("config.toml"), cfg).unwrap();
+    subscriptions(
+        &env,
+        &[
+            (
+                "renews",
+                "active",
+                "2025-11-10T20:00:00Z",
+                r#", "gateway_subscription_id": "sub_1""#,
+            ),
+            (
+                "late",
+                "active",
+                "2025-11-10T21:00:00Z",
+                r#", "gateway_subscription_id": "sub_2""#,
+            ),
+            (
+                "gone",
+                "active",
+                "2025-11-10T22:00:00Z",
+                r#", "gateway_subscription_id": "sub_404""#,
+            ),
+            (
+                "tomorrow",
+                "active",
+                "2025-11-11T12:00:00Z",
+                r#", "gateway_subscription_id": "sub_3""#,
+            ),
+        ],
+    );
+    env.sandbox.stripe.set(
+        "sub_1",
+        "active",
+        ts("2025-11-10T20:00:00Z"),
+        ts("2025-12-10T20:00:00Z"),
+    );
+    env.sandbox.stripe.set(
+        "sub_2",
+        "past_due",
+        ts("2025-10-10T21:00:00Z"),
+        ts("2025-11-10T21:00:00Z"),
+    );
+    // One 429 first: waited out as told.
+    env.sandbox.faults.push(
+        Route::Stripe,
+        Fault::Status {
+            status: 429,
+            retry_after: Some(1),
+        },
+        1,
+    );
+    let out = env.run(&["renew", "--step", "stripe", "--json"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let summary: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(summary["counters"]["renewed"], 1, "{out:?}");
+    assert_eq!(summary["counters"]["not_renewed"], 1);
+    assert_eq!(summary["counters"]["stripe_errors"], 1);
+    assert!(out.stderr.contains("subscription `gone`: Stripe answered 404 Not Found for `sub_404` (resource_missing: No such subscription: 'sub_404')"), "{out:?}");
+    let (start, end): (String, String) = env
+        .db()
+        .query_row("SELECT current_period_start, current_period_end FROM subscriptions WHERE external_id = 'renews'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        (start.as_str(), end.as_str()),
+        ("2025-11-10T20:00:00.000Z", "2025-12-10T20:00:00.000Z"),
+        "Stripe's dates, not now + 30 days"
+    );
+    assert_eq!(
+        outbox(&env),
+        vec![(
+            "renewed".into(),
+            "renews@example.com".into(),
+            "pending".into()
+        )]
+    );
+    let reason: String = env.query("SELECT reason FROM audit_log WHERE action = 'not_renewed'");
+    assert_eq!(reason, "Stripe says `past_due`: not a renewal");
+}
+
+#[test]
+fn stripe_renewals_read_the_current_api_shape() {
+    stripe_case("2025-03-31.basil");
+}
+
+#[test]
+fn stripe_renewals_read_the_legacy_api_shape() {
+    stripe_case("2024-06-20");
+}
+
+#[test]
+fn a_refused_stripe_key_stops_the_step() {
+    let env = Env::new();
+    subscriptions(
+        &env,
+        &[(
+            "renews",
+            "active",
+            "2025-11-10T20:00:00Z",
+            r#", "gateway_subscription_id": "sub_1""#,
+        )],
+    );
+    let out = env
+        .cmd(&["renew", "--step", "stripe"])
+        .env("CRM_JOBS_STRIPE_SECRET_KEY", "sk_wrong")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: Stripe refused the secret key (401 Unauthorized: Invalid API Key provided"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sk_wrong"));
+}
+
+#[test]
+fn emails_go_out_once_multipart_with_an_encoded_subject() {
+    let env = Env::new();
+    subscriptions(&env, &[("exact", "active", "2025-11-13T15:00:00Z", "")]);
+    let out = env.run(&["renew"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let got = env.sandbox.smtp.received();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!(m.to, vec!["exact@example.com".to_string()]);
+    assert_eq!(m.auth_user.as_deref(), Some(crm_jobs::sandbox::SMTP_USER));
+    let subject = m.data.lines().find(|l| l.starts_with("Subject:")).unwrap();
+    assert!(
+        subject.to_lowercase().contains("=?utf-8?"),
+        "RFC 2047: {subject}"
+    );
+    assert!(m.data.contains("multipart/alternative"));
+    assert!(m.data.contains("text/plain") && m.data.contains("text/html"));
+    assert!(
+        m.data
+            .contains("Message-ID: <renew.expiring.1.1763046000@crm-jobs.localhost>"),
+        "{}",
+        m.data
+    );
+    let decoded: String = env.query("SELECT subject FROM email_outbox");
+    assert_eq!(decoded, "⚠️ Sua assinatura expira em 3 dias");
+    // Nothing is sent twice.
+    assert_eq!(env.run(&["renew"]).code, 0);
+    assert_eq!(env.sandbox.smtp.received().len(), 1);
+}
+
+#[test]
+fn smtp_down_keeps_the_changes_and_sends_later_exactly_once() {
+    let env = Env::new();
+    subscriptions(&env, &[("ended", "active", "2025-11-10T14:00:00Z", "")]);
+    env.sandbox.smtp.set_down(true);
+    let out = env.run(&["renew"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("1 email(s) wait for the next run (the state changes stand)"),
+        "{out:?}"
+    );
+    let status: String = env.query("SELECT status FROM subscriptions");
+    assert_eq!(status, "inactive");
+    assert_eq!(outbox(&env)[0].2, "pending");
+    env.sandbox.smtp.set_down(false);
+    assert_eq!(env.run(&["renew"]).code, 0);
+    assert_eq!(env.run(&["renew"]).code, 0);
+    assert_eq!(env.sandbox.smtp.received().len(), 1);
+    assert_eq!(outbox(&env)[0].2, "sent");
+}
+
+#[test]
+fn a_connection_lost_after_data_is_unknown_and_not_resent() {
+    let env = Env::new();
+    subscriptions(&env, &[("ended", "active", "2025-11-10T14:00:00Z", "")]);
+    env.sandbox.smtp.push_fault(SmtpFault::DropAfterData);
+    let out = env.run(&["renew"]);
+    assert_eq!(out.code, 3, "the expiry done, the email unknown: {out:?}");
+    assert!(
+        out.stderr
+            .contains("the message may have been delivered; not resent"),
+        "{out:?}"
+    );
+    assert_eq!(
+        env.sandbox.smtp.received().len(),
+        1,
+        "the server did take it"
+    );
+    assert_eq!(outbox(&env)[0].2, "unknown");
+    assert_eq!(env.run(&["renew"]).code, 0);
+    assert_eq!(env.sandbox.smtp.received().len(), 1, "not resent by itself");
+    // The operator checked the mailbox and decides to send it again.
+    let resend = env.run(&["renew", "--resend", "1"]);
+    assert!(
+        resend.stderr.contains("1 email(s) put back in the queue"),
+        "{resend:?}"
+    );
+    assert_eq!(env.run(&["renew", "--step", "emails"]).code, 0);
+    assert_eq!(env.sandbox.smtp.received().len(), 2);
+}
+
+#[test]
+fn a_run_killed_while_sending_reports_the_email_as_unknown() {
+    let env = Env::new();
+    subscriptions(&env, &[("ended", "active", "2025-11-10T14:00:00Z", "")]);
+    assert_eq!(env.run(&["renew", "--step", "expired"]).code, 0);
+    // What a process killed in the middle of the SMTP conversation leaves behind.
+    env.db()
+        .execute("UPDATE email_outbox SET status = 'sending'", [])
+        .unwrap();
+    let out = env.run(&["renew", "--step", "emails"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("1 email(s) were being handed to the SMTP server when a process died: outcome unknown, not resent"), "{out:?}");
+    assert!(env.sandbox.smtp.received().is_empty());
+    assert_eq!(outbox(&env)[0].2, "unknown");
+}
+
+#[test]
+fn starttls_and_auth_with_the_servers_certificate() {
+    let env = Env::new();
+    env.sandbox.smtp.set_require_tls(true);
+    std::fs::write(env.path("smtp-ca.pem"), env.sandbox.smtp.certificate_pem()).unwrap();
+    set_key(&env, "smtp", "tls", "\"starttls\"");
+    let cfg = std::fs::read_to_string(env.path("config.toml"))
+        .unwrap()
+        .replacen(
+            "[smtp]\n",
+            &format!(
+                "[smtp]\nca_file = \"{}\"\ntls_server_name = \"localhost\"\n",
+                env.path("smtp-ca.pem").display()
+            ),
+            1,
+        );
+    std::fs::write(env.path("config.toml"), cfg).unwrap();
+    subscriptions(&env, &[("ended", "active", "2025-11-10T14:00:00Z", "")]);
+    let out = env.run(&["renew"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let got = env.sandbox.smtp.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls);
+}
+
+#[test]
+fn development_mode_writes_eml_files() {
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.path("config.toml"))
+        .unwrap()
+        .replacen(
+            "[smtp]\n",
+            &format!(
+                "[smtp]\nmode = \"eml\"\neml_dir = \"{}\"\n",
+                env.path("outbox").display()
+            ),
+            1,
+        );
+    std::fs::write(env.path("config.toml"), cfg).unwrap();
+    subscriptions(&env, &[("ended", "active", "2025-11-10T14:00:00Z", "")]);
+    assert_eq!(env.run(&["renew"]).code, 0);
+    let files = files_under(&env.path("outbox"));
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("To: ended@example.com") && text.contains("multipart/alternative"));
+    assert!(env.sandbox.smtp.received().is_empty());
+}
+
+#[test]
+fn bad_subscription_lines_are_reported() {
+    let env = Env::new();
+    let file = env.path("bad.jsonl");
+    std::fs::write(
+        &file,
+        [
+            r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#,
+            r#"{"type": "user", "id": "u1", "name": "Ana", "email": "not-an-email"}"#,
+            r#"{"type": "subscription", "id": "s1", "user": "nobody", "plan": "pro", "status": "active", "current_period_start": "2025-10-10T00:00:00Z", "current_period_end": "2025-11-10T00:00:00Z"}"#,
+            r#"{"type": "coupon", "id": "c1"}"#,
+            r#"{"type": "payment", "id": "p1", "user": "u1", "amount": 10, "status": "pending", "created_at": "ontem"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = env.run(&["import", "subscriptions", file.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let f = file.display();
+    for expected in [
+        format!("{f}:2: `email` = `not-an-email` is not an email address; line skipped"),
+        format!("{f}:3: unknown user `nobody`; line skipped"),
+        format!(
+            "{f}:4: `type` = `coupon` is not one of plan, user, subscription, session, payment; line skipped"
+        ),
+        format!(
+            "{f}:5: `created_at` = `ontem` is not an RFC 3339 instant (e.g. `2025-11-13T12:00:00Z`); line skipped"
+        ),
+    ] {
+        assert!(
+            out.stderr.contains(&expected),
+            "missing `{expected}` in {out:?}"
+        );
+    }
+}
+
+#[test]
+fn cleanup_soft_deletes_old_sessions_and_cancels_stale_payments_with_an_audit_trail() {
+    let env = Env::new();
+    subscriptions(&env, &[("s", "active", "2025-12-10T15:00:00Z", "")]);
+    let file = env.path("more.jsonl");
+    std::fs::write(
+        &file,
+        [
+            r#"{"type": "session", "id": "old", "user": "u-s", "expires_at": "2025-10-01T00:00:00Z"}"#,
+            r#"{"type": "session", "id": "new", "user": "u-s", "expires_at": "2025-10-20T00:00:00Z"}"#,
+            r#"{"type": "payment", "id": "stale", "user": "u-s", "amount": 4990, "status": "pending", "created_at": "2025-11-01T00:00:00Z"}"#,
+            r#"{"type": "payment", "id": "fresh", "user": "u-s", "amount": 4990, "status": "pending", "created_at": "2025-11-05T00:00:00Z"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        env.run(&["import", "subscriptions", file.to_str().unwrap()])
+            .code,
+        0
+    );
+    let out = env.run(&["cleanup", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let deleted: String =
+        env.query("SELECT group_concat(external_id) FROM sessions WHERE deleted_at IS NOT NULL");
+    assert_eq!(deleted, "old");
+    let cancelled: String =
+        env.query("SELECT group_concat(external_id) FROM payments WHERE status = 'cancelled'");
+    assert_eq!(cancelled, "stale");
+    let audits: String = env.query("SELECT group_concat(entity || ':' || action) FROM audit_log");
+    assert_eq!(audits, "session:soft_deleted,payment:cancelled");
+}
