@@ -67,12 +67,29 @@ concurrency = 4
 base_url = "{}"
 # The real limit is 100 a minute; the sandbox's is wider, so the demo does not wait.
 rate_limit_per_minute = 1200
+
+[stripe]
+base_url = "{}"
+
+[smtp]
+host = "127.0.0.1"
+port = {}
+tls = "none"
+user = "{}"
+from = "Equipe Painel <nao-responda@painel.example>"
 "#,
         sandbox.nio_base_url(),
         sandbox.nio_pdf_template(),
         sandbox.canopus_base_url(),
-        sandbox.crm_base_url()
+        sandbox.crm_base_url(),
+        sandbox.stripe_base_url(),
+        sandbox.smtp.addr().port(),
+        crate::sandbox::SMTP_USER
     );
+    std::fs::write(
+        dir.join("subscriptions.jsonl"),
+        scenario::subscriptions(&sandbox.stripe, chrono::Utc::now(), args.clients),
+    )?;
     std::fs::write(
         dir.join("erp-changes.jsonl"),
         scenario::erp_changes(args.clients),
@@ -150,6 +167,8 @@ rate_limit_per_minute = 1200
             None,
         ),
         (&["download-boletos", "--ponto-venda", "17.308"], None),
+        (&["import", "subscriptions", "subscriptions.jsonl"], None),
+        (&["renew"], None),
         (&["enqueue", "erp-changes.jsonl"], None),
         (&["sync-queue"], None),
         (
@@ -182,7 +201,7 @@ rate_limit_per_minute = 1200
         // A job may end `failed` on the sandbox's bad cases; the commands around them may not.
         let job = matches!(
             step[0],
-            "fetch-invoices" | "retry" | "download-boletos" | "sync-queue" | "enqueue"
+            "fetch-invoices" | "retry" | "download-boletos" | "sync-queue" | "enqueue" | "renew"
         );
         if !(code == 0 || job && matches!(code, 1 | 3)) {
             bail!("demo step `crm-jobs {}` exited {code}", step.join(" "));
@@ -212,6 +231,11 @@ rate_limit_per_minute = 1200
     );
     eprintln!("  export:    {}", dir.join("invoices-export.csv").display());
     eprintln!("  queue:     {}", dir.join("queue-export.csv").display());
+    eprintln!(
+        "  emails:    the sandbox's SMTP server received {} message(s); sqlite3 {} 'SELECT kind, to_address, status FROM email_outbox'",
+        sandbox.smtp.received().len(),
+        dir.join("crm-jobs.db").display()
+    );
     eprintln!(
         "  explore:   CRM_JOBS_CONFIG={} crm-jobs export invoices --format json --contract 7000100",
         dir.join("config.toml").display()
@@ -246,7 +270,12 @@ async fn run_step(
         .env(
             "CRM_JOBS_CRM_SECRET_ACCESS_TOKEN",
             crate::sandbox::crm::SECRET_TOKEN,
-        );
+        )
+        .env(
+            "CRM_JOBS_STRIPE_SECRET_KEY",
+            crate::sandbox::stripe::SECRET_KEY,
+        )
+        .env("CRM_JOBS_SMTP_PASSWORD", crate::sandbox::SMTP_PASSWORD);
     if global.quiet {
         cmd.arg("--quiet");
     }

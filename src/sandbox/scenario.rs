@@ -246,3 +246,68 @@ pub fn erp_changes(n: usize) -> String {
     );
     out
 }
+
+/// Sample subscriptions (JSON lines for `import subscriptions`) around `now`: some expiring in
+/// 1 to 3 days, some overdue, some renewing at Stripe today (the sandbox's Stripe gets their new
+/// period), one `past_due` at Stripe, one set to cancel at period end, old sessions and a stale
+/// pending payment.
+pub fn subscriptions(
+    stripe: &super::stripe::StripeState,
+    now: chrono::DateTime<chrono::Utc>,
+    n: usize,
+) -> String {
+    use chrono::Duration;
+    let iso =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut out = String::new();
+    let mut line = |v: serde_json::Value| {
+        out.push_str(&v.to_string());
+        out.push('\n');
+    };
+    line(serde_json::json!({"type": "plan", "id": "basico", "name": "Básico", "price": 2990}));
+    line(serde_json::json!({"type": "plan", "id": "pro", "name": "Pro", "price": "R$ 49,90"}));
+    for i in 0..n {
+        let user = format!("u{i}");
+        line(
+            serde_json::json!({"type": "user", "id": user, "name": NAMES[i % NAMES.len()],
+            "email": format!("cliente{i}@example.com"), "plan": if i % 2 == 0 { "pro" } else { "basico" }}),
+        );
+        // Spread the period ends: expiring soon, overdue, ending later today, far away.
+        let end = match i % 6 {
+            0 => now + Duration::hours(30),
+            1 => now + Duration::hours(60),
+            2 => now - Duration::hours(5),
+            3 | 4 => now + Duration::seconds(60),
+            _ => now + Duration::days(20),
+        };
+        let start = end - Duration::days(30);
+        let sub = format!("s{i}");
+        let gateway_id = format!("sub_demo_{i}");
+        line(
+            serde_json::json!({"type": "subscription", "id": sub, "user": user,
+            "plan": if i % 2 == 0 { "pro" } else { "basico" }, "status": "active",
+            "current_period_start": iso(start), "current_period_end": iso(end),
+            "cancel_at_period_end": i == 8, "gateway": "stripe", "gateway_subscription_id": gateway_id}),
+        );
+        let status = if i % 6 == 4 { "past_due" } else { "active" };
+        stripe.set(
+            &gateway_id,
+            status,
+            end.timestamp(),
+            (end + Duration::days(30)).timestamp(),
+        );
+        line(
+            serde_json::json!({"type": "session", "id": format!("sess{i}"), "user": user,
+            "expires_at": iso(now - Duration::days(if i % 3 == 0 { 45 } else { 2 }))}),
+        );
+    }
+    line(
+        serde_json::json!({"type": "payment", "id": "pag-velho", "user": "u0", "amount": 4990,
+        "status": "pending", "created_at": iso(now - Duration::days(10))}),
+    );
+    line(
+        serde_json::json!({"type": "payment", "id": "pag-novo", "user": "u1", "amount": 2990,
+        "status": "pending", "created_at": iso(now - Duration::days(1))}),
+    );
+    out
+}
