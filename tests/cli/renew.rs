@@ -277,6 +277,11 @@ fn emails_go_out_once_multipart_with_an_encoded_subject() {
         subject.to_lowercase().contains("=?utf-8?"),
         "RFC 2047: {subject}"
     );
+    assert_eq!(
+        decode_rfc2047(&subject["Subject:".len()..]),
+        "⚠️ Sua assinatura expira em 3 dias",
+        "round trip"
+    );
     assert!(m.data.contains("multipart/alternative"));
     assert!(m.data.contains("text/plain") && m.data.contains("text/html"));
     assert!(
@@ -475,4 +480,56 @@ fn cleanup_soft_deletes_old_sessions_and_cancels_stale_payments_with_an_audit_tr
     assert_eq!(cancelled, "stale");
     let audits: String = env.query("SELECT group_concat(entity || ':' || action) FROM audit_log");
     assert_eq!(audits, "session:soft_deleted,payment:cancelled");
+}
+
+/// Decodes the encoded words (`=?utf-8?b?...?=` and `=?utf-8?q?...?=`) of a header value.
+fn decode_rfc2047(value: &str) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    let mut last_encoded = false;
+    for word in value.split_whitespace() {
+        let lower = word.to_lowercase();
+        let decoded = if lower.starts_with("=?utf-8?b?") && word.ends_with("?=") {
+            let b = &word[10..word.len() - 2];
+            Some(
+                String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).unwrap())
+                    .unwrap(),
+            )
+        } else if lower.starts_with("=?utf-8?q?") && word.ends_with("?=") {
+            let q = word[10..word.len() - 2].replace('_', " ");
+            let mut bytes = Vec::new();
+            let mut it = q.bytes();
+            while let Some(c) = it.next() {
+                if c == b'=' {
+                    let h: String = [it.next().unwrap() as char, it.next().unwrap() as char]
+                        .iter()
+                        .collect();
+                    bytes.push(u8::from_str_radix(&h, 16).unwrap());
+                } else {
+                    bytes.push(c);
+                }
+            }
+            Some(String::from_utf8(bytes).unwrap())
+        } else {
+            None
+        };
+        match decoded {
+            // Whitespace between two encoded words is not part of the text (RFC 2047 §6.2).
+            Some(text) => {
+                if !out.is_empty() && !last_encoded {
+                    out.push(' ');
+                }
+                out.push_str(&text);
+                last_encoded = true;
+            }
+            None => {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(word);
+                last_encoded = false;
+            }
+        }
+    }
+    out
 }
