@@ -12,7 +12,10 @@ use chrono::{Duration, Utc};
 use crm_jobs::sandbox::{DEFAULT_PASSPHRASE, Route, Sandbox, stripe};
 
 fn var(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -25,7 +28,8 @@ fn main() {
     let now = Utc::now();
     let end = now + Duration::seconds(60);
     let iso = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut lines = String::from("{\"type\": \"plan\", \"id\": \"pro\", \"name\": \"Pro\", \"price\": 4990}\n");
+    let mut lines =
+        String::from("{\"type\": \"plan\", \"id\": \"pro\", \"name\": \"Pro\", \"price\": 4990}\n");
     for i in 0..n {
         lines.push_str(&format!(
             "{{\"type\": \"user\", \"id\": \"u{i}\", \"name\": \"Cliente {i}\", \"email\": \"c{i}@example.com\", \"plan\": \"pro\"}}\n\
@@ -33,7 +37,12 @@ fn main() {
             iso(end - Duration::days(30)),
             iso(end)
         ));
-        sandbox.stripe.set(&format!("sub_{i}"), "active", end.timestamp(), (end + Duration::days(30)).timestamp());
+        sandbox.stripe.set(
+            &format!("sub_{i}"),
+            "active",
+            end.timestamp(),
+            (end + Duration::days(30)).timestamp(),
+        );
     }
     std::fs::write(dir.path().join("subs.jsonl"), lines).unwrap();
     std::fs::write(
@@ -53,7 +62,11 @@ fn main() {
             .env_remove("CRM_JOBS_NOW")
             .output()
             .expect("run crm-jobs");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     };
     run(&["--quiet", "import", "subscriptions", "subs.jsonl"]);
@@ -64,7 +77,9 @@ fn main() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
     let requests = sandbox.faults.seen(Route::Stripe);
     let bound = requests as f64 * latency_ms as f64 / 1000.0 / concurrency as f64;
-    println!("renew --step stripe: {n} subscriptions, {requests} requests, {latency_ms} ms latency, concurrency {concurrency}");
+    println!(
+        "renew --step stripe: {n} subscriptions, {requests} requests, {latency_ms} ms latency, concurrency {concurrency}"
+    );
     println!(
         "  wall {wall:.2} s | network-bound limit {bound:.2} s | ratio {:.3} | peak memory {:.1} MB | renewed {}",
         wall / bound,

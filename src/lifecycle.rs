@@ -114,6 +114,16 @@ pub struct JobRun {
     _lock: File,
 }
 
+/// The origin of a run started without one: `manual` from a terminal, else `automatic` (cron,
+/// systemd).
+pub fn default_origin() -> &'static str {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        "manual"
+    } else {
+        "automatic"
+    }
+}
+
 /// Where the lock named `lock` lives for the store at `store_path`.
 pub fn lock_path(store_path: &Path, lock: &str) -> PathBuf {
     let mut dir = store_path.as_os_str().to_owned();

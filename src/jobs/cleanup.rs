@@ -47,11 +47,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         ctx.printer.say("dry run: nothing was removed");
         return Ok(Code::Success);
     }
-    let origin = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        "manual"
-    } else {
-        "automatic"
-    };
+    let origin = crate::lifecycle::default_origin();
     let mut run = JobRun::start(
         &ctx.store_path()?,
         ctx.clock,

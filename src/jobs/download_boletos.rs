@@ -5,7 +5,6 @@
 //! interrupted run resumes without downloading again what is done for the month.
 
 use std::collections::VecDeque;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -191,11 +190,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             "no sales point has credentials: add them with `crm-jobs credentials set --ponto-venda CODE --usuario USER`",
         ));
     }
-    let origin = if std::io::stdin().is_terminal() {
-        "manual"
-    } else {
-        "automatic"
-    };
+    let origin = crate::lifecycle::default_origin();
     let mut run = JobRun::start(
         &ctx.store_path()?,
         ctx.clock,

@@ -6,7 +6,6 @@
 //! one transaction; an email is sent at most once knowingly, and one whose outcome is unknown is
 //! reported, not resent.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,11 +148,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     } else {
         None
     };
-    let origin = if std::io::stdin().is_terminal() {
-        "manual"
-    } else {
-        "automatic"
-    };
+    let origin = crate::lifecycle::default_origin();
     let mut run = JobRun::start(
         &ctx.store_path()?,
         ctx.clock,

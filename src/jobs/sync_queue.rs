@@ -7,7 +7,6 @@
 //! is resent, at the next start, with the same idempotency key.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,11 +107,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         })
         .collect();
 
-    let origin = if std::io::stdin().is_terminal() {
-        "manual"
-    } else {
-        "automatic"
-    };
+    let origin = crate::lifecycle::default_origin();
     let mut run = JobRun::start(
         &ctx.store_path()?,
         ctx.clock,
