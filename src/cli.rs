@@ -88,6 +88,16 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(jobs::config::Command),
+    /// Every job's last run, runs in progress, pauses, and the work waiting.
+    Status(jobs::status::Args),
+    /// Pause a job: its starts exit 0 at once (recorded) until `resume`.
+    Pause(jobs::pause::PauseArgs),
+    /// Resume a paused job.
+    Resume(jobs::pause::ResumeArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(jobs::completions::Args),
+    /// Print the man page (roff).
+    Man,
     /// Serve the built-in sandbox (fake Nio API) in the foreground for manual tries.
     Sandbox(jobs::sandbox::Args),
     /// Run every job end to end against the built-in sandbox, in a temporary folder.

@@ -52,6 +52,7 @@ const SECTIONS: &[&str] = &[
     "stripe",
     "smtp",
     "renew",
+    "metrics",
 ];
 
 /// The whole configuration.
@@ -71,6 +72,15 @@ pub struct Config {
     pub stripe: StripeConfig,
     pub smtp: SmtpConfig,
     pub renew: RenewConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus textfile written after every run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// node_exporter's textfile folder; unset: no file.
+    pub textfile_dir: Option<PathBuf>,
 }
 
 /// `[store]`: where the SQLite file lives.
@@ -751,6 +761,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     fix(&mut config.smtp.password_file);
     fix(&mut config.smtp.ca_file);
     fix(&mut config.smtp.eml_dir);
+    fix(&mut config.metrics.textfile_dir);
 }
 
 fn validate(config: &Config) -> Result<()> {

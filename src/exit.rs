@@ -56,8 +56,13 @@ pub fn code_for_error(err: &anyhow::Error) -> Code {
         .unwrap_or(Code::Failure)
 }
 
-/// Prints `error: ...` then one `Caused by:` line per cause, like cargo and uv.
+/// Prints `error: ...` then one `Caused by:` line per cause, like cargo and uv. An "error" that
+/// exits 0 (a paused job's start) is one plain line.
 pub fn print_error(err: &anyhow::Error) {
+    if code_for_error(err) == Code::Success {
+        eprintln!("{err}");
+        return;
+    }
     let mut chain = err.chain();
     if let Some(first) = chain.next() {
         eprintln!("error: {first}");

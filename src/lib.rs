@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod logging;
 pub mod mailer;
+pub mod metrics;
 pub mod nio;
 pub mod output;
 pub mod sandbox;

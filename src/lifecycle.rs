@@ -114,6 +114,16 @@ pub struct JobRun {
     _lock: File,
 }
 
+/// Every job that records runs (and can be paused).
+pub const JOBS: &[&str] = &[
+    "fetch-invoices",
+    "retry",
+    "download-boletos",
+    "sync-queue",
+    "cleanup",
+    "renew",
+];
+
 /// The origin of a run started without one: `manual` from a terminal, else `automatic` (cron,
 /// systemd).
 pub fn default_origin() -> &'static str {
@@ -187,6 +197,18 @@ impl JobRun {
         }
         let mut store = Store::open(store_path)?;
         let now = clock::to_store(clock.now());
+        if let Some(pause) = store.pause_of(job)? {
+            store.record_skip(job, pause.reason.as_deref(), &now)?;
+            let why = pause.reason.map(|r| format!(": {r}")).unwrap_or_default();
+            return Err(CodedError {
+                code: Code::Success,
+                message: format!(
+                    "`{job}` is paused since {}{why}; this start does nothing (`crm-jobs resume {job}` resumes it)",
+                    pause.paused_at
+                ),
+            }
+            .into());
+        }
         let args: Vec<String> = std::env::args().skip(1).collect();
         let args = serde_json::to_string(&args)?;
         let run_id = store.insert_run(&NewRun {
@@ -299,6 +321,7 @@ impl JobRun {
                 log: &Value::Array(self.log.clone()).to_string(),
             },
         )?;
+        crate::metrics::write(&self.store);
         let line = format!(
             "{} run #{}: {status} in {}: {}",
             self.job,

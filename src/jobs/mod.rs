@@ -2,6 +2,7 @@
 //! the resolved context (config, clock, printer, paths) and the dispatch.
 
 pub mod cleanup;
+pub mod completions;
 pub mod config;
 pub mod credentials;
 pub mod demo;
@@ -10,9 +11,11 @@ pub mod enqueue;
 pub mod export;
 pub mod fetch_invoices;
 pub mod import;
+pub mod pause;
 pub mod renew;
 pub mod retry;
 pub mod sandbox;
+pub mod status;
 pub mod sync_queue;
 
 use std::path::PathBuf;
@@ -39,6 +42,7 @@ impl Ctx {
         let loaded = cfg::load(global.config.as_deref())?;
         let clock = Clock::from_env().map_err(|e| CodedError::config(format!("{e:#}")))?;
         let printer = Printer::new(&global);
+        crate::metrics::configure(loaded.config.metrics.textfile_dir.clone());
         Ok(Ctx {
             global,
             loaded,
@@ -90,6 +94,8 @@ pub async fn dispatch(cli: Cli) -> Result<Code> {
     match cli.command {
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Demo(args) => demo::run(args, &cli.global).await,
+        Command::Completions(args) => completions::completions(args),
+        Command::Man => completions::man(),
         command => {
             let ctx = Ctx::load(cli.global)?;
             match command {
@@ -101,10 +107,15 @@ pub async fn dispatch(cli: Cli) -> Result<Code> {
                 Command::SyncQueue(args) => sync_queue::run(&ctx, args).await,
                 Command::Cleanup(args) => cleanup::run(&ctx, args).await,
                 Command::Renew(args) => renew::run(&ctx, args).await,
+                Command::Status(args) => status::run(&ctx, args),
+                Command::Pause(args) => pause::pause(&ctx, args),
+                Command::Resume(args) => pause::resume(&ctx, args),
                 Command::Import(c) => import::run(&ctx, c),
                 Command::Export(c) => export::run(&ctx, c),
                 Command::Config(c) => config::run(&ctx, c),
-                Command::Sandbox(_) | Command::Demo(_) => unreachable!("handled above"),
+                Command::Sandbox(_) | Command::Demo(_) | Command::Completions(_) | Command::Man => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

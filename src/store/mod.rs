@@ -4,12 +4,14 @@
 
 mod boletos;
 mod invoices;
+mod operations;
 mod queue;
 mod runs;
 mod subscriptions;
 
 pub use boletos::*;
 pub use invoices::*;
+pub use operations::*;
 pub use queue::*;
 pub use runs::*;
 pub use subscriptions::*;
@@ -29,6 +31,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../sql/0003_boletos.sql")),
         M::up(include_str!("../../sql/0004_sync_queue.sql")),
         M::up(include_str!("../../sql/0005_subscriptions.sql")),
+        M::up(include_str!("../../sql/0006_operations.sql")),
     ])
 });
 

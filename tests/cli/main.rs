@@ -8,5 +8,6 @@ mod boletos;
 mod fetch;
 mod imports;
 mod lifecycle;
+mod operate;
 mod renew;
 mod sync;

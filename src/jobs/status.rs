@@ -1,0 +1,106 @@
+//! `crm-jobs status`: at a glance, for every job, the last run, a run in progress, whether it is
+//! paused, failures in a row; and the work waiting in the store.
+
+use anyhow::Result;
+use chrono::Datelike;
+use serde_json::json;
+
+use super::Ctx;
+use crate::exit::Code;
+use crate::lifecycle::JOBS;
+use crate::output::human_duration;
+
+/// Arguments of `status` (`--json` gives the same as JSON).
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
+    let store = ctx.open_store()?;
+    let states: Vec<_> = JOBS
+        .iter()
+        .map(|j| store.job_state(j))
+        .collect::<Result<_>>()?;
+    let today = ctx.clock.today();
+    let invoices = store.invoice_status_counts()?;
+    let queue = store.queue_counts()?;
+    let oldest = store.oldest_pending_item()?;
+    let emails = store.email_counts()?;
+    let boletos = store.boletos_missing(today.year(), today.month())?;
+    if ctx.printer.json {
+        ctx.printer.json_out(&json!({
+            "jobs": states,
+            "work": {
+                "invoices": invoices.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+                "queue": queue.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+                "queue_oldest_pending": oldest,
+                "emails": emails.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+                "boletos_missing_this_month": boletos.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            },
+        }));
+        return Ok(Code::Success);
+    }
+    println!(
+        "{:<17} {:<12} {:<25} {:>9} {:>14} {:>9}  paused",
+        "job", "last", "started", "took", "ok/failed", "failing"
+    );
+    for s in &states {
+        let (status, started, items) = match &s.last_run {
+            Some(r) => (
+                r.status.as_str(),
+                r.started_at.as_str(),
+                format!("{}/{}", r.items_ok, r.items_failed),
+            ),
+            None => ("never", "-", "-".to_string()),
+        };
+        let took = s
+            .last_duration_ms
+            .map(human_duration)
+            .unwrap_or_else(|| "-".into());
+        let paused = match &s.paused {
+            Some(p) => format!(
+                "since {}{}",
+                p.paused_at,
+                p.reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+            None => "no".into(),
+        };
+        let running = s
+            .running
+            .map(|id| format!(" (run #{id} running)"))
+            .unwrap_or_default();
+        println!(
+            "{:<17} {:<12} {:<25} {:>9} {:>14} {:>9}  {paused}{running}",
+            s.job, status, started, took, items, s.consecutive_failures
+        );
+    }
+    let list = |v: &[(String, i64)]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(|(s, n)| format!("{n} {s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    println!();
+    println!("invoices:  {}", list(&invoices));
+    println!(
+        "queue:     {}{}",
+        list(&queue),
+        oldest
+            .map(|o| format!("; oldest pending since {o}"))
+            .unwrap_or_default()
+    );
+    println!("emails:    {}", list(&emails));
+    println!(
+        "boletos missing for {:02}/{}: {}",
+        today.month(),
+        today.year(),
+        list(&boletos)
+    );
+    Ok(Code::Success)
+}

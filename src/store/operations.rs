@@ -1,0 +1,155 @@
+//! SQL of pauses and skips, and the read-only views `status` and the metrics need.
+
+use anyhow::Result;
+use rusqlite::{OptionalExtension, params};
+
+use super::Store;
+
+/// A pause.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pause {
+    pub reason: Option<String>,
+    pub paused_at: String,
+}
+
+/// What `status` shows of a job.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobState {
+    pub job: String,
+    pub last_run: Option<super::RunRow>,
+    pub last_duration_ms: Option<i64>,
+    pub last_success_at: Option<String>,
+    pub running: Option<i64>,
+    pub consecutive_failures: i64,
+    pub paused: Option<Pause>,
+}
+
+impl Store {
+    /// Pauses a job (replacing an earlier pause).
+    pub fn pause(&mut self, job: &str, reason: Option<&str>, now: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO job_pauses (job, reason, paused_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (job) DO UPDATE SET reason = excluded.reason, paused_at = excluded.paused_at",
+            params![job, reason, now],
+        )?;
+        Ok(())
+    }
+
+    /// Resumes a job; false when it was not paused.
+    pub fn resume(&mut self, job: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM job_pauses WHERE job = ?1", [job])?
+            > 0)
+    }
+
+    /// The pause of a job, if paused.
+    pub fn pause_of(&self, job: &str) -> Result<Option<Pause>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT reason, paused_at FROM job_pauses WHERE job = ?1",
+                [job],
+                |r| {
+                    Ok(Pause {
+                        reason: r.get(0)?,
+                        paused_at: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Records that a start of a paused job was skipped.
+    pub fn record_skip(&mut self, job: &str, reason: Option<&str>, now: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO job_skips (job, at, reason) VALUES (?1, ?2, ?3)",
+            params![job, now, reason],
+        )?;
+        Ok(())
+    }
+
+    /// The state of a job for `status` and the metrics.
+    pub fn job_state(&self, job: &str) -> Result<JobState> {
+        let last_run = self.last_run(job)?;
+        let last_duration_ms: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT duration_ms FROM runs WHERE job = ?1 AND status <> 'running' ORDER BY id DESC LIMIT 1",
+                [job],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let last_success_at: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT finished_at FROM runs WHERE job = ?1 AND status = 'success' ORDER BY id DESC LIMIT 1",
+                [job],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let running: Option<i64> = self
+            .conn
+            .query_row("SELECT id FROM runs WHERE job = ?1 AND status = 'running' ORDER BY id DESC LIMIT 1", [job], |r| r.get(0))
+            .optional()?;
+        let statuses: Vec<String> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT status FROM runs WHERE job = ?1 AND status <> 'running' ORDER BY id DESC LIMIT 100",
+            )?;
+            stmt.query_map([job], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let consecutive_failures = statuses
+            .iter()
+            .take_while(|s| s.as_str() == "failed")
+            .count() as i64;
+        Ok(JobState {
+            job: job.to_string(),
+            last_run,
+            last_duration_ms,
+            last_success_at,
+            running,
+            consecutive_failures,
+            paused: self.pause_of(job)?,
+        })
+    }
+
+    /// Oldest pending queue item's creation instant.
+    pub fn oldest_pending_item(&self) -> Result<Option<String>> {
+        Ok(self.conn.query_row(
+            "SELECT MIN(created_at) FROM sync_queue WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Per sales point, clients (not cancelled) without a saved boleto for the month.
+    pub fn boletos_missing(&self, year: i32, month: u32) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT s.code, COUNT(*) FROM clients c JOIN sales_points s ON s.id = c.sales_point_id
+             WHERE COALESCE(c.situacao, '') <> 'cancelado'
+               AND NOT EXISTS (SELECT 1 FROM boletos b WHERE b.client_id = c.id AND b.year = ?1 AND b.month = ?2
+                                 AND b.outcome = 'success')
+             GROUP BY s.code ORDER BY s.code",
+        )?;
+        let rows = stmt
+            .query_map(params![year, month], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The last run's item counts of a job (ok, failed, skipped).
+    pub fn last_run_items(&self, job: &str) -> Result<Option<(i64, i64, i64)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT items_ok, items_failed, items_skipped FROM runs WHERE job = ?1 AND status <> 'running'
+                 ORDER BY id DESC LIMIT 1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+}

@@ -1,0 +1,111 @@
+//! Operating the jobs: pause and resume, status, the metrics textfile, completions, man page.
+
+use crate::support::*;
+
+#[test]
+fn a_paused_job_exits_at_once_and_the_skip_is_recorded() {
+    let env = Env::new();
+    let c = env.one_contract(1);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("100", &[1])]);
+    let out = env.run(&[
+        "pause",
+        "fetch-invoices",
+        "--reason",
+        "manutenção do portal",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = env.run(&["fetch-invoices"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        "`fetch-invoices` is paused since 2025-11-10T15:00:00.000Z: manutenção do portal; this start does nothing (`crm-jobs resume fetch-invoices` resumes it)"
+    );
+    let skips: i64 = env.query("SELECT COUNT(*) FROM job_skips WHERE job = 'fetch-invoices'");
+    assert_eq!(skips, 1);
+    let runs: i64 = env.query("SELECT COUNT(*) FROM runs");
+    assert_eq!(runs, 0);
+    assert_eq!(env.run(&["resume", "fetch-invoices"]).code, 0);
+    assert_eq!(env.run(&["fetch-invoices"]).code, 0);
+    let runs: i64 = env.query("SELECT COUNT(*) FROM runs");
+    assert_eq!(runs, 1);
+    let bad = env.run(&["pause", "fetch"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("`fetch` is not a job; jobs: fetch-invoices, retry, download-boletos, sync-queue, cleanup, renew"));
+}
+
+#[test]
+fn status_shows_the_jobs_and_the_work_waiting() {
+    let env = Env::new();
+    let c = env.one_contract(2);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("200", &[1])]);
+    assert_eq!(env.run(&["fetch-invoices"]).code, 0);
+    env.run(&["pause", "sync-queue"]);
+    let out = env.run(&["status", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 6);
+    assert_eq!(jobs[0]["job"], "fetch-invoices");
+    assert_eq!(jobs[0]["last_run"]["status"], "success");
+    assert_eq!(jobs[0]["consecutive_failures"], 0);
+    assert!(jobs[3]["paused"].is_object(), "{v}");
+    assert_eq!(v["work"]["invoices"]["success"], 5);
+    let text = env.run(&["status"]);
+    assert!(
+        text.stdout.contains("fetch-invoices    success"),
+        "{text:?}"
+    );
+    assert!(
+        text.stdout.contains("invoices:  5 pending, 5 success"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn every_run_writes_the_metrics_textfile() {
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!("[metrics]\ntextfile_dir = \"metrics\"\n\n{cfg}"),
+    )
+    .unwrap();
+    let c = env.one_contract(3);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("300", &[1])]);
+    assert_eq!(env.run(&["fetch-invoices"]).code, 0);
+    let text = std::fs::read_to_string(env.path("metrics/crm_jobs.prom")).unwrap();
+    assert!(
+        text.contains("crm_jobs_last_success_timestamp_seconds{job=\"fetch-invoices\"} 1762786800"),
+        "{text}"
+    );
+    assert!(
+        text.contains("crm_jobs_last_run_items{job=\"fetch-invoices\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("crm_jobs_paused{job=\"renew\"} 0"), "{text}");
+    assert!(text.contains("# TYPE crm_jobs_queue_items gauge"), "{text}");
+}
+
+#[test]
+fn completions_and_the_man_page() {
+    let env = Env::new();
+    let bash = env.run(&["completions", "bash"]);
+    assert_eq!(bash.code, 0);
+    assert!(
+        bash.stdout.contains("fetch-invoices") && bash.stdout.contains("complete"),
+        "{bash:?}"
+    );
+    let man = env.run(&["man"]);
+    assert_eq!(man.code, 0);
+    assert!(
+        man.stdout.contains(".TH crm-jobs"),
+        "{}",
+        &man.stdout[..200.min(man.stdout.len())]
+    );
+}
