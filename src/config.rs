@@ -53,6 +53,7 @@ const SECTIONS: &[&str] = &[
     "smtp",
     "renew",
     "metrics",
+    "pings",
 ];
 
 /// The whole configuration.
@@ -73,6 +74,8 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub renew: RenewConfig,
     pub metrics: MetricsConfig,
+    /// `[pings]`: a Healthchecks.io-style URL per job (`fetch-invoices = "https://hc-ping.com/..."`).
+    pub pings: std::collections::BTreeMap<String, String>,
 }
 
 /// `[metrics]`: the Prometheus textfile written after every run.
@@ -869,6 +872,19 @@ fn validate(config: &Config) -> Result<()> {
         return Err(CodedError::config(
             "`[stripe] concurrency`, `[stripe] timeout_secs` and `[smtp] timeout_secs` must be at least 1",
         ));
+    }
+    for (job, url) in &config.pings {
+        if !crate::lifecycle::JOBS.contains(&job.as_str()) {
+            return Err(CodedError::config(format!(
+                "`[pings] {job}`: `{job}` is not a job ({})",
+                crate::lifecycle::JOBS.join(", ")
+            )));
+        }
+        if !reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http" || u.scheme() == "https") {
+            return Err(CodedError::config(format!(
+                "`[pings] {job}` = `{url}` is not an http(s) URL"
+            )));
+        }
     }
     if canopus.timeout_secs == 0 {
         return Err(CodedError::config(

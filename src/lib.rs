@@ -22,6 +22,7 @@ pub mod mailer;
 pub mod metrics;
 pub mod nio;
 pub mod output;
+pub mod pings;
 pub mod sandbox;
 pub mod secret_box;
 pub mod spreadsheet;

@@ -242,6 +242,7 @@ impl JobRun {
             log: Vec::new(),
             _lock: lock,
         };
+        crate::pings::start(job, run_id);
         let stale = run.store.mark_interrupted(job, &now, run_id)?;
         for id in stale {
             let msg = format!(
@@ -322,6 +323,12 @@ impl JobRun {
             },
         )?;
         crate::metrics::write(&self.store);
+        crate::pings::finish(
+            self.job,
+            self.run_id,
+            code as u8,
+            &format!("{status}: {detail}"),
+        );
         let line = format!(
             "{} run #{}: {status} in {}: {}",
             self.job,

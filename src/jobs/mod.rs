@@ -43,6 +43,7 @@ impl Ctx {
         let clock = Clock::from_env().map_err(|e| CodedError::config(format!("{e:#}")))?;
         let printer = Printer::new(&global);
         crate::metrics::configure(loaded.config.metrics.textfile_dir.clone());
+        crate::pings::configure(loaded.config.pings.clone());
         Ok(Ctx {
             global,
             loaded,

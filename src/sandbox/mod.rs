@@ -7,6 +7,7 @@ pub mod canopus;
 pub mod crm;
 pub mod faults;
 pub mod nio;
+pub mod pings;
 pub mod scenario;
 pub mod smtp;
 pub mod stripe;
@@ -35,6 +36,8 @@ pub struct Sandbox {
     pub canopus: Arc<CanopusState>,
     pub crm: Arc<crm::CrmState>,
     pub stripe: Arc<stripe::StripeState>,
+    /// Health pings received under `/ping/`.
+    pub pings: Arc<pings::PingsState>,
     /// The SMTP server (its own port), accepting [`SMTP_USER`] / [`SMTP_PASSWORD`].
     pub smtp: Arc<smtp::SmtpServer>,
     pub faults: Arc<Faults>,
@@ -50,6 +53,7 @@ impl Sandbox {
         let canopus = Arc::new(CanopusState::new(faults.clone()));
         let crm = Arc::new(crm::CrmState::new(faults.clone()));
         let stripe = Arc::new(stripe::StripeState::new(faults.clone()));
+        let pings = Arc::new(pings::PingsState::default());
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
         listener.set_nonblocking(true)?;
@@ -60,6 +64,7 @@ impl Sandbox {
             .merge(canopus::routes(canopus.clone()))
             .merge(crm::routes(crm.clone()))
             .merge(stripe::routes(stripe.clone()))
+            .merge(pings::routes(pings.clone()))
             .merge(faults::routes(faults.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (smtp_tx, smtp_rx) = std::sync::mpsc::channel();
@@ -97,6 +102,7 @@ impl Sandbox {
             canopus,
             crm,
             stripe,
+            pings,
             smtp,
             faults,
             shutdown: Some(tx),

@@ -109,3 +109,44 @@ fn completions_and_the_man_page() {
         &man.stdout[..200.min(man.stdout.len())]
     );
 }
+
+#[test]
+fn health_pings_follow_the_healthchecks_protocol_and_never_fail_the_job() {
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    let base = format!("http://{}/ping/abc", env.sandbox.addr);
+    std::fs::write(
+        env.path("config.toml"),
+        format!(
+            "[pings]\nfetch-invoices = \"{base}\"\nretry = \"http://127.0.0.1:9/nowhere\"\n\n{cfg}"
+        ),
+    )
+    .unwrap();
+    let c = env.one_contract(4);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("400", &[1])]);
+    assert_eq!(env.run(&["fetch-invoices"]).code, 0);
+    env.sandbox.nio.set_captcha(true);
+    env.db().execute("DELETE FROM nio_session", []).unwrap();
+    assert_eq!(env.run(&["fetch-invoices"]).code, 1);
+    let pings = env.sandbox.pings.received();
+    let paths: Vec<&str> = pings.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "/ping/abc/start?rid=1",
+            "/ping/abc?rid=1",
+            "/ping/abc/start?rid=2",
+            "/ping/abc/1?rid=2"
+        ]
+    );
+    assert!(
+        pings[1].1.starts_with("success: 1 contract(s): 1 ok"),
+        "{pings:?}"
+    );
+    // A ping that cannot be delivered is only a warning.
+    let out = env.run(&["retry"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("health ping failed"), "{out:?}");
+}
