@@ -90,6 +90,8 @@ pub enum Command {
     Config(jobs::config::Command),
     /// Every job's last run, runs in progress, pauses, and the work waiting.
     Status(jobs::status::Args),
+    /// Check configuration, secrets, store, files and the services' reachability.
+    Doctor(jobs::doctor::Args),
     /// Pause a job: its starts exit 0 at once (recorded) until `resume`.
     Pause(jobs::pause::PauseArgs),
     /// Resume a paused job.

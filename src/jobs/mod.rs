@@ -6,6 +6,7 @@ pub mod completions;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub mod doctor;
 pub mod download_boletos;
 pub mod enqueue;
 pub mod export;
@@ -109,6 +110,7 @@ pub async fn dispatch(cli: Cli) -> Result<Code> {
                 Command::Cleanup(args) => cleanup::run(&ctx, args).await,
                 Command::Renew(args) => renew::run(&ctx, args).await,
                 Command::Status(args) => status::run(&ctx, args),
+                Command::Doctor(args) => doctor::run(&ctx, args).await,
                 Command::Pause(args) => pause::pause(&ctx, args),
                 Command::Resume(args) => pause::resume(&ctx, args),
                 Command::Import(c) => import::run(&ctx, c),

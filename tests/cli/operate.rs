@@ -150,3 +150,54 @@ fn health_pings_follow_the_healthchecks_protocol_and_never_fail_the_job() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stderr.contains("health ping failed"), "{out:?}");
 }
+
+#[test]
+fn doctor_names_each_fault_and_what_to_do() {
+    let env = Env::new();
+    // Credentials sealed with one key, read with another; an unreachable CRM; a file where the
+    // downloads folder should be; no Stripe key.
+    let mut child = env
+        .cmd(&[
+            "credentials",
+            "set",
+            "--ponto-venda",
+            "17.308",
+            "--usuario",
+            "1",
+            "--password-stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"x\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    std::fs::write(env.path("downloads"), "not a folder").unwrap();
+    let cfg = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    let cfg = cfg.replacen(
+        &format!("base_url = \"{}\"", env.sandbox.crm_base_url()),
+        "base_url = \"http://127.0.0.1:9/crm\"",
+        1,
+    );
+    std::fs::write(env.path("config.toml"), cfg).unwrap();
+    let out = env
+        .cmd(&["doctor"])
+        .env("CRM_JOBS_FERNET_KEY", crm_jobs::secret_box::generate_key())
+        .env_remove("CRM_JOBS_STRIPE_SECRET_KEY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "fail  credentials  sales point 17.308: the stored password does not decrypt with this Fernet key",
+        "is not a folder: point `[downloads] dir` to a folder",
+        "fail  crm          request to the crm service could not connect",
+        "warn  secrets      `CRM_JOBS_STRIPE_SECRET_KEY` is not set: renew --step stripe will refuse to start",
+        "ok    nio          ",
+        "ok    store        ",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing `{expected}` in:\n{stdout}"
+        );
+    }
+}
