@@ -90,6 +90,8 @@ pub enum Command {
     Config(jobs::config::Command),
     /// Every job's last run, runs in progress, pauses, and the work waiting.
     Status(jobs::status::Args),
+    /// Write one self-contained HTML page with charts of the runs, invoices, queue and boletos.
+    Report(jobs::report::Args),
     /// Check configuration, secrets, store, files and the services' reachability.
     Doctor(jobs::doctor::Args),
     /// Pause a job: its starts exit 0 at once (recorded) until `resume`.

@@ -14,6 +14,7 @@ pub mod fetch_invoices;
 pub mod import;
 pub mod pause;
 pub mod renew;
+pub mod report;
 pub mod retry;
 pub mod sandbox;
 pub mod status;
@@ -110,6 +111,7 @@ pub async fn dispatch(cli: Cli) -> Result<Code> {
                 Command::Cleanup(args) => cleanup::run(&ctx, args).await,
                 Command::Renew(args) => renew::run(&ctx, args).await,
                 Command::Status(args) => status::run(&ctx, args),
+                Command::Report(args) => report::run(&ctx, args),
                 Command::Doctor(args) => doctor::run(&ctx, args).await,
                 Command::Pause(args) => pause::pause(&ctx, args),
                 Command::Resume(args) => pause::resume(&ctx, args),

@@ -6,6 +6,7 @@ mod boletos;
 mod invoices;
 mod operations;
 mod queue;
+mod report;
 mod runs;
 mod subscriptions;
 
@@ -13,6 +14,7 @@ pub use boletos::*;
 pub use invoices::*;
 pub use operations::*;
 pub use queue::*;
+pub use report::*;
 pub use runs::*;
 pub use subscriptions::*;
 

@@ -201,3 +201,69 @@ fn doctor_names_each_fault_and_what_to_do() {
         );
     }
 }
+
+#[test]
+fn the_report_is_one_self_contained_page_that_renders_in_chromium() {
+    let env = Env::new();
+    let c = env.one_contract(5);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("500", &[1, 2])]);
+    assert_eq!(env.run(&["fetch-invoices"]).code, 0);
+    let out = env.run(&[
+        "report",
+        "--out",
+        env.path("report.html").to_str().unwrap(),
+        "--since",
+        "2025-11-01",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let html = std::fs::read_to_string(env.path("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 6, "six charts");
+    assert!(
+        !html.contains("<script") && !html.contains("src=") && !html.contains("href="),
+        "no external asset"
+    );
+    assert!(html.contains("Invoice outcomes per safra") && html.contains("2025-06"));
+
+    // Rendered by a real browser: Debian's Chromium, installed by .ci/run.
+    let chromium = std::path::Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have Chromium (.ci/run installs it)"
+        );
+        eprintln!(
+            "skipping the Chromium check: /usr/bin/chromium is not installed (`.ci/run` installs it)"
+        );
+        return;
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let rendered = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--dump-dom",
+            &format!("file://{}", env.path("report.html").display()),
+        ])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&rendered.stdout);
+    let log = String::from_utf8_lossy(&rendered.stderr);
+    assert!(rendered.status.success(), "{log}");
+    assert_eq!(dom.matches("<svg").count(), 6, "{dom}");
+    assert!(dom.contains("Success per day and job"));
+    assert!(
+        !log.contains("Uncaught") && !log.contains(":CONSOLE("),
+        "console errors: {log}"
+    );
+}

@@ -1,0 +1,96 @@
+//! Read-only SQL of `crm-jobs report`.
+
+use anyhow::Result;
+use rusqlite::params;
+
+use super::Store;
+
+/// Rows of (a, b, n) for the charts.
+pub type Triples = Vec<(String, String, i64)>;
+
+impl Store {
+    fn triples(&self, sql: &str, since: &str) -> Result<Triples> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt
+            .query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// (job, day, runs) and (job, day, successful runs) since an instant.
+    pub fn runs_per_day(&self, since: &str) -> Result<(Triples, Triples)> {
+        let all = self.triples(
+            "SELECT job, substr(started_at, 1, 10), COUNT(*) FROM runs WHERE started_at >= ?1 GROUP BY 1, 2 ORDER BY 2, 1",
+            since,
+        )?;
+        let ok = self.triples(
+            "SELECT job, substr(started_at, 1, 10), COUNT(*) FROM runs WHERE started_at >= ?1 AND status = 'success' GROUP BY 1, 2 ORDER BY 2, 1",
+            since,
+        )?;
+        Ok((all, ok))
+    }
+
+    /// (job, run id, duration in ms) of finished runs since an instant.
+    pub fn run_durations(&self, since: &str) -> Result<Triples> {
+        self.triples(
+            "SELECT job, '#' || id, duration_ms FROM runs WHERE started_at >= ?1 AND duration_ms IS NOT NULL ORDER BY id",
+            since,
+        )
+    }
+
+    /// (safra, match outcome, invoices).
+    pub fn outcomes_per_safra(&self) -> Result<Triples> {
+        self.triples(
+            "SELECT c.safra, COALESCE(i.match_outcome, 'not looked up'), COUNT(*) FROM invoices i
+             JOIN contracts c ON c.id = i.contract_id WHERE ?1 = ?1 GROUP BY 1, 2 ORDER BY 1, 2",
+            "",
+        )
+    }
+
+    /// (consultant, outcome, clients-months).
+    pub fn boletos_per_consultant(&self) -> Result<Triples> {
+        self.triples(
+            "SELECT k.name, b.outcome, COUNT(*) FROM boletos b JOIN clients c ON c.id = b.client_id
+             JOIN consultants k ON k.id = c.consultant_id WHERE ?1 = ?1 GROUP BY 1, 2 ORDER BY 1, 2",
+            "",
+        )
+    }
+
+    /// (day, request outcome class, requests) of the CRM request log since an instant.
+    pub fn queue_throughput(&self, since: &str) -> Result<Triples> {
+        self.triples(
+            "SELECT substr(at, 1, 10),
+                    CASE WHEN status BETWEEN 200 AND 299 THEN 'done' WHEN status IS NULL THEN 'no answer' ELSE 'refused' END,
+                    COUNT(*)
+             FROM sync_log WHERE at >= ?1 AND request NOT IN ('deferred', 'none') GROUP BY 1, 2 ORDER BY 1, 2",
+            since,
+        )
+    }
+
+    /// The slowest invoice lookups: (contract, number, ms).
+    pub fn slowest_invoices(&self, n: u32) -> Result<Vec<(String, i64, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.contract_number, i.number, i.last_duration_ms FROM invoices i JOIN contracts c ON c.id = i.contract_id
+             WHERE i.last_duration_ms IS NOT NULL ORDER BY i.last_duration_ms DESC LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map([n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Invoices failing again and again: (contract, number, status, failed attempts, last error).
+    pub fn persistent_errors(&self) -> Result<Vec<(String, i64, String, i64, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.contract_number, i.number, i.fetch_status, i.failed_attempts, COALESCE(i.last_error, '')
+             FROM invoices i JOIN contracts c ON c.id = i.contract_id
+             WHERE i.failed_attempts >= 2 OR i.fetch_status = 'gave_up' ORDER BY i.failed_attempts DESC, 1, 2 LIMIT 50",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}
