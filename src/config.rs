@@ -527,6 +527,10 @@ pub struct RenewConfig {
     pub message_id_domain: String,
     /// Emails sent per run at most.
     pub email_batch: u32,
+    /// A Stripe subscription whose period ended less than this many days ago is not expired:
+    /// Stripe renews at the period's end, and the `stripe` step (which also looks back this far)
+    /// gets the new period first.
+    pub stripe_grace_days: u32,
 }
 
 impl Default for RenewConfig {
@@ -536,6 +540,7 @@ impl Default for RenewConfig {
             app_name: "Painel".into(),
             message_id_domain: "crm-jobs.localhost".into(),
             email_batch: 500,
+            stripe_grace_days: 2,
         }
     }
 }

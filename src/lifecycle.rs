@@ -105,6 +105,9 @@ pub struct JobRun {
     pub counts: Counts,
     /// Job-specific counters, stored as JSON and shown in `--json`.
     pub counters: serde_json::Map<String, Value>,
+    /// Something is waiting that an operator should know of (e.g. the SMTP server is down):
+    /// a run that would be `success` is `partial`.
+    pub degraded: bool,
     job: &'static str,
     clock: Clock,
     started: Instant,
@@ -234,6 +237,7 @@ impl JobRun {
             cancel: Cancel::install(),
             counts: Counts::default(),
             counters: serde_json::Map::new(),
+            degraded: false,
             job,
             clock,
             started: Instant::now(),
@@ -287,7 +291,7 @@ impl JobRun {
             ("interrupted", code)
         } else if stop.is_some() || (self.counts.failed > 0 && self.counts.ok == 0) {
             ("failed", Code::Failure)
-        } else if self.counts.failed > 0 {
+        } else if self.counts.failed > 0 || self.degraded {
             ("partial", Code::Partial)
         } else {
             ("success", Code::Success)

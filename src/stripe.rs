@@ -149,6 +149,14 @@ impl StripeClient {
                 )),
                 backoff,
             )),
+            // A Retry-After longer than 2 minutes is not waited out in place: the next run tries.
+            429 if retry_after.is_some_and(|d| d > Duration::from_secs(120)) => Err((
+                StripeError::Permanent(format!(
+                    "Stripe answered 429 ({message}) asking to wait {}s: left for the next run",
+                    retry_after.unwrap_or_default().as_secs()
+                )),
+                backoff,
+            )),
             429 => Err((
                 StripeError::Transient(format!("Stripe answered 429 ({message})")),
                 retry_after.unwrap_or(Duration::from_secs(1)),

@@ -96,15 +96,16 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let now_s = clock::to_store(now);
     let until = clock::to_store(now + chrono::Duration::days(i64::from(days)));
     let (day_start, day_end) = today_bounds(ctx);
+    let grace = chrono::Duration::days(i64::from(cfg.renew.stripe_grace_days));
+    let stripe_from = clock::to_store(day_start - grace);
+    let stripe_cutoff = clock::to_store(now - grace);
     if args.dry_run {
         let store = ctx.open_store()?;
         for step in &steps {
             let rows = match step {
                 Step::Expiring => store.expiring(&now_s, &until)?,
-                Step::Expired => store.expired(&now_s)?,
-                Step::Stripe => {
-                    store.stripe_due(&clock::to_store(day_start), &clock::to_store(day_end))?
-                }
+                Step::Expired => store.expired(&now_s, &stripe_cutoff)?,
+                Step::Stripe => store.stripe_due(&stripe_from, &clock::to_store(day_end))?,
                 Step::Emails => {
                     let pending = store.pending_emails(cfg.renew.email_batch)?;
                     for e in &pending {
@@ -142,8 +143,13 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         None
     };
     let mailer = if steps.contains(&Step::Emails) {
-        let password =
-            crate::config::secret("CRM_JOBS_SMTP_PASSWORD", cfg.smtp.password_file.as_deref())?;
+        // The password only matters (and its file is only read) when there is a user for AUTH.
+        let password = match cfg.smtp.user {
+            Some(_) => {
+                crate::config::secret("CRM_JOBS_SMTP_PASSWORD", cfg.smtp.password_file.as_deref())?
+            }
+            None => None,
+        };
         Some(Mailer::new(&cfg.smtp, password).map_err(|e| CodedError::config(format!("{e:#}")))?)
     } else {
         None
@@ -176,10 +182,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         }
         let result = match step {
             Step::Expiring => expiring(ctx, &mut run, &now_s, &until),
-            Step::Expired => expired(ctx, &mut run, &now_s),
+            Step::Expired => expired(ctx, &mut run, &now_s, &stripe_cutoff),
             Step::Stripe => match &stripe {
                 Some(client) => {
-                    stripe_step(ctx, &mut run, client.clone(), day_start, day_end).await
+                    stripe_step(ctx, &mut run, client.clone(), day_start - grace, day_end).await
                 }
                 None => Ok(()),
             },
@@ -288,9 +294,9 @@ fn expiring(ctx: &Ctx, run: &mut JobRun, now: &str, until: &str) -> Result<()> {
     Ok(())
 }
 
-fn expired(ctx: &Ctx, run: &mut JobRun, now: &str) -> Result<()> {
+fn expired(ctx: &Ctx, run: &mut JobRun, now: &str, stripe_cutoff: &str) -> Result<()> {
     let cfg = &ctx.loaded.config.renew;
-    for sub in run.store.expired(now)? {
+    for sub in run.store.expired(now, stripe_cutoff)? {
         let end = instant(&sub.current_period_end)?;
         let start = instant(&sub.current_period_start)?;
         let rendered = email::render(Kind::Expired, &sub, &cfg.app_name, 0, (start, end))?;
@@ -302,7 +308,7 @@ fn expired(ctx: &Ctx, run: &mut JobRun, now: &str) -> Result<()> {
                 status: Some("inactive"),
                 period: None,
                 warned_period_end: None,
-                remove_plan_of: Some(sub.user_id),
+                remove_plan_of: Some((sub.user_id, sub.plan_id)),
                 audits: vec![
                     Audit {
                         entity: "subscription",
@@ -505,7 +511,7 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &Mailer) -> Result<()> {
         tracing::warn!("{m}");
         run.event("warn", m);
         run.add("emails_waiting", pending.len() as i64);
-        run.counts.failed += 1;
+        run.degraded = true;
         return Ok(());
     }
     for e in pending {

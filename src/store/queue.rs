@@ -126,9 +126,9 @@ impl Store {
         Ok(items.len())
     }
 
-    /// Folds several pending changes of one record into the newest: returns (superseded,
-    /// cancelled). A create is kept as a create; a create never sent followed by a delete
-    /// cancels both.
+    /// Folds several pending, never-sent changes of one record into the newest: returns
+    /// (superseded, cancelled). A create is kept as a create; a create never sent followed by a
+    /// delete cancels both. Changes that may have reached the CRM are never folded.
     pub fn supersede(&mut self, now: &str) -> Result<(usize, usize)> {
         let tx = self.conn.transaction()?;
         let groups: Vec<(String, String)> = {
@@ -156,55 +156,42 @@ impl Store {
                 })?
                 .collect::<rusqlite::Result<_>>()?
             };
-            let Some(newest) = items.last() else { continue };
-            // A create the CRM may have received (attempted, or in flight when a process died)
-            // is not "never created".
-            let never_sent_create = items
+            // Changes that may have reached the CRM (attempted, or in flight when a process
+            // died) are resolved first, each with its own key; only the never-sent changes after
+            // the last of them fold into the newest.
+            let settled = items
                 .iter()
-                .any(|p| p.action == "create" && p.attempts == 0 && !p.unknown);
+                .rposition(|p| p.unknown || p.attempts > 0)
+                .map_or(0, |k| k + 1);
+            let items = &items[settled..];
+            if items.len() < 2 {
+                continue;
+            }
+            let newest = &items[items.len() - 1];
             let had_create = items[..items.len() - 1]
                 .iter()
                 .any(|p| p.action == "create");
+            // A create never sent followed by a delete: the CRM never has to hear of it, unless
+            // an earlier change of the record did reach it.
             let action = match newest.action.as_str() {
-                "delete"
-                    if never_sent_create && items.iter().all(|p| !p.unknown && p.attempts == 0) =>
-                {
-                    None
-                }
+                "delete" if had_create && settled == 0 => None,
                 "update" | "upsert" if had_create => Some("create"),
                 other => Some(other),
-            };
-            let unknown = items.iter().any(|p| p.unknown);
-            // A change whose outcome is unknown lends its idempotency key to the one that
-            // supersedes it: a CRM that honours keys then recognises the repeat.
-            let inherited: Option<String> = match items.iter().find(|p| p.unknown) {
-                Some(p) => tx
-                    .query_row(
-                        "SELECT idempotency_key FROM sync_queue WHERE id = ?1",
-                        [p.id],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .flatten(),
-                None => None,
             };
             for p in &items[..items.len() - 1] {
                 tx.execute(
                     "UPDATE sync_queue SET status = 'superseded', finished_at = ?2, updated_at = ?2,
-                            last_error = 'superseded by item #' || ?3,
-                            idempotency_key = CASE WHEN idempotency_key = ?4 THEN NULL ELSE idempotency_key END
+                            last_error = 'superseded by item #' || ?3
                      WHERE id = ?1",
-                    params![p.id, now, newest.id, inherited],
+                    params![p.id, now, newest.id],
                 )?;
                 superseded += 1;
             }
             match action {
                 Some(a) => {
                     tx.execute(
-                        "UPDATE sync_queue SET action = ?2, unknown_outcome = MAX(unknown_outcome, ?3), updated_at = ?4,
-                                idempotency_key = COALESCE(?5, idempotency_key)
-                         WHERE id = ?1",
-                        params![newest.id, a, unknown, now, inherited],
+                        "UPDATE sync_queue SET action = ?2, updated_at = ?3 WHERE id = ?1",
+                        params![newest.id, a, now],
                     )?;
                 }
                 None => {
@@ -272,9 +259,12 @@ impl Store {
              WHERE id IN (
                 SELECT q.id FROM sync_queue q INDEXED BY sync_queue_claim
                 WHERE q.status = 'pending' AND q.priority IS NOT NULL AND (q.due_at IS NULL OR q.due_at <= ?2)
-                  -- one change of a record at a time: not while another is in flight
+                  -- one change of a record at a time, oldest first: not while another is in
+                  -- flight, and only the oldest pending one
                   AND NOT EXISTS (SELECT 1 FROM sync_queue f WHERE f.status = 'processing'
                                   AND f.entity = q.entity AND f.record_id = q.record_id)
+                  AND q.id = (SELECT MIN(m.id) FROM sync_queue m WHERE m.status = 'pending'
+                              AND m.entity = q.entity AND m.record_id = q.record_id)
                 ORDER BY q.priority DESC, q.id
                 LIMIT ?3)
              RETURNING id, entity, record_id, action, payload, priority,

@@ -8,6 +8,9 @@ use super::Store;
 /// Rows of (a, b, n) for the charts.
 pub type Triples = Vec<(String, String, i64)>;
 
+/// An invoice failing again and again: (contract, number, status, failed attempts, last error).
+pub type PersistentError = (String, i64, String, i64, String);
+
 impl Store {
     fn triples(&self, sql: &str, since: &str) -> Result<Triples> {
         let mut stmt = self.conn.prepare(sql)?;
@@ -80,7 +83,7 @@ impl Store {
     }
 
     /// Invoices failing again and again: (contract, number, status, failed attempts, last error).
-    pub fn persistent_errors(&self) -> Result<Vec<(String, i64, String, i64, String)>> {
+    pub fn persistent_errors(&self) -> Result<Vec<PersistentError>> {
         let mut stmt = self.conn.prepare(
             "SELECT c.contract_number, i.number, i.fetch_status, i.failed_attempts, COALESCE(i.last_error, '')
              FROM invoices i JOIN contracts c ON c.id = i.contract_id

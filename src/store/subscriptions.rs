@@ -51,8 +51,8 @@ pub struct Change<'a> {
     pub status: Option<&'a str>,
     pub period: Option<(&'a str, &'a str)>,
     pub warned_period_end: Option<&'a str>,
-    /// Take the plan away from this user.
-    pub remove_plan_of: Option<i64>,
+    /// Take this plan away from this user (user, plan).
+    pub remove_plan_of: Option<(i64, i64)>,
     pub audits: Vec<Audit<'a>>,
     pub email: Option<NewEmail<'a>>,
 }
@@ -121,16 +121,19 @@ impl Store {
     }
 
     /// Active subscriptions whose period ended at or before `now`, not set to cancel at
-    /// period end.
-    pub fn expired(&self, now: &str) -> Result<Vec<SubscriptionRow>> {
+    /// period end; Stripe ones only once their period ended before `stripe_cutoff` (Stripe may
+    /// still renew them).
+    pub fn expired(&self, now: &str, stripe_cutoff: &str) -> Result<Vec<SubscriptionRow>> {
         self.subscriptions_where(
-            "s.status = 'active' AND s.current_period_end <= ?1 AND s.cancel_at_period_end = 0 AND ?2 = ?2",
+            "s.status = 'active' AND s.current_period_end <= ?1 AND s.cancel_at_period_end = 0
+             AND (s.gateway <> 'stripe' OR s.current_period_end < ?2)",
             now,
-            "",
+            stripe_cutoff,
         )
     }
 
-    /// Active Stripe subscriptions whose period ends within `[from, to)` (today, in São Paulo).
+    /// Active Stripe subscriptions whose period ends within `[from, to)` (the grace days before
+    /// today, and today, in São Paulo).
     pub fn stripe_due(&self, from: &str, to: &str) -> Result<Vec<SubscriptionRow>> {
         self.subscriptions_where(
             "s.status = 'active' AND s.gateway = 'stripe' AND s.gateway_subscription_id IS NOT NULL
@@ -170,8 +173,12 @@ impl Store {
                 now
             ],
         )?;
-        if let Some(user) = c.remove_plan_of {
-            tx.execute("UPDATE users SET plan_id = NULL WHERE id = ?1", [user])?;
+        if let Some((user, plan)) = c.remove_plan_of {
+            // Only the plan this subscription gave: a user on another plan keeps it.
+            tx.execute(
+                "UPDATE users SET plan_id = NULL WHERE id = ?1 AND plan_id = ?2",
+                [user, plan],
+            )?;
         }
         for a in &c.audits {
             tx.execute(

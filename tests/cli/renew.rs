@@ -20,7 +20,7 @@ fn subscriptions(env: &Env, subs: &[(&str, &str, &str, &str)]) {
             r#"{{"type": "user", "id": "u-{id}", "name": "Usuária {id}", "email": "{id}@example.com", "plan": "pro"}}"#
         ));
         lines.push(format!(
-            r#"{{"type": "subscription", "id": "{id}", "user": "u-{id}", "plan": "pro", "status": "{status}", "current_period_start": "2025-10-10T15:00:00Z", "current_period_end": "{end}"{extra}}}"#
+            r#"{{"type": "subscription", "id": "{id}", "user": "u-{id}", "plan": "pro", "status": "{status}", "current_period_start": "2025-10-10T15:00:00Z", "current_period_end": "{end}", "gateway": "manual"{extra}}}"#
         ));
     }
     let file = env.path("subs.jsonl");
@@ -150,25 +150,25 @@ fn stripe_case(version: &str) {
                 "renews",
                 "active",
                 "2025-11-10T20:00:00Z",
-                r#", "gateway_subscription_id": "sub_1""#,
+                r#", "gateway": "stripe", "gateway_subscription_id": "sub_1""#,
             ),
             (
                 "late",
                 "active",
                 "2025-11-10T21:00:00Z",
-                r#", "gateway_subscription_id": "sub_2""#,
+                r#", "gateway": "stripe", "gateway_subscription_id": "sub_2""#,
             ),
             (
                 "gone",
                 "active",
                 "2025-11-10T22:00:00Z",
-                r#", "gateway_subscription_id": "sub_404""#,
+                r#", "gateway": "stripe", "gateway_subscription_id": "sub_404""#,
             ),
             (
                 "tomorrow",
                 "active",
                 "2025-11-11T12:00:00Z",
-                r#", "gateway_subscription_id": "sub_3""#,
+                r#", "gateway": "stripe", "gateway_subscription_id": "sub_3""#,
             ),
         ],
     );
@@ -242,7 +242,7 @@ fn a_refused_stripe_key_stops_the_step() {
             "renews",
             "active",
             "2025-11-10T20:00:00Z",
-            r#", "gateway_subscription_id": "sub_1""#,
+            r#", "gateway": "stripe", "gateway_subscription_id": "sub_1""#,
         )],
     );
     let out = env
@@ -532,4 +532,32 @@ fn decode_rfc2047(value: &str) -> String {
         }
     }
     out
+}
+
+#[test]
+fn a_stripe_subscription_is_not_expired_before_stripe_had_its_say() {
+    let env = Env::new();
+    subscriptions(
+        &env,
+        &[(
+            "yesterday",
+            "active",
+            "2025-11-09T18:00:00Z",
+            r#", "gateway": "stripe", "gateway_subscription_id": "sub_y""#,
+        )],
+    );
+    env.sandbox.stripe.set(
+        "sub_y",
+        "active",
+        ts("2025-11-09T18:00:00Z"),
+        ts("2025-12-09T18:00:00Z"),
+    );
+    let out = env.run(&["renew", "--step", "expired", "--step", "stripe"]);
+    assert_eq!(out.code, 2, "one --step at a time: {out:?}");
+    assert_eq!(env.run(&["renew", "--step", "expired"]).code, 0);
+    let status: String = env.query("SELECT status FROM subscriptions");
+    assert_eq!(status, "active", "within `[renew] stripe_grace_days`");
+    assert_eq!(env.run(&["renew", "--step", "stripe"]).code, 0);
+    let end: String = env.query("SELECT current_period_end FROM subscriptions");
+    assert_eq!(end, "2025-12-09T18:00:00.000Z");
 }

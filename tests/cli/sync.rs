@@ -512,7 +512,7 @@ fn rows_inserted_by_a_host_are_sent_and_a_bad_one_fails_alone() {
 }
 
 #[test]
-fn a_change_superseding_an_unknown_outcome_reuses_its_key() {
+fn a_change_after_an_unknown_outcome_waits_for_it_and_is_applied() {
     let env = Env::new();
     with_crm(&env, NO_LIMIT);
     enqueue(
@@ -535,15 +535,18 @@ fn a_change_superseding_an_unknown_outcome_reuses_its_key() {
     );
     let out = env.run(&["sync-queue"]);
     assert_eq!(out.code, 0, "{out:?}");
-    let (action, key): (String, String) = env
-        .db()
-        .query_row(
-            "SELECT action, idempotency_key FROM sync_queue WHERE status = 'done'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!((action.as_str(), key.as_str()), ("create", "crm-jobs-1"));
+    // The unknown create is resent first with its own key, then the update goes out as a PUT:
+    // nothing is created twice and the newer payload is applied.
+    let requests = log_requests(&env);
+    assert!(
+        requests.ends_with(&[
+            "POST /clientes".to_string(),
+            format!("PUT /clientes/{}", env.sandbox.crm.records("clientes")[0].0)
+        ]),
+        "{requests:?}"
+    );
     assert_eq!(env.sandbox.crm.duplicates(), 0);
-    assert_eq!(env.sandbox.crm.records("clientes").len(), 1);
+    let records = env.sandbox.crm.records("clientes");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].1["nome"], "Depois");
 }
