@@ -54,6 +54,8 @@ const SECTIONS: &[&str] = &[
     "renew",
     "metrics",
     "pings",
+    "alerts.stale_hours",
+    "alerts",
 ];
 
 /// The whole configuration.
@@ -76,6 +78,35 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[pings]`: a Healthchecks.io-style URL per job (`fetch-invoices = "https://hc-ping.com/..."`).
     pub pings: std::collections::BTreeMap<String, String>,
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`: one email per incident (and one when it clears), through the email outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Who gets the alerts; unset: no alert.
+    pub to: Option<String>,
+    /// Failed runs in a row that open an incident.
+    pub consecutive_failures: u32,
+    /// A run whose failed items exceed this share (of at least 5 items) opens an incident.
+    pub error_rate_percent: u32,
+    /// A run longer than this opens an incident.
+    pub max_run_minutes: u32,
+    /// Per job: hours without a successful run that open an incident.
+    pub stale_hours: std::collections::BTreeMap<String, u32>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            to: None,
+            consecutive_failures: 3,
+            error_rate_percent: 50,
+            max_run_minutes: 60,
+            stale_hours: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus textfile written after every run.
@@ -877,6 +908,13 @@ fn validate(config: &Config) -> Result<()> {
         return Err(CodedError::config(
             "`[stripe] concurrency`, `[stripe] timeout_secs` and `[smtp] timeout_secs` must be at least 1",
         ));
+    }
+    if let Some(to) = &config.alerts.to
+        && to.parse::<lettre::message::Mailbox>().is_err()
+    {
+        return Err(CodedError::config(format!(
+            "`[alerts] to` = `{to}` is not an email address"
+        )));
     }
     for (job, url) in &config.pings {
         if !crate::lifecycle::JOBS.contains(&job.as_str()) {

@@ -3,6 +3,7 @@
 //! and turns its outcome into the process exit code; it is the only place that prints an error
 //! chain.
 
+pub mod alerts;
 pub mod boleto_files;
 pub mod canopus;
 pub mod cli;

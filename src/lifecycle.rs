@@ -326,6 +326,16 @@ impl JobRun {
                 log: &Value::Array(self.log.clone()).to_string(),
             },
         )?;
+        crate::alerts::after_run(
+            &mut self.store,
+            &crate::alerts::RunFacts {
+                job: self.job,
+                total: self.counts.total,
+                failed: self.counts.failed,
+                duration_ms: elapsed,
+                now: self.clock.now(),
+            },
+        );
         crate::metrics::write(&self.store);
         crate::pings::finish(
             self.job,

@@ -46,6 +46,19 @@ impl Ctx {
         let printer = Printer::new(&global);
         crate::metrics::configure(loaded.config.metrics.textfile_dir.clone());
         crate::pings::configure(loaded.config.pings.clone());
+        if loaded.config.alerts.to.is_some() {
+            let smtp = &loaded.config.smtp;
+            let password = match smtp.user {
+                Some(_) => cfg::secret("CRM_JOBS_SMTP_PASSWORD", smtp.password_file.as_deref())?,
+                None => None,
+            };
+            crate::alerts::configure(
+                &loaded.config.alerts,
+                smtp,
+                password,
+                &loaded.config.renew.message_id_domain,
+            );
+        }
         Ok(Ctx {
             global,
             loaded,

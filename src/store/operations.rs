@@ -153,3 +153,63 @@ impl Store {
             .optional()?)
     }
 }
+
+impl Store {
+    /// The open incident of a job and kind: (id, opened_at).
+    pub fn open_incident(&self, job: &str, kind: &str) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, opened_at FROM incidents WHERE job = ?1 AND kind = ?2 AND cleared_at IS NULL",
+                params![job, kind],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Opens an incident and queues its email, in one transaction.
+    pub fn open_incident_with_email(
+        &mut self,
+        job: &str,
+        kind: &str,
+        detail: &str,
+        now: &str,
+        email: &super::NewEmail,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO incidents (job, kind, detail, opened_at) VALUES (?1, ?2, ?3, ?4)",
+            params![job, kind, detail, now],
+        )?;
+        insert_email(&tx, email, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Clears an incident and queues its email, in one transaction.
+    pub fn clear_incident_with_email(
+        &mut self,
+        id: i64,
+        now: &str,
+        email: &super::NewEmail,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE incidents SET cleared_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        insert_email(&tx, email, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn insert_email(tx: &rusqlite::Transaction, e: &super::NewEmail, now: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO email_outbox (dedupe_key, message_id, kind, subscription_id, to_address, subject,
+                text_body, html_body, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (dedupe_key) DO NOTHING",
+        params![e.dedupe_key, e.message_id, e.kind, e.subscription_id, e.to, e.subject, e.text, e.html, now],
+    )?;
+    Ok(())
+}

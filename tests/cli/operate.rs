@@ -267,3 +267,46 @@ fn the_report_is_one_self_contained_page_that_renders_in_chromium() {
         "console errors: {log}"
     );
 }
+
+#[test]
+fn an_incident_sends_one_email_when_it_opens_and_one_when_it_clears() {
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!("[alerts]\nto = \"Operação <ops@example.com>\"\nconsecutive_failures = 2\n\n{cfg}"),
+    )
+    .unwrap();
+    let c = env.one_contract(6);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("600", &[1])]);
+    env.sandbox.nio.set_captcha(true);
+    assert_eq!(env.run(&["fetch-invoices"]).code, 1);
+    assert!(env.sandbox.smtp.received().is_empty());
+    let second = env.run(&["fetch-invoices"]);
+    assert_eq!(second.code, 1);
+    assert!(
+        second
+            .stderr
+            .contains("alert opened for `fetch-invoices`: 2 failed runs in a row"),
+        "{second:?}"
+    );
+    assert_eq!(env.run(&["fetch-invoices"]).code, 1);
+    let got = env.sandbox.smtp.received();
+    assert_eq!(got.len(), 1, "one email per incident");
+    assert_eq!(got[0].to, vec!["ops@example.com".to_string()]);
+    env.sandbox.nio.set_captcha(false);
+    assert_eq!(env.run(&["fetch-invoices"]).code, 0);
+    assert_eq!(
+        env.sandbox.smtp.received().len(),
+        2,
+        "and one when it clears"
+    );
+    let subjects: String =
+        env.query("SELECT group_concat(subject, ' | ') FROM email_outbox WHERE kind = 'alert'");
+    assert_eq!(
+        subjects,
+        "🚨 crm-jobs: fetch-invoices: 2 failed runs in a row | ✅ crm-jobs: fetch-invoices voltou ao normal (consecutive_failures)"
+    );
+}
