@@ -19,8 +19,8 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
     /// Only these rules (repeatable): `sync_log`, `queue_done`, `queue_failed`, `runs`,
-    /// `email_outbox`, `sessions`, `payments`. Default: all.
-    #[arg(long, value_name = "RULE", value_parser = ["sync_log", "queue_done", "queue_failed", "runs", "email_outbox", "sessions", "payments"])]
+    /// `job_skips`, `email_outbox`, `sessions`, `payments`. Default: all.
+    #[arg(long, value_name = "RULE", value_parser = ["sync_log", "queue_done", "queue_failed", "runs", "job_skips", "email_outbox", "sessions", "payments"])]
     pub only: Vec<String>,
 }
 
@@ -32,7 +32,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         "sync_log" => cfg.sync_log_days,
         "queue_done" => cfg.queue_done_days,
         "queue_failed" => cfg.queue_failed_days,
-        "runs" => cfg.runs_days,
+        "runs" | "job_skips" => cfg.runs_days,
         "email_outbox" => cfg.email_outbox_days,
         other => unreachable!("retention rule `{other}` has no `[cleanup]` key"),
     };

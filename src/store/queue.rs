@@ -98,6 +98,11 @@ pub const RETENTION: &[Retention] = &[
         condition: "status <> 'running' AND started_at < ?1",
     },
     Retention {
+        name: "job_skips",
+        table: "job_skips",
+        condition: "at < ?1",
+    },
+    Retention {
         name: "email_outbox",
         table: "email_outbox",
         condition: "status IN ('sent', 'failed') AND created_at < ?1",
@@ -173,8 +178,16 @@ impl Store {
                 .any(|p| p.action == "create");
             // A create never sent followed by a delete: the CRM never has to hear of it, unless
             // an earlier change of the record did reach it.
+            let known_at_crm: bool = tx
+                .query_row(
+                    "SELECT 1 FROM external_ids WHERE entity = ?1 AND record_id = ?2",
+                    params![entity, record],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
             let action = match newest.action.as_str() {
-                "delete" if had_create && settled == 0 => None,
+                "delete" if had_create && settled == 0 && !known_at_crm => None,
                 "update" | "upsert" if had_create => Some("create"),
                 other => Some(other),
             };
