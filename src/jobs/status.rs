@@ -52,10 +52,12 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
             ),
             None => ("never", "-", "-".to_string()),
         };
-        let took = s
-            .last_duration_ms
-            .map(human_duration)
-            .unwrap_or_else(|| "-".into());
+        // While a run is going, the last run shown is that one: it has no duration yet.
+        let took = match (&s.last_run, s.last_duration_ms) {
+            (Some(r), _) if r.status == "running" => "running".to_string(),
+            (_, Some(ms)) => human_duration(ms),
+            _ => "-".to_string(),
+        };
         let paused = match &s.paused {
             Some(p) => format!(
                 "since {}{}",

@@ -101,6 +101,20 @@ fn completions_and_the_man_page() {
         bash.stdout.contains("fetch-invoices") && bash.stdout.contains("complete"),
         "{bash:?}"
     );
+    // A reader that goes away early (`| head`) is not an error.
+    let mut head = env
+        .cmd(&["completions", "zsh"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(head.stdout.take());
+    let closed = head.wait_with_output().unwrap();
+    assert!(
+        closed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
     let man = env.run(&["man"]);
     assert_eq!(man.code, 0);
     assert!(
