@@ -240,6 +240,16 @@ fn email_for<'a>(
     }
 }
 
+/// A change was applied: count it, and say so under cron.
+fn counted(ctx: &Ctx, run: &mut JobRun, counter: &str, sub: &SubscriptionRow, what: &str) {
+    run.add(counter, 1);
+    run.counts.total += 1;
+    run.counts.ok += 1;
+    if ctx.printer.item_lines() {
+        tracing::info!("subscription `{}` ({}): {what}", sub.external_id, sub.email);
+    }
+}
+
 fn expiring(ctx: &Ctx, run: &mut JobRun, now: &str, until: &str) -> Result<()> {
     let cfg = &ctx.loaded.config.renew;
     let now_t = instant(now)?;
@@ -279,16 +289,13 @@ fn expiring(ctx: &Ctx, run: &mut JobRun, now: &str, until: &str) -> Result<()> {
             now,
         )?;
         if changed {
-            run.add("warned", 1);
-            run.counts.total += 1;
-            run.counts.ok += 1;
-            if ctx.printer.item_lines() {
-                tracing::info!(
-                    "subscription `{}` ({}): expires in {days} day(s); warning queued",
-                    sub.external_id,
-                    sub.email
-                );
-            }
+            counted(
+                ctx,
+                run,
+                "warned",
+                &sub,
+                &format!("expires in {days} day(s); warning queued"),
+            );
         }
     }
     Ok(())
@@ -343,16 +350,13 @@ fn expired(ctx: &Ctx, run: &mut JobRun, now: &str, stripe_cutoff: &str) -> Resul
             now,
         )?;
         if changed {
-            run.add("expired", 1);
-            run.counts.total += 1;
-            run.counts.ok += 1;
-            if ctx.printer.item_lines() {
-                tracing::info!(
-                    "subscription `{}` ({}): expired; made inactive, plan removed",
-                    sub.external_id,
-                    sub.email
-                );
-            }
+            counted(
+                ctx,
+                run,
+                "expired",
+                &sub,
+                "expired; made inactive, plan removed",
+            );
         }
     }
     Ok(())
@@ -451,16 +455,7 @@ fn record_stripe(
                 &now,
             )?;
             if changed {
-                run.add("renewed", 1);
-                run.counts.total += 1;
-                run.counts.ok += 1;
-                if ctx.printer.item_lines() {
-                    tracing::info!(
-                        "subscription `{}` ({}): renewed until {end_s}",
-                        sub.external_id,
-                        sub.email
-                    );
-                }
+                counted(ctx, run, "renewed", sub, &format!("renewed until {end_s}"));
             }
         }
         _ if !renewable => {

@@ -41,6 +41,9 @@ pub struct Args {
     pub dry_run: bool,
 }
 
+/// A request that came back: what was sent, the answer, its duration in ms, when it left.
+type Sent = (Prepared, Result<crm::Answer, CrmError>, i64, String);
+
 /// What is sent for an item.
 struct Prepared {
     item: QueueItem,
@@ -144,8 +147,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let mut paused: Option<u64> = None;
     let mut budget = batch;
     let mut stop: Option<String> = None;
-    let mut inflight: tokio::task::JoinSet<(Prepared, Result<crm::Answer, CrmError>, i64, String)> =
-        tokio::task::JoinSet::new();
+    let mut inflight: tokio::task::JoinSet<Sent> = tokio::task::JoinSet::new();
     'rounds: while budget > 0 && stop.is_none() && paused.is_none() && !run.cancel.is_cancelled() {
         let now = clock::to_store(ctx.clock.now());
         // Small claims keep the pipeline full without holding many items `processing`.
@@ -156,18 +158,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             }
             // Answers still out may wake items waiting for a reference: take them, claim again.
             while let Some(done) = inflight.join_next().await {
-                let (p, result, ms, at) = done?;
-                handle(
-                    &mut run,
-                    ctx,
-                    p,
-                    result,
-                    ms,
-                    &at,
-                    max_attempts,
-                    &mut stop,
-                    &bar,
-                )?;
+                handle(&mut run, ctx, done?, max_attempts, &mut stop, &bar)?;
             }
             continue;
         }
@@ -234,18 +225,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             };
             while inflight.len() >= concurrency {
                 if let Some(done) = inflight.join_next().await {
-                    let (p, result, ms, at) = done?;
-                    handle(
-                        &mut run,
-                        ctx,
-                        p,
-                        result,
-                        ms,
-                        &at,
-                        max_attempts,
-                        &mut stop,
-                        &bar,
-                    )?;
+                    handle(&mut run, ctx, done?, max_attempts, &mut stop, &bar)?;
                 }
             }
             // The shared rate limit, and any pause a 429 asked for. Without a limit of our own
@@ -302,18 +282,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         }
     }
     while let Some(done) = inflight.join_next().await {
-        let (p, result, ms, at) = done?;
-        handle(
-            &mut run,
-            ctx,
-            p,
-            result,
-            ms,
-            &at,
-            max_attempts,
-            &mut stop,
-            &bar,
-        )?;
+        handle(&mut run, ctx, done?, max_attempts, &mut stop, &bar)?;
     }
     ctx.printer.finish_progress(&bar);
     let n = |k: &str| run.counters.get(k).and_then(Value::as_i64).unwrap_or(0);
@@ -432,14 +401,12 @@ fn prepare(
 fn handle(
     run: &mut JobRun,
     ctx: &Ctx,
-    p: Prepared,
-    result: Result<crm::Answer, CrmError>,
-    ms: i64,
-    at: &str,
+    (p, result, ms, at_owned): Sent,
     max_attempts: u32,
     stop: &mut Option<String>,
     bar: &indicatif::ProgressBar,
 ) -> Result<()> {
+    let at = at_owned.as_str();
     let now = clock::to_store(ctx.clock.now());
     let item = &p.item;
     let what = format!(
