@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{AlertsConfig, SmtpConfig};
+use crate::config::{AlertsConfig, Config, SmtpConfig};
 use crate::mailer::{Mailer, Outcome};
+use crate::schedule::Planned;
 use crate::store::{NewEmail, Store};
 
 struct Settings {
@@ -16,19 +17,21 @@ struct Settings {
     smtp: SmtpConfig,
     password: Option<String>,
     domain: String,
+    plan: Vec<Planned>,
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
 
 /// Sets the alert settings once per process (from the configuration).
-pub fn configure(alerts: &AlertsConfig, smtp: &SmtpConfig, password: Option<String>, domain: &str) {
-    if alerts.to.is_some() {
+pub fn configure(config: &Config, password: Option<String>) {
+    if config.alerts.to.is_some() {
         SETTINGS
             .set(Settings {
-                alerts: alerts.clone(),
-                smtp: smtp.clone(),
+                alerts: config.alerts.clone(),
+                smtp: config.smtp.clone(),
                 password,
-                domain: domain.to_string(),
+                domain: config.renew.message_id_domain.clone(),
+                plan: crate::schedule::plan(config).unwrap_or_default(),
             })
             .ok();
     }
@@ -41,6 +44,9 @@ pub struct RunFacts<'a> {
     pub failed: i64,
     pub duration_ms: i64,
     pub now: DateTime<Utc>,
+    /// `Some(Some(n))`: the run did nothing while `n` items waited; `Some(None)`: it did work or
+    /// nothing waited; `None`: not known (the run failed or was interrupted).
+    pub idle_with_work: Option<Option<i64>>,
 }
 
 /// Looks at the job's incidents after a run; never fails the job.
@@ -73,56 +79,61 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
                 .then(|| format!("the last run took {} min", f.duration_ms / 60_000)),
         ),
     ];
-    if let Some(hours) = a.stale_hours.get(f.job) {
-        let last = state
-            .last_success_at
-            .as_deref()
-            .and_then(crate::clock::from_store);
-        let stale = last.is_none_or(|t| (f.now - t).num_hours() >= i64::from(*hours));
+    if a.idle_with_work
+        && let Some(idle) = f.idle_with_work
+    {
         checks.push((
-            "stale",
-            stale.then(|| format!("no successful run for {hours} hours or more")),
+            "idle",
+            idle.map(|n| format!("the last run did nothing while {n} item(s) were waiting for it")),
         ));
+    }
+    let mut checks: Vec<(&str, &str, Option<String>)> =
+        checks.into_iter().map(|(k, p)| (f.job, k, p)).collect();
+    // Every job's staleness, after any job's run: a job that stopped running says nothing.
+    for job in crate::lifecycle::JOBS {
+        if let Some(problem) = overdue(store, s, job, f.now)? {
+            checks.push((job, "stale", problem));
+        }
     }
     let to = a.to.clone().unwrap_or_default();
     let now = crate::clock::to_store(f.now);
     let mut queued = false;
-    for (kind, problem) in checks {
-        let open = store.open_incident(f.job, kind)?;
+    for (job, kind, problem) in checks {
+        let open = store.open_incident(job, kind)?;
         match (problem, open) {
             (Some(detail), None) => {
-                let subject = format!("🚨 crm-jobs: {}: {detail}", f.job);
+                let subject = format!("🚨 crm-jobs: {}: {detail}", job);
                 let text = format!(
                     "O job `{}` precisa de atenção: {detail}.\n\nVeja `crm-jobs status` e o último run (`crm-jobs status --json`).\nUm novo email chega quando o problema for resolvido.\n",
-                    f.job
+                    job
                 );
-                let key = format!("alert:{}:{kind}:{now}:open", f.job);
+                let key = format!("alert:{}:{kind}:{now}:open", job);
                 let id = format!(
                     "<alert.{}.{kind}.{}.open@{}>",
-                    f.job,
+                    job,
                     f.now.timestamp(),
                     s.domain
                 );
                 store.open_incident_with_email(
-                    f.job,
+                    job,
                     kind,
                     &detail,
                     &now,
                     &email(&key, &id, &to, &subject, &text),
                 )?;
-                tracing::warn!("alert opened for `{}`: {detail}", f.job);
+                tracing::warn!("alert opened for `{}`: {detail}", job);
                 queued = true;
             }
             (None, Some((id, opened))) => {
-                let subject = format!("✅ crm-jobs: {} voltou ao normal ({kind})", f.job);
+                let subject = format!("✅ crm-jobs: {} voltou ao normal ({kind})", job);
                 let text = format!(
                     "O problema do job `{}` aberto em {opened} foi resolvido.\n",
-                    f.job
+                    job
                 );
-                let key = format!("alert:{}:{kind}:{opened}:clear", f.job);
+                let key = format!("alert:{}:{kind}:{opened}:clear", job);
                 let mid = format!(
                     "<alert.{}.{kind}.{}.clear@{}>",
-                    f.job,
+                    job,
                     f.now.timestamp(),
                     s.domain
                 );
@@ -131,7 +142,7 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
                     &now,
                     &email(&key, &mid, &to, &subject, &text),
                 )?;
-                tracing::info!("alert cleared for `{}` ({kind})", f.job);
+                tracing::info!("alert cleared for `{}` ({kind})", job);
                 queued = true;
             }
             _ => {}
@@ -141,6 +152,59 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
         send_alerts(store, s)?;
     }
     Ok(())
+}
+
+/// Whether `job` went too long without a success: `None` when nothing says how long is too
+/// long (no `[alerts.stale_hours]` entry, no schedule entry), else the problem if any.
+fn overdue(
+    store: &Store,
+    s: &Settings,
+    job: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<Option<String>>> {
+    let a = &s.alerts;
+    let state = store.job_state(job)?;
+    let last = state
+        .last_success_at
+        .as_deref()
+        .and_then(crate::clock::from_store);
+    if let Some(hours) = a.stale_hours.get(job) {
+        let stale = last.is_none_or(|t| (now - t).num_hours() >= i64::from(*hours));
+        return Ok(Some(
+            stale.then(|| format!("no successful run for {hours} hours or more")),
+        ));
+    }
+    let missed = a.missed_starts as usize;
+    let grace = chrono::Duration::minutes(i64::from(a.grace_minutes));
+    let Some(deadline) = crate::schedule::deadline(&s.plan, job, now - grace, missed) else {
+        return Ok(None);
+    };
+    // A job that never succeeded is measured from its first run, else from the store's.
+    let since = match last {
+        Some(t) => Some(t),
+        None => {
+            let (first_of_job, first_of_any) = store.first_runs(job)?;
+            first_of_job
+                .or(first_of_any)
+                .as_deref()
+                .and_then(crate::clock::from_store)
+        }
+    };
+    let Some(since) = since else {
+        return Ok(Some(None));
+    };
+    if since >= deadline {
+        return Ok(Some(None));
+    }
+    let local = deadline.with_timezone(&chrono_tz::America::Sao_Paulo);
+    let what = match last {
+        Some(_) => "no successful run since",
+        None => "never succeeded, though scheduled since",
+    };
+    Ok(Some(Some(format!(
+        "{what} {} ({missed} scheduled start(s) missed; see `crm-jobs schedule list`)",
+        local.format("%Y-%m-%d %H:%M %Z")
+    ))))
 }
 
 fn email<'a>(

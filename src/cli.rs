@@ -90,6 +90,9 @@ pub enum Command {
     Config(jobs::config::Command),
     /// Every job's last run, runs in progress, pauses, and the work waiting.
     Status(jobs::status::Args),
+    /// The schedule (`[schedule]`): list it, or write the crontab or the systemd timers.
+    #[command(subcommand)]
+    Schedule(jobs::schedule::Command),
     /// Write one self-contained HTML page with charts of the runs, invoices, queue and boletos.
     Report(jobs::report::Args),
     /// Check configuration, secrets, store, files and the services' reachability.

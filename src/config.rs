@@ -78,6 +78,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[pings]`: a Healthchecks.io-style URL per job (`fetch-invoices = "https://hc-ping.com/..."`).
     pub pings: std::collections::BTreeMap<String, String>,
+    /// `[schedule.<name>]`: when each job runs (changes the built-in schedule, see
+    /// `crate::schedule`).
+    pub schedule: std::collections::BTreeMap<String, ScheduleEntry>,
     pub alerts: AlertsConfig,
 }
 
@@ -93,8 +96,15 @@ pub struct AlertsConfig {
     pub error_rate_percent: u32,
     /// A run longer than this opens an incident.
     pub max_run_minutes: u32,
-    /// Per job: hours without a successful run that open an incident.
+    /// Per job: hours without a successful run that open an incident (instead of the
+    /// schedule's rule).
     pub stale_hours: std::collections::BTreeMap<String, u32>,
+    /// Scheduled starts a job may miss (no success since) before an incident opens.
+    pub missed_starts: u32,
+    /// Minutes a scheduled start is given to succeed before it counts as missed.
+    pub grace_minutes: u32,
+    /// A run that did nothing while work was waiting opens an incident.
+    pub idle_with_work: bool,
 }
 
 impl Default for AlertsConfig {
@@ -105,8 +115,33 @@ impl Default for AlertsConfig {
             error_rate_percent: 50,
             max_run_minutes: 60,
             stale_hours: std::collections::BTreeMap::new(),
+            missed_starts: 2,
+            grace_minutes: 30,
+            idle_with_work: true,
         }
     }
+}
+
+/// `[schedule.<name>]`: one scheduled command. Unset fields keep the built-in entry's value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleEntry {
+    /// crontab(5) expression, e.g. `0 8,14,20 * * *`.
+    pub cron: Option<String>,
+    /// IANA zone the expression is read in (default America/Sao_Paulo).
+    pub timezone: Option<String>,
+    /// The crm-jobs subcommand and its flags, e.g. `fetch-invoices --limit 20`.
+    pub command: Option<String>,
+    /// A command run right after (e.g. `renew --step emails`).
+    pub then: Option<String>,
+    /// One line saying what the entry does (crontab comment, unit Description=).
+    pub description: Option<String>,
+    /// systemd `RandomizedDelaySec=` (`0`: none). Default `2min`.
+    pub randomized_delay: Option<String>,
+    /// Run with `--quiet` under cron (mail only warnings and errors).
+    pub quiet: Option<bool>,
+    /// `false` drops the entry.
+    pub enabled: Option<bool>,
 }
 
 /// `[metrics]`: the Prometheus textfile written after every run.
@@ -928,6 +963,12 @@ fn validate(config: &Config) -> Result<()> {
                 "`[pings] {job}` = `{url}` is not an http(s) URL"
             )));
         }
+    }
+    crate::schedule::plan(config)?;
+    if config.alerts.missed_starts == 0 {
+        return Err(CodedError::config(
+            "`[alerts] missed_starts` must be at least 1",
+        ));
     }
     if canopus.timeout_secs == 0 {
         return Err(CodedError::config(

@@ -25,6 +25,7 @@ pub mod nio;
 pub mod output;
 pub mod pings;
 pub mod sandbox;
+pub mod schedule;
 pub mod secret_box;
 pub mod spreadsheet;
 pub mod store;

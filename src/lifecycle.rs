@@ -108,6 +108,8 @@ pub struct JobRun {
     /// Something is waiting that an operator should know of (e.g. the SMTP server is down):
     /// a run that would be `success` is `partial`.
     pub degraded: bool,
+    /// Work waiting in the store when the run started (for the "idle with work" alert).
+    work_due: Option<i64>,
     job: &'static str,
     clock: Clock,
     started: Instant,
@@ -238,6 +240,7 @@ impl JobRun {
             counts: Counts::default(),
             counters: serde_json::Map::new(),
             degraded: false,
+            work_due: None,
             job,
             clock,
             started: Instant::now(),
@@ -246,6 +249,10 @@ impl JobRun {
             log: Vec::new(),
             _lock: lock,
         };
+        run.work_due = run
+            .store
+            .work_due(job, &now, run.clock.today())
+            .unwrap_or(None);
         crate::pings::start(job, run_id);
         let stale = run.store.mark_interrupted(job, &now, run_id)?;
         for id in stale {
@@ -334,6 +341,13 @@ impl JobRun {
                 failed: self.counts.failed,
                 duration_ms: elapsed,
                 now: self.clock.now(),
+                // Known only for runs that ended normally: did nothing while work waited?
+                idle_with_work: match status {
+                    "success" | "partial" => self
+                        .work_due
+                        .map(|due| (self.counts.total == 0 && due > 0).then_some(due)),
+                    _ => None,
+                },
             },
         );
         crate::metrics::write(&self.store);

@@ -23,7 +23,7 @@ pub fn completions(args: Args) -> Result<Code> {
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error.
-fn emit(bytes: &[u8]) -> Result<Code> {
+pub fn emit(bytes: &[u8]) -> Result<Code> {
     use std::io::Write;
     match std::io::stdout().write_all(bytes) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Code::Success),

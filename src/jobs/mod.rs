@@ -17,6 +17,7 @@ pub mod renew;
 pub mod report;
 pub mod retry;
 pub mod sandbox;
+pub mod schedule;
 pub mod status;
 pub mod sync_queue;
 
@@ -52,12 +53,7 @@ impl Ctx {
                 Some(_) => cfg::secret("CRM_JOBS_SMTP_PASSWORD", smtp.password_file.as_deref())?,
                 None => None,
             };
-            crate::alerts::configure(
-                &loaded.config.alerts,
-                smtp,
-                password,
-                &loaded.config.renew.message_id_domain,
-            );
+            crate::alerts::configure(&loaded.config, password);
         }
         Ok(Ctx {
             global,
@@ -124,6 +120,7 @@ pub async fn dispatch(cli: Cli) -> Result<Code> {
                 Command::Cleanup(args) => cleanup::run(&ctx, args).await,
                 Command::Renew(args) => renew::run(&ctx, args).await,
                 Command::Status(args) => status::run(&ctx, args),
+                Command::Schedule(c) => schedule::run(&ctx, c),
                 Command::Report(args) => report::run(&ctx, args),
                 Command::Doctor(args) => doctor::run(&ctx, args).await,
                 Command::Pause(args) => pause::pause(&ctx, args),

@@ -20,6 +20,12 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
         .iter()
         .map(|j| store.job_state(j))
         .collect::<Result<_>>()?;
+    let plan = crate::schedule::plan(&ctx.loaded.config)?;
+    let now = ctx.clock.now();
+    let next: Vec<Option<chrono::DateTime<chrono::Utc>>> = JOBS
+        .iter()
+        .map(|j| crate::schedule::next_start(&plan, j, now))
+        .collect();
     let today = ctx.clock.today();
     let invoices = store.invoice_status_counts()?;
     let queue = store.queue_counts()?;
@@ -28,7 +34,11 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
     let boletos = store.boletos_missing(today.year(), today.month())?;
     if ctx.printer.json {
         ctx.printer.json_out(&json!({
-            "jobs": states,
+            "jobs": states.iter().zip(&next).map(|(s, n)| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                v["next_start"] = json!(n.map(crate::clock::to_store));
+                v
+            }).collect::<Vec<_>>(),
             "work": {
                 "invoices": invoices.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                 "queue": queue.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
@@ -40,10 +50,17 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
         return Ok(Code::Success);
     }
     println!(
-        "{:<17} {:<12} {:<25} {:>9} {:>14} {:>9}  paused",
-        "job", "last", "started", "took", "ok/failed", "failing"
+        "{:<17} {:<12} {:<25} {:>9} {:>14} {:>9}  {:<17} paused",
+        "job", "last", "started", "took", "ok/failed", "failing", "next start"
     );
-    for s in &states {
+    for (s, next) in states.iter().zip(&next) {
+        let next = next
+            .map(|t| {
+                t.with_timezone(&chrono_tz::America::Sao_Paulo)
+                    .format("%Y-%m-%d %H:%M")
+                    .to_string()
+            })
+            .unwrap_or_else(|| "not scheduled".into());
         let (status, started, items) = match &s.last_run {
             Some(r) => (
                 r.status.as_str(),
@@ -74,7 +91,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
             .map(|id| format!(" (run #{id} running)"))
             .unwrap_or_default();
         println!(
-            "{:<17} {:<12} {:<25} {:>9} {:>14} {:>9}  {paused}{running}",
+            "{:<17} {:<12} {:<25} {:>9} {:>14} {:>9}  {next:<17} {paused}{running}",
             s.job, status, started, took, items, s.consecutive_failures
         );
     }

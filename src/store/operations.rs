@@ -140,6 +140,52 @@ impl Store {
         Ok(rows)
     }
 
+    /// Work waiting in the store for `job` before a run (`None`: the job has no such measure):
+    /// contracts with invoices to fetch, invoices to retry, boletos missing this month at sales
+    /// points with credentials, queue items due.
+    pub fn work_due(&self, job: &str, now: &str, today: chrono::NaiveDate) -> Result<Option<i64>> {
+        use chrono::Datelike;
+        let day = today.format("%Y-%m-%d").to_string();
+        let n: i64 = match job {
+            "fetch-invoices" => self.conn.query_row(
+                "SELECT COUNT(*) FROM contracts c WHERE EXISTS (SELECT 1 FROM invoices i
+                   WHERE i.contract_id = c.id AND i.payment_status <> 'paid' AND i.fetch_status <> 'gave_up'
+                     AND (i.available_from IS NULL OR i.available_from <= ?1))",
+                [&day],
+                |r| r.get(0),
+            )?,
+            "retry" => self.conn.query_row(
+                "SELECT COUNT(*) FROM invoices WHERE fetch_status IN ('error', 'partial') AND error_kind = 'transient'",
+                [],
+                |r| r.get(0),
+            )?,
+            "download-boletos" => self.conn.query_row(
+                "SELECT COUNT(*) FROM clients c JOIN sales_points s ON s.id = c.sales_point_id
+                 WHERE s.password_token IS NOT NULL AND COALESCE(c.situacao, '') <> 'cancelado'
+                   AND NOT EXISTS (SELECT 1 FROM boletos b WHERE b.client_id = c.id AND b.year = ?1
+                                     AND b.month = ?2 AND b.outcome = 'success')",
+                params![today.year(), today.month()],
+                |r| r.get(0),
+            )?,
+            "sync-queue" => self.conn.query_row(
+                "SELECT COUNT(*) FROM sync_queue WHERE status = 'pending' AND (due_at IS NULL OR due_at <= ?1)",
+                [now],
+                |r| r.get(0),
+            )?,
+            _ => return Ok(None),
+        };
+        Ok(Some(n))
+    }
+
+    /// When the job first ran, and when any job first ran (for jobs that never succeeded).
+    pub fn first_runs(&self, job: &str) -> Result<(Option<String>, Option<String>)> {
+        Ok(self.conn.query_row(
+            "SELECT (SELECT MIN(started_at) FROM runs WHERE job = ?1), (SELECT MIN(started_at) FROM runs)",
+            [job],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
     /// The last run's item counts of a job (ok, failed, skipped).
     pub fn last_run_items(&self, job: &str) -> Result<Option<(i64, i64, i64)>> {
         Ok(self

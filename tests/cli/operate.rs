@@ -324,3 +324,202 @@ fn an_incident_sends_one_email_when_it_opens_and_one_when_it_clears() {
         "🚨 crm-jobs: fetch-invoices: 2 failed runs in a row | ✅ crm-jobs: fetch-invoices voltou ao normal (consecutive_failures)"
     );
 }
+
+fn run_at(env: &Env, now: &str, args: &[&str]) -> std::process::Output {
+    env.cmd(args).env("CRM_JOBS_NOW", now).output().unwrap()
+}
+
+#[test]
+fn the_schedule_alerts_a_job_overdue_and_a_run_idle_with_work_waiting() {
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!("[alerts]\nto = \"ops@example.com\"\n\n{cfg}"),
+    )
+    .unwrap();
+    let c = env.one_contract(7);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("700", &[1])]);
+    // Day 1, 12:00: the first run in the store; nothing is overdue yet.
+    assert_eq!(env.run(&["sync-queue"]).code, 0);
+    assert!(env.sandbox.smtp.received().is_empty());
+    // Day 2, 12:00: fetch-invoices (08, 14, 20) missed 20:00 and 08:00; renew's three entries
+    // missed their starts too. sync-queue's run is the heartbeat that says so.
+    let day2 = "2025-11-11T12:00:00-03:00";
+    let out = run_at(&env, day2, &["sync-queue"]);
+    assert!(out.status.success(), "{out:?}");
+    let subjects = || -> String {
+        env.query("SELECT group_concat(subject, ' | ') FROM (SELECT subject FROM email_outbox WHERE kind = 'alert' ORDER BY id)")
+    };
+    assert_eq!(
+        subjects(),
+        "🚨 crm-jobs: fetch-invoices: never succeeded, though scheduled since 2025-11-10 20:00 -03 (2 scheduled start(s) missed; see `crm-jobs schedule list`) | 🚨 crm-jobs: renew: never succeeded, though scheduled since 2025-11-11 02:00 -03 (2 scheduled start(s) missed; see `crm-jobs schedule list`)"
+    );
+    // Still overdue an hour later: no second email.
+    run_at(&env, "2025-11-11T13:00:00-03:00", &["sync-queue"]);
+    assert_eq!(env.sandbox.smtp.received().len(), 2);
+    // A run of fetch-invoices that takes no contract while one is due: idle; and it is no
+    // success of... it is a success, so the overdue incident clears.
+    let out = run_at(&env, day2, &["fetch-invoices", "--safra", "2019-01"]);
+    assert!(out.status.success(), "{out:?}");
+    // A real run clears the idle incident.
+    let out = run_at(&env, day2, &["fetch-invoices"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        subjects(),
+        [
+            "🚨 crm-jobs: fetch-invoices: never succeeded, though scheduled since 2025-11-10 20:00 -03 (2 scheduled start(s) missed; see `crm-jobs schedule list`)",
+            "🚨 crm-jobs: renew: never succeeded, though scheduled since 2025-11-11 02:00 -03 (2 scheduled start(s) missed; see `crm-jobs schedule list`)",
+            "🚨 crm-jobs: fetch-invoices: the last run did nothing while 1 item(s) were waiting for it",
+            "✅ crm-jobs: fetch-invoices voltou ao normal (stale)",
+            "✅ crm-jobs: fetch-invoices voltou ao normal (idle)",
+        ]
+        .join(" | ")
+    );
+    assert_eq!(env.sandbox.smtp.received().len(), 5);
+}
+
+#[test]
+fn the_repo_crontab_and_units_are_generated_from_the_example_config() {
+    let env = Env::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = root.join("config.example.toml");
+    let example = example.to_str().unwrap();
+    let regenerate = "regenerate them: crm-jobs --config config.example.toml schedule crontab > crontab.example && crm-jobs --config config.example.toml schedule systemd --out systemd";
+    let out = env.run(&["--config", example, "schedule", "crontab"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let repo = std::fs::read_to_string(root.join("crontab.example")).unwrap();
+    assert!(
+        out.stdout == repo,
+        "crontab.example differs at `{}`; {regenerate}",
+        first_difference(&out.stdout, &repo)
+    );
+    let dir = env.path("units");
+    let out = env.run(&[
+        "--config",
+        example,
+        "schedule",
+        "systemd",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let names = |d: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let generated = names(&dir);
+    assert_eq!(generated, names(&root.join("systemd")), "{regenerate}");
+    assert_eq!(generated.len(), 20);
+    for n in generated {
+        let a = std::fs::read_to_string(dir.join(&n)).unwrap();
+        let b = std::fs::read_to_string(root.join("systemd").join(&n)).unwrap();
+        assert!(
+            a == b,
+            "systemd/{n} differs at `{}`; {regenerate}",
+            first_difference(&a, &b)
+        );
+    }
+}
+
+fn first_difference(a: &str, b: &str) -> String {
+    a.lines()
+        .zip(b.lines())
+        .find(|(x, y)| x != y)
+        .map(|(x, y)| format!("{x}` (generated) vs `{y}` (repo)"))
+        .unwrap_or_else(|| "the end".into())
+}
+
+#[test]
+fn schedule_entries_change_the_crontab_units_and_status() {
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!(
+            "{cfg}\n[schedule.fetch-invoices]\ncron = \"15 6-18/6 * * MON-FRI\"\ntimezone = \"America/Manaus\"\n\n[schedule.renew-stripe]\nenabled = false\n\n[schedule.boletos-late]\ncron = \"0 12 10,20 * *\"\ncommand = \"download-boletos --ponto-venda 17.308\"\n"
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["schedule", "crontab"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("CRON_TZ=America/Manaus\n# fetch-invoices: Nio invoices of the 20 contracts fetched least recently\n15 6-18/6 * * MON-FRI /usr/local/bin/crm-jobs --config /etc/crm-jobs/config.toml fetch-invoices --limit 20 --origin automatic\n"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("\nCRON_TZ=America/Sao_Paulo\n# retry:"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("renew --step stripe"));
+    assert!(out.stdout.contains("0 12 10,20 * * /usr/local/bin/crm-jobs --config /etc/crm-jobs/config.toml download-boletos --ponto-venda 17.308\n"));
+    let dir = env.path("units");
+    let out = env.run(&[
+        "schedule",
+        "systemd",
+        "--out",
+        dir.to_str().unwrap(),
+        "--on-failure",
+        "notify@%n.service",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let timer = std::fs::read_to_string(dir.join("crm-jobs-fetch-invoices.timer")).unwrap();
+    assert!(timer.contains("\nOnCalendar=Mon,Tue,Wed,Thu,Fri *-*-* 06,12,18:15:00 America/Manaus\nPersistent=true\nRandomizedDelaySec=2min\n") || timer.contains("OnCalendar=Mon,Tue,Wed,Thu,Fri *-*-* 06,12,18:15:00 America/Manaus\n"), "{timer}");
+    assert!(timer.contains("Persistent=true"));
+    let service = std::fs::read_to_string(dir.join("crm-jobs-boletos-late.service")).unwrap();
+    assert!(
+        service.contains("OnFailure=notify@%n.service\n"),
+        "{service}"
+    );
+    assert!(service.contains("LoadCredential=fernet-key:/etc/crm-jobs/fernet-key\nEnvironment=CRM_JOBS_CREDENTIALS_FERNET_KEY_FILE=%d/fernet-key\n"), "{service}");
+    assert!(!dir.join("crm-jobs-renew-stripe.timer").exists());
+    // status: the next start of each job; 2025-11-10 is a Monday, 12:00 in São Paulo is 11:00
+    // in Manaus, so fetch-invoices next starts at 12:15 Manaus (16:15 UTC).
+    let v: serde_json::Value =
+        serde_json::from_str(&env.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["jobs"][0]["next_start"], "2025-11-10T16:15:00.000Z");
+    assert_eq!(v["jobs"][2]["next_start"], "2025-11-11T10:30:00.000Z");
+    let list = env.run(&["schedule", "list"]);
+    assert!(
+        list.stdout
+            .contains("boletos-late       download-boletos  0 12 10,20 * *   2025-11-20 12:00 -03"),
+        "{list:?}"
+    );
+}
+
+#[test]
+fn a_bad_schedule_entry_is_a_config_error_naming_it() {
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    for (entry, message) in [
+        (
+            "[schedule.retry]\ncron = \"0 25 * * *\"\n",
+            "`[schedule.retry] cron` = `0 25 * * *`:",
+        ),
+        (
+            "[schedule.retry]\ncron = \"0 0 L * *\"\n",
+            "`[schedule.retry] cron` = `0 0 L * *`: `L` is not crontab(5) syntax",
+        ),
+        (
+            "[schedule.retry]\ncommand = \"retry --max 3\"\n",
+            "`[schedule.retry] command` = `retry --max 3` is not a crm-jobs command line: unexpected argument '--max' found",
+        ),
+        (
+            "[schedule.nightly]\ncron = \"@daily\"\n",
+            "`[schedule.nightly]` has no `command`",
+        ),
+        (
+            "[schedule.retry]\nwhen = \"daily\"\n",
+            "unknown field `when`",
+        ),
+    ] {
+        std::fs::write(env.path("config.toml"), format!("{cfg}\n{entry}")).unwrap();
+        let out = env.run(&["schedule", "list"]);
+        assert_eq!(out.code, 78, "{out:?}");
+        assert!(out.stderr.contains(message), "{entry}: {out:?}");
+    }
+}
