@@ -1,6 +1,6 @@
 //! `crm-jobs report`: one self-contained HTML page (inline CSS and SVG, no script, no external
 //! asset: it opens from disk) with the charts an operator looks at: success per day and job,
-//! run durations, invoice outcomes per safra, the slowest invoices, persistent errors, queue
+//! run durations, invoice outcomes per safra and safra against safra, the slowest invoices, persistent errors, queue
 //! throughput and depth, boleto outcomes per consultant.
 
 use std::collections::BTreeMap;
@@ -193,6 +193,11 @@ table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px so
         "Invoice outcomes per safra",
         &rows(&store.outcomes_per_safra()?),
         "invoices",
+    ));
+    html.push_str(&chart(
+        "Safra against safra: % paid of each invoice number (of those seen at Nio)",
+        &rows(&store.paid_share_per_safra()?),
+        "% paid",
     ));
     html.push_str("<table><caption>The 10 slowest invoice lookups</caption><tr><th>contract</th><th>invoice</th><th>ms</th></tr>\n");
     for (c, n, ms) in store.slowest_invoices(10)? {

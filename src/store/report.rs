@@ -50,6 +50,18 @@ impl Store {
         )
     }
 
+    /// Safra against safra: (invoice number, safra, % of those invoices paid), so that cohorts
+    /// are compared at the same installment.
+    pub fn paid_share_per_safra(&self) -> Result<Triples> {
+        self.triples(
+            "SELECT printf('invoice %02d', i.number), c.safra,
+                    CAST(ROUND(100.0 * SUM(i.payment_status = 'paid') / COUNT(*)) AS INTEGER)
+             FROM invoices i JOIN contracts c ON c.id = i.contract_id
+             WHERE ?1 = ?1 AND i.payment_status <> 'unknown' GROUP BY 1, 2 ORDER BY 1, 2",
+            "",
+        )
+    }
+
     /// (consultant, outcome, clients-months).
     pub fn boletos_per_consultant(&self) -> Result<Triples> {
         self.triples(

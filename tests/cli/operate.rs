@@ -233,12 +233,13 @@ fn the_report_is_one_self_contained_page_that_renders_in_chromium() {
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     let html = std::fs::read_to_string(env.path("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 6, "six charts");
+    assert_eq!(html.matches("<svg").count(), 7, "seven charts");
     assert!(
         !html.contains("<script") && !html.contains("src=") && !html.contains("href="),
         "no external asset"
     );
     assert!(html.contains("Invoice outcomes per safra") && html.contains("2025-06"));
+    assert!(html.contains("Safra against safra") && html.contains("invoice 01"));
 
     // Rendered by a real browser: Debian's Chromium, installed by .ci/run.
     let chromium = std::path::Path::new("/usr/bin/chromium");
@@ -274,7 +275,7 @@ fn the_report_is_one_self_contained_page_that_renders_in_chromium() {
     let dom = String::from_utf8_lossy(&rendered.stdout);
     let log = String::from_utf8_lossy(&rendered.stderr);
     assert!(rendered.status.success(), "{log}");
-    assert_eq!(dom.matches("<svg").count(), 6, "{dom}");
+    assert_eq!(dom.matches("<svg").count(), 7, "{dom}");
     assert!(dom.contains("Success per day and job"));
     assert!(
         !log.contains("Uncaught") && !log.contains(":CONSOLE("),
