@@ -5,6 +5,8 @@
 //! `cargo bench --bench download_boletos` (defaults: 500 clients, 50 ms, 8 sessions); override
 //! with BENCH_CLIENTS, BENCH_LATENCY_MS, BENCH_CONCURRENCY.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -138,5 +140,13 @@ fn main() {
     println!(
         "  files {} | success {}",
         summary["counters"]["files"], summary["counters"]["success"]
+    );
+    common::row(
+        "download-boletos",
+        &format!("{clients} clients, {requests} requests"),
+        wall,
+        bound,
+        &format!("network: {latency_ms} ms x {concurrency}"),
+        summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
     );
 }

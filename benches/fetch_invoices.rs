@@ -5,6 +5,8 @@
 //! `cargo bench --bench fetch_invoices` (defaults: 1000 contracts, 50 ms, concurrency 16);
 //! override with BENCH_CONTRACTS, BENCH_LATENCY_MS, BENCH_CONCURRENCY, BENCH_PDFS=1.
 
+mod common;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -104,5 +106,16 @@ fn main() {
     println!(
         "  matched {} | contracts ok {} / failed {}",
         summary["counters"]["matched"], summary["items"]["ok"], summary["items"]["failed"]
+    );
+    common::row(
+        "fetch-invoices",
+        &format!(
+            "{contracts} contracts, {requests} requests{}",
+            if pdfs { " (PDFs)" } else { "" }
+        ),
+        wall,
+        bound,
+        &format!("network: {latency_ms} ms x {concurrency}"),
+        peak_mb,
     );
 }

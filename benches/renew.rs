@@ -5,6 +5,8 @@
 //! `cargo bench --bench renew` (defaults: 10,000 subscriptions, 50 ms, concurrency 16); knobs
 //! BENCH_SUBSCRIPTIONS, BENCH_LATENCY_MS, BENCH_CONCURRENCY.
 
+mod common;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -85,5 +87,13 @@ fn main() {
         wall / bound,
         summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
         summary["counters"]["renewed"]
+    );
+    common::row(
+        "renew --step stripe",
+        &format!("{n} subscriptions, {requests} requests"),
+        wall,
+        bound,
+        &format!("network: {latency_ms} ms x {concurrency}"),
+        summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
     );
 }

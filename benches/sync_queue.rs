@@ -11,6 +11,8 @@
 //! BENCH_CONCURRENCY (16), BENCH_LIMITED_ITEMS (1000), BENCH_ENQUEUE (100000),
 //! BENCH_CLEANUP (1000000).
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -118,6 +120,14 @@ fn main() {
         summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
         summary["counters"]["done"]
     );
+    common::row(
+        "sync-queue",
+        &format!("{items} items, {requests} requests"),
+        wall,
+        bound,
+        &format!("network: {latency_ms} ms x {concurrency}"),
+        summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+    );
     sandbox.faults.set_latency(0, 0);
 
     // 3. Under the limit, scaled down: 100 a second at the CRM, 6,000 a minute configured.
@@ -133,6 +143,14 @@ fn main() {
         rate / 100.0,
         sandbox.crm.rejected_429() - rejected,
         summary["counters"]["done"]
+    );
+    common::row(
+        "sync-queue (rate-limited)",
+        &format!("{limited} items"),
+        wall,
+        limited as f64 / 100.0,
+        "rate: 100/s",
+        summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
     );
 
     // 4. Cleanup of old log rows.

@@ -1004,11 +1004,18 @@ pub fn secret(env: &str, file: Option<&Path>) -> Result<Option<String>> {
         .or_else(|| file.map(Path::to_path_buf));
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(&p)
-                .with_context(|| format!("cannot read the secret file `{}`", p.display()))?;
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                CodedError::config(format!(
+                    "cannot read the secret file `{}` (from {file_env} or the config): {e}; check the path and that this user may read it",
+                    p.display()
+                ))
+            })?;
             let v = text.trim_end_matches(['\n', '\r']).to_string();
             if v.is_empty() {
-                bail!("the secret file `{}` is empty", p.display());
+                return Err(CodedError::config(format!(
+                    "the secret file `{}` is empty: write the secret in it",
+                    p.display()
+                )));
             }
             Ok(Some(v))
         }

@@ -98,6 +98,12 @@ impl Sheet {
             .enumerate()
             .map(|(i, h)| (h.trim().to_lowercase(), i))
             .collect();
+        if headers.iter().all(|h| h.trim().is_empty()) {
+            bail!(
+                "`{name}` is empty: expected a header row with the columns {} and one row per line",
+                required.join(", ")
+            );
+        }
         for r in required {
             if !columns.contains_key(*r) {
                 let found: Vec<&str> = headers.iter().collect();

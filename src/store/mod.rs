@@ -53,6 +53,10 @@ impl Store {
         let mut conn = Connection::open(path)
             .with_context(|| format!("cannot open the store `{}`", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
+        // Every write transaction takes the write lock at BEGIN, where the busy timeout waits
+        // for it; a deferred one that reads first could not upgrade when another process wrote
+        // meanwhile, and would fail at once with "database is locked".
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         conn.pragma_update(None, "journal_mode", "WAL")
             .with_context(|| format!("cannot switch the store `{}` to WAL", path.display()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -71,7 +71,7 @@ fn set_credentials(env: &Env, password: &str) -> Out {
     }
 }
 
-fn quota(group: &str, name: &str, dues: &[&str]) -> SbQuota {
+pub(crate) fn quota(group: &str, name: &str, dues: &[&str]) -> SbQuota {
     SbQuota {
         group: group.into(),
         quota: "0123".into(),
@@ -85,7 +85,7 @@ fn quota(group: &str, name: &str, dues: &[&str]) -> SbQuota {
 }
 
 /// A portal user, credentials stored, and clients imported from a spreadsheet.
-fn setup(env: &Env, rows: &[(&str, &str, &str, &str)]) {
+pub(crate) fn setup(env: &Env, rows: &[(&str, &str, &str, &str)]) {
     env.sandbox.canopus.add_user("24627", "s3nha");
     let out = set_credentials(env, "s3nha");
     assert_eq!(out.code, 0, "{out:?}");
@@ -100,7 +100,7 @@ fn setup(env: &Env, rows: &[(&str, &str, &str, &str)]) {
     assert_eq!(out.code, 0, "{out:?}");
 }
 
-fn digits(n: u32) -> String {
+pub(crate) fn digits(n: u32) -> String {
     cpf(n).digits().to_string()
 }
 

@@ -6,7 +6,7 @@ use crm_jobs::sandbox::Route;
 
 use crate::support::*;
 
-fn some_contracts(env: &Env, from: u32, count: u32) {
+pub(crate) fn some_contracts(env: &Env, from: u32, count: u32) {
     let mut csv = String::from("contrato,cpf,nome,data_instalacao\n");
     for n in from..from + count {
         let c = cpf(n);

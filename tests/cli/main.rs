@@ -5,9 +5,11 @@
 mod support;
 
 mod boletos;
+mod corpus;
 mod fetch;
 mod imports;
 mod lifecycle;
 mod operate;
+mod proving;
 mod renew;
 mod sync;

@@ -6,7 +6,7 @@ use crm_jobs::sandbox::{Fault, Route};
 
 use crate::support::*;
 
-fn enqueue(env: &Env, lines: &[&str]) -> Out {
+pub(crate) fn enqueue(env: &Env, lines: &[&str]) -> Out {
     let file = env.path("changes.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
     env.run(&["enqueue", file.to_str().unwrap()])
@@ -34,10 +34,10 @@ fn statuses(env: &Env) -> Vec<(i64, String)> {
         .collect()
 }
 
-const NO_LIMIT: &str = "[crm]\nrate_limit_per_minute = 0\nconcurrency = 1\n";
+pub(crate) const NO_LIMIT: &str = "[crm]\nrate_limit_per_minute = 0\nconcurrency = 1\n";
 
 /// Puts `crm` (a `[crm]` header and keys) in place of the `[crm]` header of the config.
-fn with_crm(env: &Env, crm: &str) {
+pub(crate) fn with_crm(env: &Env, crm: &str) {
     let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
     std::fs::write(env.path("config.toml"), config.replacen("[crm]\n", crm, 1)).unwrap();
 }

@@ -1,0 +1,418 @@
+//! The proving ground (issue 7): suites that cross all jobs. Crash (kill -9 at many points, then
+//! run again, then check the invariants), concurrency (jobs at once on one store), faults (10%
+//! transient errors and jittered latency everywhere) and secrets (never in logs, output, store).
+//!
+//! Each suite runs a few iterations by default, so that `cargo test` stays quick; set
+//! `CRM_JOBS_FULL_SUITES=1` for many more (and `CRM_JOBS_CRASH_SEED=N` to vary the kill points).
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use crm_jobs::sandbox::Route;
+
+use crate::boletos::{digits, quota, setup};
+use crate::lifecycle::some_contracts;
+use crate::support::*;
+use crate::sync::{NO_LIMIT, enqueue, with_crm};
+
+fn full() -> bool {
+    std::env::var("CRM_JOBS_FULL_SUITES").is_ok_and(|v| v == "1")
+}
+
+/// The kill points: `n` request counts in `1..=max`, spread by a seeded generator.
+fn kill_points(n: usize, max: u64) -> Vec<u64> {
+    let mut seed: u64 = std::env::var("CRM_JOBS_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let mut points: Vec<u64> = (0..n)
+        .map(|_| {
+            // xorshift64*
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            1 + (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % max
+        })
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    points
+}
+
+fn iterations(quick: usize, long: usize) -> usize {
+    if full() { long } else { quick }
+}
+
+/// Starts `args`, lets `n` requests of `route` through, holds the next and kills the process
+/// (SIGKILL) while that request waits. Returns false when the run ended before (fewer requests).
+fn kill_at(env: &Env, args: &[&str], route: Route, n: u64) -> bool {
+    env.sandbox.faults.hold_after(route, n);
+    let mut child = env.spawn(args);
+    let held = env
+        .sandbox
+        .faults
+        .wait_held(route, 1, std::time::Duration::from_secs(10));
+    let killed = held >= 1;
+    child.kill().ok();
+    child.wait().unwrap();
+    env.sandbox.faults.release_all();
+    killed
+}
+
+/// Invariants of the store after any crash and a run to completion.
+fn store_is_sound(env: &Env, job: &str) {
+    let ok: String = env.query("PRAGMA integrity_check");
+    assert_eq!(ok, "ok");
+    let fk: i64 = env.query("SELECT COUNT(*) FROM pragma_foreign_key_check");
+    assert_eq!(fk, 0, "foreign keys");
+    let running: i64 = env.query(&format!(
+        "SELECT COUNT(*) FROM runs WHERE job = '{job}' AND status = 'running'"
+    ));
+    assert_eq!(running, 0, "a run left `running`");
+    let interrupted: i64 = env.query(&format!(
+        "SELECT COUNT(*) FROM runs WHERE job = '{job}' AND status = 'interrupted'"
+    ));
+    assert!(interrupted >= 1, "the killed run shows as `interrupted`");
+}
+
+/// No partial file under a final name: every file the store points to has the hash the store
+/// recorded, and any other file is a temporary one.
+fn no_partial_file(env: &Env, table: &str, settled: bool) {
+    let db = env.db();
+    let mut stmt = db
+        .prepare(&format!(
+            "SELECT pdf_path, pdf_sha256 FROM {table} WHERE pdf_path IS NOT NULL"
+        ))
+        .unwrap();
+    let recorded: Vec<(String, Option<String>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for f in files_under(&env.downloads()) {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with(".crm-jobs-") {
+            continue;
+        }
+        let path = f.to_string_lossy().to_string();
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            bytes.starts_with(b"%PDF-") && bytes.windows(5).any(|w| w == b"%%EOF"),
+            "{f:?} is not a whole PDF"
+        );
+        // A kill between the file's rename and the store's commit leaves a whole file the store
+        // does not know yet: the next run writes it again under the same name.
+        let Some((_, Some(sha))) = recorded.iter().find(|(p, _)| *p == path) else {
+            assert!(
+                !settled,
+                "{f:?} is under a final name but the store does not know it"
+            );
+            continue;
+        };
+        assert_eq!(
+            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            sha,
+            "{f:?} is not the file the store recorded"
+        );
+    }
+}
+
+#[test]
+fn crash_fetch_invoices_anywhere_then_finish() {
+    let mut killed = 0;
+    // 4 contracts x 2 invoices: params, session, 4 debts, 8 PDFs = 14 requests.
+    for n in kill_points(iterations(3, 20), 14) {
+        let env = Env::new();
+        some_contracts(&env, 100, 4);
+        let route = if n <= 6 {
+            Route::NioDebts
+        } else {
+            Route::NioPdf
+        };
+        let at = if n <= 6 { n.min(4) - 1 } else { n - 7 };
+        if !kill_at(&env, &["fetch-invoices"], route, at) {
+            continue;
+        }
+        killed += 1;
+        no_partial_file(&env, "invoices", false);
+        let out = env.run(&["fetch-invoices"]);
+        assert_eq!(out.code, 0, "kill point {n}: {out:?}");
+        store_is_sound(&env, "fetch-invoices");
+        let whole: i64 = env.query(
+            "SELECT COUNT(*) FROM invoices WHERE match_outcome = 'matched' AND fetch_status = 'success' AND pdf_sha256 IS NOT NULL",
+        );
+        assert_eq!(
+            whole, 8,
+            "kill point {n}: every invoice matched with its PDF"
+        );
+        no_partial_file(&env, "invoices", true);
+        let pdfs = files_under(&env.downloads())
+            .into_iter()
+            .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(pdfs, 8, "kill point {n}: one file per invoice");
+    }
+    assert!(killed > 0, "no kill point was reached");
+}
+
+#[test]
+fn crash_sync_queue_anywhere_then_finish_without_duplicates() {
+    let mut killed = 0;
+    let items = 6;
+    for n in kill_points(iterations(3, 20), items) {
+        let env = Env::new();
+        with_crm(&env, NO_LIMIT);
+        let lines: Vec<String> = (1..=items)
+            .map(|i| format!(r#"{{"entity": "produtos", "record_id": "{i}", "action": "create", "payload": {{"nome": "P{i}"}}}}"#))
+            .collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        assert_eq!(enqueue(&env, &refs).code, 0);
+        if !kill_at(&env, &["sync-queue"], Route::Crm, n - 1) {
+            continue;
+        }
+        killed += 1;
+        let out = env.run(&["sync-queue"]);
+        assert_eq!(out.code, 0, "kill point {n}: {out:?}");
+        store_is_sound(&env, "sync-queue");
+        assert_eq!(
+            env.sandbox.crm.records("produtos").len(),
+            items as usize,
+            "kill point {n}: no item lost"
+        );
+        assert_eq!(
+            env.sandbox.crm.duplicates(),
+            0,
+            "kill point {n}: no record created twice"
+        );
+        let done: i64 = env.query("SELECT COUNT(*) FROM sync_queue WHERE status = 'done'");
+        assert_eq!(done, items as i64, "kill point {n}");
+    }
+    assert!(killed > 0, "no kill point was reached");
+}
+
+#[test]
+fn crash_download_boletos_anywhere_then_finish() {
+    let mut killed = 0;
+    let clients = 3;
+    for n in kill_points(iterations(3, 15), clients) {
+        let env = Env::new();
+        env.configure("", "concurrency = 1");
+        let rows: Vec<(String, String)> = (0..clients)
+            .map(|i| (format!("{}/1", i + 1), digits(70 + i as u32)))
+            .collect();
+        let names = ["ANA", "BRUNO", "CARLA"];
+        let table: Vec<(&str, &str, &str, &str)> = rows
+            .iter()
+            .zip(names)
+            .map(|((q, d), name)| (q.as_str(), d.as_str(), name, "Em dia"))
+            .collect();
+        setup(&env, &table);
+        for i in 0..clients {
+            env.sandbox.canopus.set_client(
+                &digits(70 + i as u32),
+                vec![quota(&format!("{i}"), names[i as usize], &["2025-11-10"])],
+            );
+        }
+        let args = ["download-boletos", "--ano", "2025", "--mes", "11"];
+        if !kill_at(&env, &args, Route::CanopusPdf, n - 1) {
+            continue;
+        }
+        killed += 1;
+        no_partial_file(&env, "boletos", false);
+        let out = env.run(&args);
+        assert_eq!(out.code, 0, "kill point {n}: {out:?}");
+        store_is_sound(&env, "download-boletos");
+        no_partial_file(&env, "boletos", true);
+        let finals: Vec<String> = files_under(&env.downloads())
+            .into_iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().to_string())
+            .filter(|f| !f.starts_with('.'))
+            .collect();
+        assert_eq!(finals.len(), clients as usize, "kill point {n}: {finals:?}");
+        let ok: i64 = env.query(
+            "SELECT COUNT(DISTINCT client_id) FROM boletos WHERE outcome = 'success' AND year = 2025 AND month = 11",
+        );
+        assert_eq!(ok, clients as i64, "kill point {n}");
+    }
+    assert!(killed > 0, "no kill point was reached");
+}
+
+#[test]
+fn jobs_at_once_on_one_store_never_meet_a_locked_database() {
+    let env = Env::new();
+    with_crm(&env, NO_LIMIT);
+    some_contracts(&env, 200, 6);
+    let lines: Vec<String> = (1..=20)
+        .map(|i| format!(r#"{{"entity": "produtos", "record_id": "{i}", "action": "create", "payload": {{"nome": "P{i}"}}}}"#))
+        .collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    assert_eq!(enqueue(&env, &refs).code, 0);
+    for round in 0..iterations(2, 10) {
+        let children: Vec<_> = [
+            vec!["fetch-invoices"],
+            vec!["fetch-invoices"],
+            vec!["sync-queue"],
+            vec!["sync-queue"],
+            vec!["cleanup"],
+            vec!["retry"],
+            vec!["status", "--json"],
+            vec!["report", "--out", "/dev/null"],
+        ]
+        .into_iter()
+        .map(|a| (a.join(" "), env.spawn(&a)))
+        .collect();
+        for (what, c) in children {
+            let o = c.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                matches!(o.status.code(), Some(0) | Some(75)),
+                "round {round}: `{what}` exited {:?}: {stderr}",
+                o.status.code()
+            );
+            assert!(
+                !stderr.to_lowercase().contains("database is locked")
+                    && !stderr.to_lowercase().contains("busy"),
+                "round {round}: `{what}`: {stderr}"
+            );
+        }
+    }
+    assert_eq!(env.sandbox.crm.duplicates(), 0, "no double work");
+    assert_eq!(env.sandbox.crm.records("produtos").len(), 20);
+    let ok: String = env.query("PRAGMA integrity_check");
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn with_ten_percent_faults_every_item_ends_in_its_final_state() {
+    let env = Env::new();
+    // The client retries each Nio request twice; CRM items are tried up to 8 times.
+    env.write_config("request_retries = 2");
+    with_crm(&env, NO_LIMIT);
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!("[sync]\nmax_attempts = 8\n\n{config}"),
+    )
+    .unwrap();
+    some_contracts(&env, 300, 10);
+    let lines: Vec<String> = (1..=30)
+        .map(|i| format!(r#"{{"entity": "produtos", "record_id": "{i}", "action": "create", "payload": {{"nome": "P{i}"}}}}"#))
+        .collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    assert_eq!(enqueue(&env, &refs).code, 0);
+    env.sandbox.faults.set_error_rate(0.10);
+    env.sandbox.faults.set_latency(1, 4);
+    // Each round is a later minute, past every backoff.
+    for round in 0..12 {
+        let now = format!("2025-11-10T12:{:02}:00-03:00", round * 4);
+        for args in [&["fetch-invoices"][..], &["retry"], &["sync-queue"]] {
+            let o = env.cmd(args).env("CRM_JOBS_NOW", &now).output().unwrap();
+            assert!(
+                matches!(o.status.code(), Some(0) | Some(1) | Some(3)),
+                "{args:?}: {o:?}"
+            );
+        }
+        let pending: i64 = env.query(
+            "SELECT (SELECT COUNT(*) FROM invoices WHERE fetch_status <> 'success') + (SELECT COUNT(*) FROM sync_queue WHERE status <> 'done')",
+        );
+        if pending == 0 {
+            break;
+        }
+    }
+    env.sandbox.faults.set_error_rate(0.0);
+    let invoices: i64 = env.query(
+        "SELECT COUNT(*) FROM invoices WHERE fetch_status = 'success' AND match_outcome = 'matched'",
+    );
+    assert_eq!(
+        invoices, 20,
+        "every invoice matched within the retry budget"
+    );
+    let done: i64 = env.query("SELECT COUNT(*) FROM sync_queue WHERE status = 'done'");
+    assert_eq!(done, 30, "every queue item done within the retry budget");
+    assert_eq!(env.sandbox.crm.duplicates(), 0);
+    assert_eq!(env.sandbox.crm.records("produtos").len(), 30);
+}
+
+#[test]
+fn secrets_never_reach_logs_output_or_the_store_and_files_are_private() {
+    let env = Env::new();
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!("[metrics]\ntextfile_dir = \"metrics\"\n\n{config}"),
+    )
+    .unwrap();
+    some_contracts(&env, 400, 2);
+    setup(&env, &[("1/1", &digits(80), "DANIEL", "Em dia")]);
+    env.sandbox
+        .canopus
+        .set_client(&digits(80), vec![quota("80", "DANIEL", &["2025-11-10"])]);
+    assert_eq!(
+        enqueue(
+            &env,
+            &[r#"{"entity": "produtos", "record_id": "1", "action": "create", "payload": {"nome": "P1"}}"#]
+        )
+        .code,
+        0
+    );
+    let secrets = [
+        crm_jobs::sandbox::DEFAULT_PASSPHRASE,
+        FERNET_KEY,
+        "s3nha",
+        crm_jobs::sandbox::crm::ACCESS_TOKEN,
+        crm_jobs::sandbox::crm::SECRET_TOKEN,
+        crm_jobs::sandbox::stripe::SECRET_KEY,
+        crm_jobs::sandbox::SMTP_PASSWORD,
+    ];
+    let mut seen = String::new();
+    for args in [
+        &["fetch-invoices"][..],
+        &["download-boletos", "--ano", "2025", "--mes", "11"],
+        &["sync-queue"],
+        &["renew"],
+        &["cleanup"],
+        &["doctor"],
+        &["config", "check"],
+        &["status"],
+        &["credentials", "list"],
+    ] {
+        for format in ["text", "json"] {
+            let mut a = vec!["-vv", "--log-format", format, "--json"];
+            a.extend_from_slice(args);
+            let o = env.run(&a);
+            seen.push_str(&o.stdout);
+            seen.push_str(&o.stderr);
+        }
+    }
+    for s in secrets {
+        assert!(!seen.contains(s), "a secret in the output or logs: {s}");
+    }
+    // The store (with its WAL) and every file written: no secret in clear text.
+    let mut files = files_under(env.dir.path());
+    files.retain(|f| !f.ends_with("config.toml"));
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        for s in secrets {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "`{s}` in clear text in {f:?}"
+            );
+        }
+    }
+    // Created files and folders are private to the owner (the test's own inputs aside).
+    let ours = [env.path("store"), env.downloads(), env.path("metrics")];
+    for f in files
+        .into_iter()
+        .filter(|f| ours.iter().any(|d| f.starts_with(d)))
+    {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{f:?} is {mode:o}");
+    }
+    for d in [
+        env.path("store"),
+        env.path("store/crm.db.locks"),
+        env.downloads(),
+    ] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{d:?} is {mode:o}");
+    }
+}
