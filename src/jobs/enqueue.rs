@@ -73,7 +73,8 @@ fn read_stdin() -> Result<String> {
     Ok(text)
 }
 
-fn parse_line(
+/// Reads one JSON line of changes (public for the fuzz target).
+pub fn parse_line(
     line: &str,
     resources: &std::collections::BTreeMap<String, String>,
 ) -> Result<NewItem, String> {

@@ -371,6 +371,13 @@ fn starttls_and_auth_with_the_servers_certificate() {
     env.sandbox.smtp.set_require_tls(true);
     std::fs::write(env.path("smtp-ca.pem"), env.sandbox.smtp.certificate_pem()).unwrap();
     set_key(&env, "smtp", "tls", "\"starttls\"");
+    subscriptions(&env, &[("ended", "active", "2025-11-10T14:00:00Z", "")]);
+    // Without the server's CA configured, its certificate is refused: nothing is sent, the
+    // email waits.
+    let refused = env.run(&["renew"]);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    assert!(refused.stderr.contains("certificate"), "{refused:?}");
+    assert!(env.sandbox.smtp.received().is_empty());
     let cfg = std::fs::read_to_string(env.path("config.toml"))
         .unwrap()
         .replacen(
@@ -382,8 +389,7 @@ fn starttls_and_auth_with_the_servers_certificate() {
             1,
         );
     std::fs::write(env.path("config.toml"), cfg).unwrap();
-    subscriptions(&env, &[("ended", "active", "2025-11-10T14:00:00Z", "")]);
-    let out = env.run(&["renew"]);
+    let out = env.run(&["renew", "--step", "emails"]);
     assert_eq!(out.code, 0, "{out:?}");
     let got = env.sandbox.smtp.received();
     assert_eq!(got.len(), 1);
