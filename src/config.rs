@@ -53,6 +53,7 @@ const SECTIONS: &[&str] = &[
     "smtp",
     "renew",
     "metrics",
+    "tls",
     "pings",
     "alerts.stale_hours",
     "alerts",
@@ -76,6 +77,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub renew: RenewConfig,
     pub metrics: MetricsConfig,
+    pub tls: TlsConfig,
     /// `[pings]`: a Healthchecks.io-style URL per job (`fetch-invoices = "https://hc-ping.com/..."`).
     pub pings: std::collections::BTreeMap<String, String>,
     /// `[schedule.<name>]`: when each job runs (changes the built-in schedule, see
@@ -142,6 +144,15 @@ pub struct ScheduleEntry {
     pub quiet: Option<bool>,
     /// `false` drops the entry.
     pub enabled: Option<bool>,
+}
+
+/// `[tls]`: what the HTTPS clients (Nio, Canopus, CRM, Stripe, pings) trust besides the
+/// system's certificate authorities.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file of extra CA certificates (a company proxy's CA, a test CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[metrics]`: the Prometheus textfile written after every run.
@@ -833,6 +844,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     fix(&mut config.crm.secret_token_file);
     fix(&mut config.stripe.secret_key_file);
     fix(&mut config.smtp.password_file);
+    fix(&mut config.tls.ca_file);
     fix(&mut config.smtp.ca_file);
     fix(&mut config.smtp.eml_dir);
     fix(&mut config.metrics.textfile_dir);

@@ -78,7 +78,7 @@ impl CrmClient {
             Ok((HeaderName::from_bytes(name.as_bytes())?, v))
         };
         Ok(CrmClient {
-            http: reqwest::Client::builder()
+            http: crate::http::builder()
                 .user_agent(concat!("crm-jobs/", env!("CARGO_PKG_VERSION")))
                 .timeout(Duration::from_secs(cfg.timeout_secs))
                 .connect_timeout(Duration::from_secs(10))

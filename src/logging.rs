@@ -38,12 +38,14 @@ impl Write for Stderr {
 
 /// Installs the global subscriber.
 pub fn init(global: &GlobalArgs, color: bool) -> Result<()> {
+    // The certificate verifier logs its refusals as errors of its own; the request's error
+    // already says it, with what to do, so it is heard only with -vv.
     let default = if global.quiet {
-        "warn"
+        "warn,rustls_platform_verifier=off"
     } else {
         match global.verbose {
-            0 => "warn,crm_jobs=info",
-            1 => "warn,crm_jobs=debug",
+            0 => "warn,crm_jobs=info,rustls_platform_verifier=off",
+            1 => "warn,crm_jobs=debug,rustls_platform_verifier=off",
             _ => "debug,crm_jobs=trace",
         }
     };

@@ -26,7 +26,7 @@ fn send(target: String, body: String) {
         return;
     };
     let ping = async move {
-        let client = reqwest::Client::builder()
+        let client = crate::http::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
         client

@@ -73,7 +73,7 @@ impl StripeClient {
         retries: u32,
     ) -> anyhow::Result<StripeClient> {
         Ok(StripeClient {
-            http: reqwest::Client::builder()
+            http: crate::http::builder()
                 .user_agent(concat!("crm-jobs/", env!("CARGO_PKG_VERSION")))
                 .timeout(timeout)
                 .connect_timeout(Duration::from_secs(10))

@@ -262,7 +262,7 @@ pub struct Browser {
 impl Browser {
     pub fn new(base: &str, login_path: &str, timeout: Duration) -> anyhow::Result<Browser> {
         let base = Url::parse(&format!("{}/", base.trim_end_matches('/')))?;
-        let http = reqwest::Client::builder()
+        let http = crate::http::builder()
             .user_agent(concat!(
                 "Mozilla/5.0 (compatible; crm-jobs/",
                 env!("CARGO_PKG_VERSION"),

@@ -265,7 +265,7 @@ async fn reach(r: &mut Report, name: &str, url: &str) {
             return;
         }
     }
-    let client = match reqwest::Client::builder()
+    let client = match crate::http::builder()
         .timeout(Duration::from_secs(10))
         .build()
     {

@@ -45,6 +45,7 @@ impl Ctx {
         let loaded = cfg::load(global.config.as_deref())?;
         let clock = Clock::from_env().map_err(|e| CodedError::config(format!("{e:#}")))?;
         let printer = Printer::new(&global);
+        crate::http::configure(&loaded.config.tls)?;
         crate::metrics::configure(loaded.config.metrics.textfile_dir.clone());
         crate::pings::configure(loaded.config.pings.clone());
         if loaded.config.alerts.to.is_some() {

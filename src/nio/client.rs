@@ -118,7 +118,7 @@ impl NioClient {
                 "`[nio] base_url` is not set: set it in the config file or `CRM_JOBS_NIO_BASE_URL` (the real site is https://negociacao.niointernet.com.br)",
             )
         })?;
-        let http = reqwest::Client::builder()
+        let http = crate::http::builder()
             .user_agent(concat!("crm-jobs/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs))
             .timeout(Duration::from_secs(cfg.timeout_secs))

@@ -11,6 +11,7 @@ pub mod pings;
 pub mod scenario;
 pub mod smtp;
 pub mod stripe;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub struct Sandbox {
     /// The SMTP server (its own port), accepting [`SMTP_USER`] / [`SMTP_PASSWORD`].
     pub smtp: Arc<smtp::SmtpServer>,
     pub faults: Arc<Faults>,
+    /// The same services over HTTPS, with a certificate of a test CA made at start.
+    pub tls_addr: SocketAddr,
+    tls_ca_pem: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -58,6 +62,11 @@ impl Sandbox {
             .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let (tls_ca_pem, tls_config) = tls::test_ca()?;
+        let tls_listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .context("cannot listen on 127.0.0.1 for HTTPS")?;
+        tls_listener.set_nonblocking(true)?;
+        let tls_addr = tls_listener.local_addr()?;
         nio.set_self_url(&format!("http://{addr}"));
         let app = Router::new()
             .merge(nio::routes(nio.clone()))
@@ -66,6 +75,7 @@ impl Sandbox {
             .merge(stripe::routes(stripe.clone()))
             .merge(pings::routes(pings.clone()))
             .merge(faults::routes(faults.clone()));
+        let tls_app = app.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (smtp_tx, smtp_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -83,6 +93,11 @@ impl Sandbox {
                     if !ok {
                         return;
                     }
+                    let tls = tls::TlsListener {
+                        tcp: tokio::net::TcpListener::from_std(tls_listener).expect("listener"),
+                        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
+                    };
+                    tokio::spawn(axum::serve(tls, tls_app).into_future());
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                     axum::serve(listener, app)
                         .with_graceful_shutdown(async {
@@ -105,9 +120,22 @@ impl Sandbox {
             pings,
             smtp,
             faults,
+            tls_addr,
+            tls_ca_pem,
             shutdown: Some(tx),
             thread: Some(thread),
         })
+    }
+
+    /// A service's base URL over HTTPS, e.g. `tls_url("crm")`: trusted only with
+    /// [`Sandbox::tls_ca_pem`] as `[tls] ca_file`.
+    pub fn tls_url(&self, service: &str) -> String {
+        format!("https://{}/{service}", self.tls_addr)
+    }
+
+    /// The PEM of the test CA that signed the HTTPS certificate.
+    pub fn tls_ca_pem(&self) -> &str {
+        &self.tls_ca_pem
     }
 
     /// The `[nio] base_url` to configure.

@@ -416,3 +416,54 @@ fn secrets_never_reach_logs_output_or_the_store_and_files_are_private() {
         assert_eq!(mode & 0o077, 0, "{d:?} is {mode:o}");
     }
 }
+
+#[test]
+fn tls_certificates_are_verified_and_only_a_configured_ca_is_trusted() {
+    let env = Env::new();
+    with_crm(&env, NO_LIMIT);
+    let config = std::fs::read_to_string(env.path("config.toml"))
+        .unwrap()
+        .replace(&env.sandbox.crm_base_url(), &env.sandbox.tls_url("crm"));
+    std::fs::write(env.path("config.toml"), &config).unwrap();
+    assert_eq!(
+        enqueue(
+            &env,
+            &[r#"{"entity": "produtos", "record_id": "1", "action": "create", "payload": {"nome": "P1"}}"#]
+        )
+        .code,
+        0
+    );
+    // The sandbox's HTTPS certificate is signed by a test CA nobody trusts: refused.
+    let refused = env.run(&["sync-queue"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stderr.contains("the server's TLS certificate is not trusted: if it is signed by a CA of your own, put that CA's PEM in `[tls] ca_file`"),
+        "{refused:?}"
+    );
+    assert!(env.sandbox.crm.records("produtos").is_empty());
+    if std::env::var("CRM_JOBS_CORPUS_PRINT").is_ok() {
+        eprintln!("{}", refused.stderr);
+    }
+    // With the test CA configured, the same request goes through.
+    std::fs::write(env.path("test-ca.pem"), env.sandbox.tls_ca_pem()).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!(
+            "[tls]\nca_file = \"{}\"\n\n{config}",
+            env.path("test-ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let out = env
+        .cmd(&["sync-queue"])
+        .env("CRM_JOBS_NOW", "2025-11-10T12:10:00-03:00")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(env.sandbox.crm.records("produtos").len(), 1);
+    // A file that holds no certificate is a configuration error.
+    std::fs::write(env.path("test-ca.pem"), "not a certificate\n").unwrap();
+    let bad = env.run(&["config", "check"]);
+    assert_eq!(bad.code, 78, "{bad:?}");
+    assert!(bad.stderr.contains("holds no PEM certificate"), "{bad:?}");
+}
