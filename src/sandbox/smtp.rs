@@ -84,6 +84,8 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     /// Signalled each time a message is stored, for `wait_received`.
     stored: Condvar,
+    /// Wakes the sessions held after their data.
+    released: tokio::sync::Notify,
     user: String,
     password: String,
     acceptor: TlsAcceptor,
@@ -99,6 +101,9 @@ struct State {
     require_auth: bool,
     implicit_tls: bool,
     received: Vec<Received>,
+    /// Once this many messages are stored, the next ones are stored and then left without an
+    /// answer until [`SmtpServer::release`] (a process killed there cannot know they went).
+    hold_after: Option<usize>,
 }
 
 impl SmtpServer {
@@ -141,8 +146,10 @@ impl SmtpServer {
                 require_auth: true,
                 implicit_tls: false,
                 received: Vec::new(),
+                hold_after: None,
             }),
             stored: Condvar::new(),
+            released: tokio::sync::Notify::new(),
             user: user.to_string(),
             password: password.to_string(),
             acceptor: TlsAcceptor::from(Arc::new(config)),
@@ -202,6 +209,19 @@ impl SmtpServer {
     /// style) instead of offering STARTTLS (default false).
     pub fn set_implicit_tls(&self, on: bool) {
         self.shared.lock().implicit_tls = on;
+    }
+
+    /// Lets `n` more messages through, then stores each next one and holds its answer to the
+    /// final dot until [`SmtpServer::release`].
+    pub fn hold_after_messages(&self, n: usize) {
+        let mut state = self.shared.lock();
+        state.hold_after = Some(state.received.len() + n);
+    }
+
+    /// Answers the held messages and holds no more.
+    pub fn release(&self) {
+        self.shared.lock().hold_after = None;
+        self.shared.released.notify_waiters();
     }
 
     /// Messages stored so far.
@@ -505,6 +525,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 });
                 if fault == Some(SmtpFault::DropAfterData) {
                     return Ok(Ending::Close);
+                }
+                loop {
+                    let released = shared.released.notified();
+                    let held = {
+                        let state = shared.lock();
+                        state.hold_after.is_some_and(|k| state.received.len() > k)
+                    };
+                    if !held {
+                        break;
+                    }
+                    released.await;
                 }
                 reply(io, 250, &format!("2.0.0 Ok: queued as {id}")).await?;
             }
