@@ -66,6 +66,67 @@ fn queued_email(env: &Env) {
     assert_eq!(env.run(&["renew", "--step", "expiring"]).code, 0);
 }
 
+fn not_a_pdf(env: &Env) {
+    let c = env.one_contract(4);
+    let mut d = debt("400", &[1]);
+    d.invoices[0].pdf = crm_jobs::sandbox::PdfKind::NotPdf;
+    env.sandbox.nio.set_customer(c.digits(), vec![d]);
+}
+
+fn stripe_subscription(env: &Env, stripe_id: &str) {
+    let file = env.path("stripe.jsonl");
+    std::fs::write(
+        &file,
+        [
+            r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#.to_string(),
+            r#"{"type": "user", "id": "u1", "name": "Ana", "email": "ana@example.com"}"#.to_string(),
+            format!(
+                r#"{{"type": "subscription", "id": "s1", "user": "u1", "plan": "pro", "status": "active", "current_period_start": "2025-10-10T22:00:00Z", "current_period_end": "2025-11-10T22:00:00Z", "gateway": "stripe", "gateway_subscription_id": "{stripe_id}"}}"#
+            ),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        env.run(&["import", "subscriptions", file.to_str().unwrap()])
+            .code,
+        0
+    );
+}
+
+fn stripe_unknown(env: &Env) {
+    stripe_subscription(env, "sub_404");
+}
+
+fn stripe_known(env: &Env) {
+    stripe_subscription(env, "sub_1");
+    env.sandbox
+        .stripe
+        .set("sub_1", "active", 1_762_812_000, 1_765_404_000);
+}
+
+fn stripe_down(env: &Env) {
+    stripe_known(env);
+    env.sandbox.faults.push(
+        crm_jobs::sandbox::Route::Stripe,
+        crm_jobs::sandbox::Fault::Status {
+            status: 500,
+            retry_after: None,
+        },
+        5,
+    );
+}
+
+fn smtp_rejects(env: &Env) {
+    queued_email(env);
+    env.sandbox
+        .smtp
+        .push_fault(crm_jobs::sandbox::smtp::SmtpFault::RejectMail {
+            code: 550,
+            text: "5.1.1 Mailbox unavailable".into(),
+        });
+}
+
 const DATA_TABLES: &[&str] = &[
     "contracts",
     "invoices",
@@ -163,8 +224,13 @@ fn cases() -> Vec<Case> {
         // The portals' answers.
         case!(name: "nio: a renamed field", config: "[nio.fields]\ndebts = \"dividas\"\n", setup: customer, args: &["fetch-invoices"], code: 1, message: "the Nio debts answer has no `dividas` list: the API changed; see `[nio.fields] debts`"),
         case!(name: "nio: captcha wall", setup: captcha, args: &["fetch-invoices"], code: 1, message: "it wants a browser and a reCAPTCHA (captcha wall). Stopping the run instead of insisting; try again later"),
+        case!(name: "nio: a PDF body that is not a PDF", setup: not_a_pdf, args: &["fetch-invoices", "--no-retry"], code: 1, message: "is not a PDF (42 bytes starting with `<html><body>Sess"),
         // Stripe and SMTP.
         case!(name: "stripe: key missing", env: &[("CRM_JOBS_STRIPE_SECRET_KEY", "")], args: &["renew", "--step", "stripe"], code: 78, message: "the Stripe secret key is not set: export `CRM_JOBS_STRIPE_SECRET_KEY` or set `[stripe] secret_key_file`"),
+        case!(name: "stripe: unknown subscription", setup: stripe_unknown, args: &["renew", "--step", "stripe"], code: 1, message: "subscription `s1`: Stripe answered 404 Not Found for `sub_404` (resource_missing: No such subscription: 'sub_404')"),
+        case!(name: "stripe: refused key", env: &[("CRM_JOBS_STRIPE_SECRET_KEY", "sk_test_wrong")], setup: stripe_known, args: &["renew", "--step", "stripe"], code: 1, message: "Stripe refused the secret key (401 Unauthorized: Invalid API Key provided: sk_test_****): check `CRM_JOBS_STRIPE_SECRET_KEY`; the step stopped"),
+        case!(name: "stripe: server error", setup: stripe_down, args: &["renew", "--step", "stripe"], code: 1, message: "subscription `s1`: Stripe answered 500 Internal Server Error"),
+        case!(name: "smtp: recipient refused", setup: smtp_rejects, args: &["renew", "--step", "emails"], code: 1, message: "email #1 to ana@example.com: the SMTP server refused it: permanent error (550): 5.1.1 Mailbox unavailable"),
         case!(name: "smtp: refused password", env: &[("CRM_JOBS_SMTP_PASSWORD", "wrong")], setup: queued_email, args: &["renew", "--step", "emails"], code: 3, message: "the SMTP server `127.0.0.1` cannot be used: permanent error (535): 5.7.8 Authentication credentials invalid; 1 email(s) wait for the next run (the state changes stand)"),
     ]
 }

@@ -474,9 +474,8 @@ fn crash_renew_while_an_email_is_in_the_smtp_conversation() {
     let mut killed = 0;
     for k in 0..users {
         let env = Env::new();
-        let mut lines = vec![
-            r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#.to_string(),
-        ];
+        let mut lines =
+            vec![r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#.to_string()];
         for u in 0..users {
             lines.push(format!(
                 r#"{{"type": "user", "id": "u{u}", "name": "User {u}", "email": "u{u}@example.com"}}"#
