@@ -30,6 +30,8 @@ const RESERVED_ENV: &[&str] = &[
     "CRM_JOBS_SMTP_PASSWORD",
     "CRM_JOBS_SMTP_PASSWORD_FILE",
     "CRM_JOBS_LOG",
+    // The crash suite's hook; honoured by debug builds only (see `store::crash_point`).
+    "CRM_JOBS_TEST_ABORT_AT_COMMIT",
 ];
 
 /// Sections that environment variables may address, longest first so that `nio.fields`

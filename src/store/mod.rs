@@ -61,6 +61,7 @@ impl Store {
             .with_context(|| format!("cannot switch the store `{}` to WAL", path.display()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        crash_point(&conn)?;
         MIGRATIONS.to_latest(&mut conn).with_context(|| {
             format!(
                 "cannot bring the schema of `{}` up to date (is it a crm-jobs store, written by a newer version?)",
@@ -95,4 +96,30 @@ mod tests {
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
     }
+}
+
+/// The crash suite's hook (debug builds only): with `CRM_JOBS_TEST_ABORT_AT_COMMIT=N`, the
+/// process aborts inside its N-th commit (counted over every connection), before that commit is
+/// durable: a kill -9 at an exact store write.
+#[cfg(debug_assertions)]
+fn crash_point(conn: &Connection) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COMMITS: AtomicU64 = AtomicU64::new(0);
+    if let Some(n) = std::env::var("CRM_JOBS_TEST_ABORT_AT_COMMIT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        conn.commit_hook(Some(move || {
+            if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 >= n {
+                std::process::abort();
+            }
+            false
+        }))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(debug_assertions))]
+fn crash_point(_: &Connection) -> Result<()> {
+    Ok(())
 }

@@ -533,3 +533,242 @@ fn crash_renew_while_an_email_is_in_the_smtp_conversation() {
     }
     assert!(killed > 0, "no kill point was reached");
 }
+
+/// Runs `args` aborting at the `n`-th commit (`CRM_JOBS_TEST_ABORT_AT_COMMIT`, debug builds):
+/// true when the process died there, false when it finished first.
+fn abort_at_commit(env: &Env, args: &[&str], n: u64) -> bool {
+    use std::os::unix::process::ExitStatusExt as _;
+    let o = env
+        .cmd(args)
+        .env("CRM_JOBS_TEST_ABORT_AT_COMMIT", n.to_string())
+        .output()
+        .unwrap();
+    if o.status.signal() == Some(libc::SIGABRT) {
+        return true;
+    }
+    if std::env::var("CRM_JOBS_CORPUS_PRINT").is_ok() {
+        eprintln!("commit {n}: {o:?}");
+    }
+    assert!(
+        o.status.code().is_some(),
+        "commit {n}: died otherwise: {o:?}"
+    );
+    false
+}
+
+/// Every commit point of a job, in order: abort there, finish with a normal
+/// run, check. Returns how many points were crossed.
+fn every_commit_point(setup: impl Fn(&Env), args: &[&str], check: impl Fn(&Env, u64)) -> u64 {
+    // Every point, in order, until a run gets through (at most 40 by default).
+    let sample: Vec<u64> = (1..=if full() { 400 } else { 40 }).collect();
+    let mut crossed = 0;
+    for n in sample {
+        let env = Env::new();
+        setup(&env);
+        if !abort_at_commit(&env, args, n) {
+            break;
+        }
+        crossed += 1;
+        let out = env.run(args);
+        assert!(
+            matches!(out.code, 0 | 3),
+            "after an abort at commit {n}: {out:?}"
+        );
+        let ok: String = env.query("PRAGMA integrity_check");
+        assert_eq!(ok, "ok", "commit {n}");
+        let running: i64 = env.query("SELECT COUNT(*) FROM runs WHERE status = 'running'");
+        assert_eq!(running, 0, "commit {n}: a run left `running`");
+        check(&env, n);
+    }
+    eprintln!("{args:?}: {crossed} commit points crossed");
+    crossed
+}
+
+fn cleanup_rows(env: &Env) {
+    assert_eq!(env.run(&["status"]).code, 0);
+    let db = env.db();
+    db.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+         INSERT INTO sync_log (item_id, at, request) SELECT 1, '2025-09-01T00:00:00.000Z', 'POST /clientes' FROM n;
+         INSERT INTO sync_log (item_id, at, request) VALUES (1, '2025-11-09T00:00:00.000Z', 'POST /clientes');",
+    )
+    .unwrap();
+    drop(db);
+    let file = env.path("more.jsonl");
+    std::fs::write(
+        &file,
+        [
+            r#"{"type": "user", "id": "u1", "name": "Ana", "email": "ana@example.com"}"#,
+            r#"{"type": "session", "id": "old1", "user": "u1", "expires_at": "2025-09-01T00:00:00Z"}"#,
+            r#"{"type": "session", "id": "old2", "user": "u1", "expires_at": "2025-09-02T00:00:00Z"}"#,
+            r#"{"type": "session", "id": "new", "user": "u1", "expires_at": "2025-10-20T00:00:00Z"}"#,
+            r#"{"type": "payment", "id": "stale", "user": "u1", "amount": 4990, "status": "pending", "created_at": "2025-11-01T00:00:00Z"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        env.run(&["import", "subscriptions", file.to_str().unwrap()])
+            .code,
+        0
+    );
+}
+
+#[test]
+fn crash_cleanup_at_every_store_commit() {
+    let crossed = every_commit_point(
+        |env| {
+            env.configure("", "");
+            let cfg = std::fs::read_to_string(env.path("config.toml")).unwrap();
+            std::fs::write(
+                env.path("config.toml"),
+                format!("[cleanup]\nbatch_size = 500\n\n{cfg}"),
+            )
+            .unwrap();
+            cleanup_rows(env);
+        },
+        &["cleanup"],
+        |env, n| {
+            let old: i64 =
+                env.query("SELECT COUNT(*) FROM sync_log WHERE at < '2025-10-01T00:00:00.000Z'");
+            let recent: i64 = env.query("SELECT COUNT(*) FROM sync_log");
+            assert_eq!((old, recent), (0, 1), "commit {n}");
+            // Each soft delete and each cancel audited exactly once, whatever the crash point.
+            let audits: String = env.query(
+                "SELECT group_concat(entity || ':' || action || ':' || entity_id, ',') FROM (SELECT * FROM audit_log ORDER BY entity, entity_id)",
+            );
+            let sessions: String = env.query(
+                "SELECT group_concat(external_id) FROM (SELECT external_id FROM sessions WHERE deleted_at IS NOT NULL ORDER BY external_id)",
+            );
+            assert_eq!(sessions, "old1,old2", "commit {n}");
+            assert_eq!(
+                audits.matches("session:soft_deleted").count(),
+                2,
+                "commit {n}: {audits}"
+            );
+            assert_eq!(
+                audits.matches("payment:cancelled").count(),
+                1,
+                "commit {n}: {audits}"
+            );
+        },
+    );
+    assert!(crossed >= 3, "{crossed} commit points crossed");
+}
+
+#[test]
+fn crash_renew_stripe_at_every_store_commit() {
+    let crossed = every_commit_point(
+        |env| {
+            let mut lines =
+                vec![r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#.to_string()];
+            for u in 0..4 {
+                lines.push(format!(
+                    r#"{{"type": "user", "id": "u{u}", "name": "User {u}", "email": "u{u}@example.com", "plan": "pro"}}"#
+                ));
+                lines.push(format!(
+                    r#"{{"type": "subscription", "id": "s{u}", "user": "u{u}", "plan": "pro", "status": "active", "current_period_start": "2025-10-10T22:00:00Z", "current_period_end": "2025-11-10T22:00:00Z", "gateway": "stripe", "gateway_subscription_id": "sub_{u}"}}"#
+                ));
+                env.sandbox
+                    .stripe
+                    .set(&format!("sub_{u}"), "active", 1_762_812_000, 1_765_404_000);
+            }
+            std::fs::write(env.path("subs.jsonl"), lines.join("\n")).unwrap();
+            let path = env.path("subs.jsonl");
+            assert_eq!(
+                env.run(&["import", "subscriptions", path.to_str().unwrap()])
+                    .code,
+                0
+            );
+        },
+        &["renew", "--step", "stripe"],
+        |env, n| {
+            // Each renewal applied once: one audit row and one email per subscription.
+            let renewed: i64 = env.query(
+                "SELECT COUNT(*) FROM subscriptions WHERE current_period_end > '2025-12-01'",
+            );
+            assert_eq!(renewed, 4, "commit {n}");
+            let audits: i64 = env.query(
+                "SELECT COUNT(*) FROM audit_log WHERE entity = 'subscription' AND action = 'renewed'",
+            );
+            assert_eq!(audits, 4, "commit {n}");
+            let emails: i64 = env.query("SELECT COUNT(*) FROM email_outbox");
+            assert_eq!(emails, 4, "commit {n}");
+        },
+    );
+    assert!(crossed >= 3, "{crossed} commit points crossed");
+}
+
+#[test]
+fn crash_fetch_invoices_and_sync_queue_at_every_store_commit() {
+    let crossed = every_commit_point(
+        |env| some_contracts(env, 500, 3),
+        &["fetch-invoices"],
+        |env, n| {
+            let whole: i64 = env.query(
+                "SELECT COUNT(*) FROM invoices WHERE match_outcome = 'matched' AND pdf_sha256 IS NOT NULL",
+            );
+            assert_eq!(whole, 6, "commit {n}");
+            no_partial_file(env, "invoices", true);
+        },
+    );
+    assert!(
+        crossed >= 5,
+        "fetch-invoices: {crossed} commit points crossed"
+    );
+    let crossed = every_commit_point(
+        |env| {
+            with_crm(env, NO_LIMIT);
+            let lines: Vec<String> = (1..=4)
+                .map(|i| format!(r#"{{"entity": "produtos", "record_id": "{i}", "action": "create", "payload": {{"nome": "P{i}"}}}}"#))
+                .collect();
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            assert_eq!(enqueue(env, &refs).code, 0);
+        },
+        &["sync-queue"],
+        |env, n| {
+            assert_eq!(env.sandbox.crm.duplicates(), 0, "commit {n}");
+            assert_eq!(env.sandbox.crm.records("produtos").len(), 4, "commit {n}");
+            let done: i64 = env.query("SELECT COUNT(*) FROM sync_queue WHERE status = 'done'");
+            assert_eq!(done, 4, "commit {n}");
+        },
+    );
+    assert!(crossed >= 5, "sync-queue: {crossed} commit points crossed");
+}
+
+#[test]
+fn crash_download_boletos_at_every_store_commit() {
+    let args = ["download-boletos", "--ano", "2025", "--mes", "11"];
+    let crossed = every_commit_point(
+        |env| {
+            env.configure("", "concurrency = 1");
+            setup(
+                env,
+                &[
+                    ("1/1", &digits(91), "ANA", "Em dia"),
+                    ("2/1", &digits(92), "BRUNO", "Em dia"),
+                ],
+            );
+            for (n, name) in [(91, "ANA"), (92, "BRUNO")] {
+                env.sandbox.canopus.set_client(
+                    &digits(n),
+                    vec![quota(&format!("{n}"), name, &["2025-11-10"])],
+                );
+            }
+        },
+        &args,
+        |env, n| {
+            no_partial_file(env, "boletos", true);
+            let ok: i64 = env.query(
+                "SELECT COUNT(DISTINCT client_id) FROM boletos WHERE outcome = 'success' AND year = 2025 AND month = 11",
+            );
+            assert_eq!(ok, 2, "commit {n}");
+            let finals = files_under(&env.downloads())
+                .into_iter()
+                .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with('.'))
+                .count();
+            assert_eq!(finals, 2, "commit {n}: one file per client, none twice");
+        },
+    );
+    assert!(crossed >= 3, "{crossed} commit points crossed");
+}
