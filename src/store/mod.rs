@@ -88,16 +88,6 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn migrations_are_valid() {
-        MIGRATIONS.validate().unwrap();
-    }
-}
-
 /// The crash suite's hook (debug builds only): with `CRM_JOBS_TEST_ABORT_AT_COMMIT=N`, the
 /// process aborts inside its N-th commit (counted over every connection), before that commit is
 /// durable: a kill -9 at an exact store write.
@@ -122,4 +112,14 @@ fn crash_point(conn: &Connection) -> Result<()> {
 #[cfg(not(debug_assertions))]
 fn crash_point(_: &Connection) -> Result<()> {
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        MIGRATIONS.validate().unwrap();
+    }
 }
