@@ -284,7 +284,8 @@ fn jobs_at_once_on_one_store_never_meet_a_locked_database() {
 #[test]
 fn with_ten_percent_faults_every_item_ends_in_its_final_state() {
     let env = Env::new();
-    // The client retries each Nio request twice; CRM items are tried up to 8 times.
+    // The client retries each Nio request twice; CRM items are tried up to 8 times; boletos in
+    // error and Stripe errors are taken again by the next round.
     env.write_config("request_retries = 2");
     with_crm(&env, NO_LIMIT);
     let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
@@ -299,12 +300,56 @@ fn with_ten_percent_faults_every_item_ends_in_its_final_state() {
         .collect();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     assert_eq!(enqueue(&env, &refs).code, 0);
+    // Four boleto clients at the Canopus portal.
+    let names = ["ANA", "BRUNO", "CARLA", "DAVI"];
+    let rows: Vec<(String, String)> = (0..4)
+        .map(|i| (format!("{}/1", i + 1), digits(600 + i)))
+        .collect();
+    let table: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .zip(names)
+        .map(|((q, d), n)| (q.as_str(), d.as_str(), n, "Em dia"))
+        .collect();
+    setup(&env, &table);
+    for (i, name) in names.iter().enumerate() {
+        env.sandbox.canopus.set_client(
+            &digits(600 + i as u32),
+            vec![quota(&format!("{i}"), name, &["2025-11-10"])],
+        );
+    }
+    // Four Stripe subscriptions ending today.
+    let mut lines =
+        vec![r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#.to_string()];
+    for u in 0..4 {
+        lines.push(format!(
+            r#"{{"type": "user", "id": "u{u}", "name": "User {u}", "email": "u{u}@example.com", "plan": "pro"}}"#
+        ));
+        lines.push(format!(
+            r#"{{"type": "subscription", "id": "s{u}", "user": "u{u}", "plan": "pro", "status": "active", "current_period_start": "2025-10-10T22:00:00Z", "current_period_end": "2025-11-10T22:00:00Z", "gateway": "stripe", "gateway_subscription_id": "sub_{u}"}}"#
+        ));
+        env.sandbox
+            .stripe
+            .set(&format!("sub_{u}"), "active", 1_762_812_000, 1_765_404_000);
+    }
+    std::fs::write(env.path("subs.jsonl"), lines.join("\n")).unwrap();
+    let subs = env.path("subs.jsonl");
+    assert_eq!(
+        env.run(&["import", "subscriptions", subs.to_str().unwrap()])
+            .code,
+        0
+    );
     env.sandbox.faults.set_error_rate(0.10);
     env.sandbox.faults.set_latency(1, 4);
     // Each round is a later minute, past every backoff.
     for round in 0..12 {
         let now = format!("2025-11-10T12:{:02}:00-03:00", round * 4);
-        for args in [&["fetch-invoices"][..], &["retry"], &["sync-queue"]] {
+        for args in [
+            &["fetch-invoices"][..],
+            &["retry"],
+            &["sync-queue"],
+            &["download-boletos", "--ano", "2025", "--mes", "11"],
+            &["renew", "--step", "stripe"],
+        ] {
             let o = env.cmd(args).env("CRM_JOBS_NOW", &now).output().unwrap();
             assert!(
                 matches!(o.status.code(), Some(0) | Some(1) | Some(3)),
@@ -312,7 +357,10 @@ fn with_ten_percent_faults_every_item_ends_in_its_final_state() {
             );
         }
         let pending: i64 = env.query(
-            "SELECT (SELECT COUNT(*) FROM invoices WHERE fetch_status <> 'success') + (SELECT COUNT(*) FROM sync_queue WHERE status <> 'done')",
+            "SELECT (SELECT 20 - COUNT(*) FROM invoices WHERE fetch_status = 'success' AND match_outcome = 'matched')
+                  + (SELECT COUNT(*) FROM sync_queue WHERE status <> 'done')
+                  + (SELECT 4 - COUNT(DISTINCT client_id) FROM boletos WHERE outcome = 'success')
+                  + (SELECT COUNT(*) FROM subscriptions WHERE current_period_end < '2025-12-01')",
         );
         if pending == 0 {
             break;
@@ -330,6 +378,14 @@ fn with_ten_percent_faults_every_item_ends_in_its_final_state() {
     assert_eq!(done, 30, "every queue item done within the retry budget");
     assert_eq!(env.sandbox.crm.duplicates(), 0);
     assert_eq!(env.sandbox.crm.records("produtos").len(), 30);
+    let boletos: i64 = env.query(
+        "SELECT COUNT(DISTINCT client_id) FROM boletos WHERE outcome = 'success' AND year = 2025 AND month = 11",
+    );
+    assert_eq!(boletos, 4, "every boleto saved within the retry budget");
+    let renewed: i64 = env.query(
+        "SELECT COUNT(*) FROM audit_log WHERE entity = 'subscription' AND action = 'renewed'",
+    );
+    assert_eq!(renewed, 4, "every renewal applied once");
 }
 
 #[test]
@@ -768,6 +824,38 @@ fn crash_download_boletos_at_every_store_commit() {
                 .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with('.'))
                 .count();
             assert_eq!(finals, 2, "commit {n}: one file per client, none twice");
+        },
+    );
+    assert!(crossed >= 3, "{crossed} commit points crossed");
+}
+
+#[test]
+fn crash_retry_at_every_store_commit() {
+    let crossed = every_commit_point(
+        |env| {
+            some_contracts(env, 700, 3);
+            // Every debts request of this run fails with a 503: three transient errors.
+            env.sandbox.faults.push(
+                Route::NioDebts,
+                crm_jobs::sandbox::Fault::Status {
+                    status: 503,
+                    retry_after: None,
+                },
+                3,
+            );
+            let out = env.run(&["fetch-invoices", "--no-retry"]);
+            assert_eq!(out.code, 1, "{out:?}");
+            let transient: i64 =
+                env.query("SELECT COUNT(*) FROM invoices WHERE error_kind = 'transient'");
+            assert!(transient > 0);
+        },
+        &["retry"],
+        |env, n| {
+            let whole: i64 = env.query(
+                "SELECT COUNT(*) FROM invoices WHERE match_outcome = 'matched' AND pdf_sha256 IS NOT NULL",
+            );
+            assert_eq!(whole, 6, "commit {n}");
+            no_partial_file(env, "invoices", true);
         },
     );
     assert!(crossed >= 3, "{crossed} commit points crossed");
