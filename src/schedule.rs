@@ -202,7 +202,30 @@ pub fn parse_cron(expr: &str) -> std::result::Result<Cron, String> {
             ));
         }
     }
-    parser().parse(expr).map_err(|e| e.to_string())
+    parser().parse(expr).map_err(|e| {
+        // croner says what is wrong, not where: find the field by parsing it alone.
+        const FIELDS: [(&str, &str); 5] = [
+            ("minute", "0-59"),
+            ("hour", "0-23"),
+            ("day of month", "1-31"),
+            ("month", "1-12 or JAN-DEC"),
+            ("day of week", "0-7 or SUN-SAT"),
+        ];
+        let f: Vec<&str> = expr.split_whitespace().collect();
+        if f.len() == 5 {
+            for (i, (name, range)) in FIELDS.iter().enumerate() {
+                let mut alone = vec!["*"; 5];
+                alone[i] = f[i];
+                if parser().parse(&alone.join(" ")).is_err() {
+                    return format!(
+                        "the {name} field `{}` is not valid (values {range}; {e})",
+                        f[i]
+                    );
+                }
+            }
+        }
+        e.to_string()
+    })
 }
 
 /// Splits a command line into words (no quotes, no shell: the same line runs under cron and

@@ -210,7 +210,7 @@ fn cases() -> Vec<Case> {
         case!(name: "config: bad environment value", env: &[("CRM_JOBS_RETRY_MAX_ATTEMPTS", "many")], args: &["config", "check"], code: 78, message: "invalid environment variable `CRM_JOBS_RETRY_MAX_ATTEMPTS`: invalid type: string \"many\", expected u32"),
         case!(name: "config: ping URL not http", config: "[pings]\nretry = \"ftp://x\"\n", args: &["config", "check"], code: 78, message: "`[pings] retry` = `ftp://x` is not an http(s) URL"),
         case!(name: "config: alerts to not an address", config: "[alerts]\nto = \"ops\"\n", args: &["config", "check"], code: 78, message: "`[alerts] to` = `ops` is not an email address"),
-        case!(name: "config: schedule expression", config: "[schedule.retry]\ncron = \"0 25 * * *\"\n", args: &["config", "check"], code: 78, message: "`[schedule.retry] cron` = `0 25 * * *`: Component error: Number out of bounds."),
+        case!(name: "config: schedule expression", config: "[schedule.retry]\ncron = \"0 25 * * *\"\n", args: &["config", "check"], code: 78, message: "`[schedule.retry] cron` = `0 25 * * *`: the hour field `25` is not valid (values 0-23; Component error: Number out of bounds.)"),
         case!(name: "config: schedule time zone", config: "[schedule.retry]\ntimezone = \"Brasilia\"\n", args: &["config", "check"], code: 78, message: "`[schedule.retry] timezone` = `Brasilia` is not an IANA time zone (e.g. `America/Sao_Paulo`)"),
         case!(name: "config: file missing", args: &["--config", "/nonexistent/config.toml", "config", "check"], code: 78, message: "config file `/nonexistent/config.toml` (given with --config) does not exist"),
         // Command lines.
