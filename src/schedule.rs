@@ -214,7 +214,7 @@ pub fn parse_cron(expr: &str) -> std::result::Result<Cron, String> {
         let f: Vec<&str> = expr.split_whitespace().collect();
         if f.len() == 5 {
             for (i, (name, range)) in FIELDS.iter().enumerate() {
-                let mut alone = vec!["*"; 5];
+                let mut alone = ["*"; 5];
                 alone[i] = f[i];
                 if parser().parse(&alone.join(" ")).is_err() {
                     return format!(
