@@ -195,6 +195,9 @@ from = "Equipe Painel <nao-responda@painel.example>"
             ],
             None,
         ),
+        (&["status"], None),
+        (&["schedule", "list"], None),
+        (&["report", "--out", "report.html"], None),
     ];
     for (step, stdin) in steps {
         let code = run_step(&exe, &dir, step, *stdin, &fernet_key, global).await?;
@@ -230,6 +233,10 @@ from = "Equipe Painel <nao-responda@painel.example>"
         dir.join("downloads").join("faturas").display()
     );
     eprintln!("  export:    {}", dir.join("invoices-export.csv").display());
+    eprintln!(
+        "  report:    {} (open it in a browser)",
+        dir.join("report.html").display()
+    );
     eprintln!("  queue:     {}", dir.join("queue-export.csv").display());
     eprintln!(
         "  emails:    the sandbox's SMTP server received {} message(s); sqlite3 {} 'SELECT kind, to_address, status FROM email_outbox'",
