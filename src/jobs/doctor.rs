@@ -88,8 +88,25 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     }
     // The store: opens, is sound, is private.
     let store_path = ctx.store_path()?;
-    match crate::store::Store::open(&store_path) {
-        Ok(store) => {
+    // doctor changes nothing: a store that does not exist yet is not created here.
+    let store_missing = !store_path.exists();
+    if store_missing {
+        r.add(
+            "store",
+            "warn",
+            format!(
+                "`{}` does not exist yet: the first job run creates it ({})",
+                store_path.display(),
+                nearest_writable(&store_path)
+            ),
+        );
+    }
+    match (!store_missing)
+        .then(|| crate::store::Store::open(&store_path))
+        .transpose()
+    {
+        Ok(None) => {}
+        Ok(Some(store)) => {
             match store.integrity_check() {
                 Ok(ok) if ok == "ok" => r.add(
                     "store",
@@ -140,7 +157,17 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     }
     // The downloads folder: a folder, writable, with room.
     let downloads = ctx.downloads_dir()?;
-    if downloads.exists() && !downloads.is_dir() {
+    if !downloads.exists() {
+        r.add(
+            "downloads",
+            "warn",
+            format!(
+                "`{}` does not exist yet: the first download creates it ({})",
+                downloads.display(),
+                nearest_writable(&downloads)
+            ),
+        );
+    } else if !downloads.is_dir() {
         r.add(
             "downloads",
             "fail",
@@ -150,9 +177,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             ),
         );
     } else {
-        match crate::files::create_private_dir(&downloads)
-            .and_then(|()| tempfile::tempfile_in(&downloads).map(|_| ()))
-        {
+        match tempfile::tempfile_in(&downloads).map(|_| ()) {
             Ok(()) => {
                 r.add(
                     "downloads",
@@ -283,4 +308,22 @@ async fn reach(r: &mut Report, name: &str, url: &str) {
             ),
         ),
     }
+}
+
+/// Whether the nearest existing folder above `path` lets this user create it.
+fn nearest_writable(path: &Path) -> String {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.exists() {
+            return match tempfile::tempfile_in(d) {
+                Ok(_) => format!("`{}` is writable", d.display()),
+                Err(e) => format!(
+                    "but `{}` is not writable: {e}; create the folder or fix its owner",
+                    d.display()
+                ),
+            };
+        }
+        dir = d.parent();
+    }
+    "no folder above it exists".to_string()
 }

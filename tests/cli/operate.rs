@@ -524,3 +524,24 @@ fn a_bad_schedule_entry_is_a_config_error_naming_it() {
         assert!(out.stderr.contains(message), "{entry}: {out:?}");
     }
 }
+
+#[test]
+fn doctor_changes_nothing_on_a_fresh_install() {
+    let env = Env::new();
+    let out = env.run(&["doctor", "--offline"]);
+    assert!(
+        out.stdout
+            .contains("does not exist yet: the first job run creates it"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("does not exist yet: the first download creates it"),
+        "{out:?}"
+    );
+    assert!(!env.path("store").exists(), "doctor created the store");
+    assert!(
+        !env.downloads().exists(),
+        "doctor created the downloads folder"
+    );
+}
