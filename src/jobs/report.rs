@@ -134,7 +134,17 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         })?,
         None => ctx.clock.today() - chrono::Days::new(30),
     };
-    let since_s = format!("{since}T00:00:00.000Z");
+    // Midnight in São Paulo, as a stored (UTC) instant.
+    let since_s = since
+        .and_hms_opt(0, 0, 0)
+        .and_then(|t| {
+            use chrono::TimeZone as _;
+            chrono_tz::America::Sao_Paulo
+                .from_local_datetime(&t)
+                .earliest()
+        })
+        .map(|t| clock::to_store(t.with_timezone(&chrono::Utc)))
+        .unwrap_or_else(|| format!("{since}T00:00:00.000Z"));
     let store = ctx.open_store()?;
     let (all, ok) = store.runs_per_day(&since_s)?;
     let ok_map: BTreeMap<(String, String), i64> =

@@ -20,17 +20,20 @@ impl Store {
         Ok(rows)
     }
 
-    /// (job, day, runs) and (job, day, successful runs) since an instant.
+    /// (job, day, runs) and (job, day, successful runs) since an instant; days in São Paulo.
     pub fn runs_per_day(&self, since: &str) -> Result<(Triples, Triples)> {
         let all = self.triples(
-            "SELECT job, substr(started_at, 1, 10), COUNT(*) FROM runs WHERE started_at >= ?1 GROUP BY 1, 2 ORDER BY 2, 1",
+            "SELECT job, substr(started_at, 1, 13), COUNT(*) FROM runs WHERE started_at >= ?1 GROUP BY 1, 2",
             since,
         )?;
         let ok = self.triples(
-            "SELECT job, substr(started_at, 1, 10), COUNT(*) FROM runs WHERE started_at >= ?1 AND status = 'success' GROUP BY 1, 2 ORDER BY 2, 1",
+            "SELECT job, substr(started_at, 1, 13), COUNT(*) FROM runs WHERE started_at >= ?1 AND status = 'success' GROUP BY 1, 2",
             since,
         )?;
-        Ok((all, ok))
+        Ok((
+            by_local_day(all, |(j, h, n)| (j, h, n), false),
+            by_local_day(ok, |(j, h, n)| (j, h, n), false),
+        ))
     }
 
     /// (job, run id, duration in ms) of finished runs since an instant.
@@ -71,15 +74,17 @@ impl Store {
         )
     }
 
-    /// (day, request outcome class, requests) of the CRM request log since an instant.
+    /// (day, request outcome class, requests) of the CRM request log since an instant; days in
+    /// São Paulo.
     pub fn queue_throughput(&self, since: &str) -> Result<Triples> {
-        self.triples(
-            "SELECT substr(at, 1, 10),
+        let hours = self.triples(
+            "SELECT substr(at, 1, 13),
                     CASE WHEN status BETWEEN 200 AND 299 THEN 'done' WHEN status IS NULL THEN 'no answer' ELSE 'refused' END,
                     COUNT(*)
-             FROM sync_log WHERE at >= ?1 AND request NOT IN ('deferred', 'none') GROUP BY 1, 2 ORDER BY 1, 2",
+             FROM sync_log WHERE at >= ?1 AND request NOT IN ('deferred', 'none') GROUP BY 1, 2",
             since,
-        )
+        )?;
+        Ok(by_local_day(hours, |(h, c, n)| (c, h, n), true))
     }
 
     /// The slowest invoice lookups: (contract, number, ms).
@@ -107,5 +112,53 @@ impl Store {
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+}
+
+/// Sums rows counted per UTC hour (`YYYY-MM-DDTHH`) into São Paulo days. `split` says which
+/// field is the key and which the hour; `day_first` puts the day first in the result.
+fn by_local_day(
+    rows: Triples,
+    split: impl Fn((String, String, i64)) -> (String, String, i64),
+    day_first: bool,
+) -> Triples {
+    let mut sums: std::collections::BTreeMap<(String, String), i64> = Default::default();
+    for row in rows {
+        let (key, hour, n) = split(row);
+        let day = chrono::NaiveDateTime::parse_from_str(&format!("{hour}:00"), "%Y-%m-%dT%H:%M")
+            .map(|t| {
+                t.and_utc()
+                    .with_timezone(&chrono_tz::America::Sao_Paulo)
+                    .date_naive()
+                    .to_string()
+            })
+            .unwrap_or(hour);
+        let k = if day_first { (day, key) } else { (key, day) };
+        *sums.entry(k).or_default() += n;
+    }
+    let mut out: Triples = sums.into_iter().map(|((a, b), n)| (a, b, n)).collect();
+    if !day_first {
+        // Runs: by day, then job, as the chart lists them.
+        out.sort_by(|x, y| (&x.1, &x.0).cmp(&(&y.1, &y.0)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_hours_fall_into_sao_paulo_days() {
+        let rows = vec![
+            ("sync-queue".to_string(), "2025-11-10T02".to_string(), 3),
+            ("sync-queue".to_string(), "2025-11-10T03".to_string(), 4),
+        ];
+        let out = super::by_local_day(rows, |r| r, false);
+        assert_eq!(
+            out,
+            vec![
+                ("sync-queue".to_string(), "2025-11-09".to_string(), 3),
+                ("sync-queue".to_string(), "2025-11-10".to_string(), 4),
+            ]
+        );
     }
 }
