@@ -33,6 +33,16 @@ pub fn make_private(path: &Path) -> std::io::Result<()> {
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     create_private_dir(dir).with_context(|| format!("cannot create folder `{}`", dir.display()))?;
     let target = dir.join(name);
+    // Never rename over a device, a pipe or a folder (as root, `/dev/null` would become a file).
+    if let Ok(meta) = fs::symlink_metadata(&target)
+        && !meta.file_type().is_file()
+        && !meta.file_type().is_symlink()
+    {
+        anyhow::bail!(
+            "`{}` exists and is not a regular file: choose a file name",
+            target.display()
+        );
+    }
     let mut tmp = tempfile::Builder::new()
         .prefix(PART_PREFIX)
         .suffix(PART_SUFFIX)
@@ -102,6 +112,18 @@ pub fn safe_component(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_atomic_write_never_replaces_what_is_not_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("taken")).unwrap();
+        let e = write_atomic(dir.path(), "taken", b"x").unwrap_err();
+        assert!(e.to_string().contains("is not a regular file"), "{e}");
+        assert!(dir.path().join("taken").is_dir());
+        write_atomic(dir.path(), "new.txt", b"x").unwrap();
+        write_atomic(dir.path(), "new.txt", b"y").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("new.txt")).unwrap(), b"y");
+    }
 
     #[test]
     fn safe_component_cannot_escape() {

@@ -258,7 +258,13 @@ table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px so
                 .file_name()
                 .context("`--out` needs a file name")?
                 .to_string_lossy();
-            crate::files::write_atomic(dir, &name, html.as_bytes())?;
+            if path.exists() && !path.is_file() {
+                // A device or a pipe (`/dev/stdout`, a FIFO): written to, never replaced.
+                std::fs::write(path, html.as_bytes())
+                    .with_context(|| format!("cannot write `{}`", path.display()))?;
+            } else {
+                crate::files::write_atomic(dir, &name, html.as_bytes())?;
+            }
             ctx.printer
                 .say(&format!("report written to `{}`", path.display()));
         }

@@ -545,3 +545,30 @@ fn doctor_changes_nothing_on_a_fresh_install() {
         "doctor created the downloads folder"
     );
 }
+
+#[test]
+fn report_out_to_a_pipe_writes_into_it_and_never_replaces_it() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let env = Env::new();
+    let fifo = env.path("report.fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    let out = env.run(&["report", "--out", fifo.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let html = reader.join().unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html:.80}");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "the pipe was replaced by a file"
+    );
+}

@@ -246,6 +246,8 @@ fn jobs_at_once_on_one_store_never_meet_a_locked_database() {
         .collect();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     assert_eq!(enqueue(&env, &refs).code, 0);
+    let report = env.path("report.html");
+    let report = report.to_str().unwrap();
     for round in 0..iterations(2, 10) {
         let children: Vec<_> = [
             vec!["fetch-invoices"],
@@ -255,7 +257,7 @@ fn jobs_at_once_on_one_store_never_meet_a_locked_database() {
             vec!["cleanup"],
             vec!["retry"],
             vec!["status", "--json"],
-            vec!["report", "--out", "/dev/null"],
+            vec!["report", "--out", report],
         ]
         .into_iter()
         .map(|a| (a.join(" "), env.spawn(&a)))
