@@ -64,6 +64,26 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     Ok(target)
 }
 
+/// Writes an `--out` file chosen by an operator: atomically (a temporary file renamed into
+/// place) for a file, straight into it for a device or a pipe (`/dev/stdout`, a FIFO), which a
+/// rename would replace.
+pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    if path.exists() && !path.is_file() && !path.is_dir() {
+        return fs::write(path, bytes)
+            .with_context(|| format!("cannot write `{}`", path.display()));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("`--out` needs a file name")?
+        .to_string_lossy();
+    write_atomic(dir, &name, bytes)?;
+    Ok(())
+}
+
 /// Removes temporary files left in `dir` (recursively) by a killed process. Returns how many.
 pub fn remove_stale_parts(dir: &Path) -> usize {
     let mut removed = 0;

@@ -153,15 +153,7 @@ fn write<T: serde::Serialize>(
     };
     match out {
         Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let name = path
-                .file_name()
-                .context("`--out` needs a file name")?
-                .to_string_lossy();
-            crate::files::write_atomic(dir, &name, &bytes)?;
+            crate::files::write_output(path, &bytes)?;
             ctx.printer.say(&format!(
                 "exported {} {what} to `{}`",
                 rows.len(),

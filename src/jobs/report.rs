@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::NaiveDate;
 
 use super::Ctx;
@@ -250,21 +250,7 @@ table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px so
     html.push_str("</body></html>\n");
     match &args.out {
         Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let name = path
-                .file_name()
-                .context("`--out` needs a file name")?
-                .to_string_lossy();
-            if path.exists() && !path.is_file() {
-                // A device or a pipe (`/dev/stdout`, a FIFO): written to, never replaced.
-                std::fs::write(path, html.as_bytes())
-                    .with_context(|| format!("cannot write `{}`", path.display()))?;
-            } else {
-                crate::files::write_atomic(dir, &name, html.as_bytes())?;
-            }
+            crate::files::write_output(path, html.as_bytes())?;
             ctx.printer
                 .say(&format!("report written to `{}`", path.display()));
         }
