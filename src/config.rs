@@ -721,6 +721,16 @@ pub fn load(flag: Option<&Path>) -> Result<Loaded> {
     })?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     resolve_paths(&mut config, &cwd);
+    // Job names have `-`, environment variables cannot: `CRM_JOBS_PINGS_FETCH_INVOICES` names
+    // `[pings] fetch-invoices` (and likewise `[alerts.stale_hours]`).
+    config.pings = std::mem::take(&mut config.pings)
+        .into_iter()
+        .map(|(k, v)| (k.replace('_', "-"), v))
+        .collect();
+    config.alerts.stale_hours = std::mem::take(&mut config.alerts.stale_hours)
+        .into_iter()
+        .map(|(k, v)| (k.replace('_', "-"), v))
+        .collect();
     validate(&config)?;
     Ok(Loaded {
         config,

@@ -572,3 +572,27 @@ fn report_out_to_a_pipe_writes_into_it_and_never_replaces_it() {
         "the pipe was replaced by a file"
     );
 }
+
+#[test]
+fn a_ping_url_of_a_job_with_a_dash_can_come_from_the_environment() {
+    let env = Env::new();
+    let c = env.one_contract(8);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("800", &[1])]);
+    let base = format!("http://{}/ping/env", env.sandbox.addr);
+    let out = env
+        .cmd(&["fetch-invoices"])
+        .env("CRM_JOBS_PINGS_FETCH_INVOICES", &base)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let paths: Vec<String> = env
+        .sandbox
+        .pings
+        .received()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(paths, vec!["/ping/env/start?rid=1", "/ping/env?rid=1"]);
+}
