@@ -596,3 +596,45 @@ fn a_ping_url_of_a_job_with_a_dash_can_come_from_the_environment() {
         .collect();
     assert_eq!(paths, vec!["/ping/env/start?rid=1", "/ping/env?rid=1"]);
 }
+
+/// Snapshots of what an operator reads, with the parts that change from run to run (temporary
+/// folders, durations, ports) filtered to stable words. Update them with
+/// `INSTA_UPDATE=always cargo test --test cli snapshot` and review the diff.
+#[test]
+fn snapshot_status_schedule_and_doctor_output() {
+    let env = Env::new();
+    let c = env.one_contract(9);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("900", &[1])]);
+    assert_eq!(env.run(&["fetch-invoices"]).code, 0);
+    assert_eq!(env.run(&["sync-queue"]).code, 0);
+    env.run(&["pause", "cleanup", "--reason", "manutenção"]);
+    let tmp = env.dir.path().display().to_string();
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(&regex_escape(&tmp), "[TMP]");
+    settings.add_filter(r" +\d+(\.\d+)?(ms|s) ", " [DURATION] ");
+    settings.add_filter(r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]");
+    // What the machine has: free space, and whether a CA bundle is installed.
+    settings.add_filter(r"(?m)^\w+ +downloads +\d+ MB free.*$", "[free space]");
+    settings.add_filter(r"(?m)^warn +tls .*\n", "");
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_snapshot_path("snapshots");
+    settings.bind(|| {
+        insta::assert_snapshot!("status", env.run(&["status"]).stdout);
+        insta::assert_snapshot!("schedule_list", env.run(&["schedule", "list"]).stdout);
+        insta::assert_snapshot!("doctor_offline", env.run(&["doctor", "--offline"]).stdout);
+    });
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' || c == '_' || c == '-' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}
