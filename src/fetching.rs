@@ -79,6 +79,9 @@ impl Engine {
         retrying: bool,
     ) -> Result<PassEnd> {
         let total = work.len();
+        if !retrying {
+            run.plan(total);
+        }
         let bar = self
             .printer
             .progress(total as u64, if retrying { "retry" } else { "fetch" });

@@ -110,6 +110,10 @@ pub struct JobRun {
     pub degraded: bool,
     /// Work waiting in the store when the run started (for the "idle with work" alert).
     work_due: Option<i64>,
+    /// Items the run set out to take, when the job knows (for `status`).
+    planned: Option<i64>,
+    /// When the counts so far were last written to the run's row.
+    progress_at: Instant,
     job: &'static str,
     clock: Clock,
     started: Instant,
@@ -241,6 +245,8 @@ impl JobRun {
             counters: serde_json::Map::new(),
             degraded: false,
             work_due: None,
+            planned: None,
+            progress_at: Instant::now(),
             job,
             clock,
             started: Instant::now(),
@@ -274,9 +280,33 @@ impl JobRun {
         }));
     }
 
-    /// Records the duration of one item (for min/avg/max).
+    /// Records the duration of one item (for min/avg/max), and about once a second how far the
+    /// run got, for `status`.
     pub fn item_duration(&mut self, ms: i64) {
         self.durations.push(ms);
+        if self.progress_at.elapsed() >= std::time::Duration::from_secs(1) {
+            self.write_progress();
+        }
+    }
+
+    /// Adds `n` items to those the run sets out to take (shown by `status` as "of N").
+    pub fn plan(&mut self, n: usize) {
+        self.planned = Some(self.planned.unwrap_or(0) + n as i64);
+        self.write_progress();
+    }
+
+    /// Writes the counts so far to the run's row; a failure is only logged (the end writes them
+    /// again).
+    fn write_progress(&mut self) {
+        self.progress_at = Instant::now();
+        let c = &self.counts;
+        if let Err(e) = self.store.run_progress(
+            self.run_id,
+            self.planned,
+            (c.total, c.ok, c.failed, c.skipped),
+        ) {
+            tracing::debug!("progress of run #{} not recorded: {e:#}", self.run_id);
+        }
     }
 
     /// Adds `n` to a job-specific counter.

@@ -332,6 +332,7 @@ async fn sales_point(
         return Ok(Some(m));
     }
     let mut first = Some(first);
+    run.plan(total);
     let bar = ctx.printer.progress(total as u64, &format!("PV {code}"));
     let queue = Arc::new(Mutex::new(jobs));
     let stop = Arc::new(AtomicBool::new(false));

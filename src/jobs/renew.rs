@@ -373,6 +373,7 @@ async fn stripe_step(
     let due = run
         .store
         .stripe_due(&clock::to_store(day_start), &clock::to_store(day_end))?;
+    run.plan(due.len());
     let bar = ctx.printer.progress(due.len() as u64, "stripe");
     let mut queue = due.into_iter();
     let mut inflight = tokio::task::JoinSet::new();

@@ -65,7 +65,13 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
             Some(r) => (
                 r.status.as_str(),
                 r.started_at.as_str(),
-                format!("{}/{}", r.items_ok, r.items_failed),
+                match (r.status.as_str(), r.items_planned) {
+                    // A run in progress: its counts so far, of what it set out to take.
+                    ("running", Some(planned)) => {
+                        format!("{}/{} of {planned}", r.items_ok, r.items_failed)
+                    }
+                    _ => format!("{}/{}", r.items_ok, r.items_failed),
+                },
             ),
             None => ("never", "-", "-".to_string()),
         };

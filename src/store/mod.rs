@@ -34,6 +34,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../sql/0004_sync_queue.sql")),
         M::up(include_str!("../../sql/0005_subscriptions.sql")),
         M::up(include_str!("../../sql/0006_operations.sql")),
+        M::up(include_str!("../../sql/0007_run_progress.sql")),
     ])
 });
 

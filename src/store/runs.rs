@@ -43,6 +43,8 @@ pub struct RunRow {
     pub items_total: i64,
     pub items_ok: i64,
     pub items_failed: i64,
+    /// Items the run set out to take, when known (see sql/0007).
+    pub items_planned: Option<i64>,
 }
 
 impl Store {
@@ -118,7 +120,7 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, job, origin, status, started_at, finished_at, error, items_total, items_ok, items_failed
+                "SELECT id, job, origin, status, started_at, finished_at, error, items_total, items_ok, items_failed, items_planned
                  FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT 1",
                 [job],
                 run_row,
@@ -126,10 +128,26 @@ impl Store {
             .optional()?)
     }
 
+    /// How far a running run got: its counts so far and the items it planned.
+    pub fn run_progress(
+        &mut self,
+        id: i64,
+        planned: Option<i64>,
+        (total, ok, failed, skipped): (i64, i64, i64, i64),
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET items_planned = ?2, items_total = ?3, items_ok = ?4, items_failed = ?5,
+                    items_skipped = ?6
+             WHERE id = ?1 AND status = 'running'",
+            rusqlite::params![id, planned, total, ok, failed, skipped],
+        )?;
+        Ok(())
+    }
+
     /// All runs, oldest first.
     pub fn runs(&self) -> Result<Vec<RunRow>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, job, origin, status, started_at, finished_at, error, items_total, items_ok, items_failed
+            "SELECT id, job, origin, status, started_at, finished_at, error, items_total, items_ok, items_failed, items_planned
              FROM runs ORDER BY id",
         )?;
         let rows = stmt
@@ -151,5 +169,6 @@ fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
         items_total: r.get(7)?,
         items_ok: r.get(8)?,
         items_failed: r.get(9)?,
+        items_planned: r.get(10)?,
     })
 }

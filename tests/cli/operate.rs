@@ -638,3 +638,34 @@ fn regex_escape(s: &str) -> String {
         })
         .collect()
 }
+
+#[test]
+fn status_shows_how_far_a_run_in_progress_got() {
+    let env = Env::new();
+    crate::lifecycle::some_contracts(&env, 50, 3);
+    // The second contract's debts request waits: the run is in progress, one contract done.
+    env.sandbox
+        .faults
+        .hold_after(crm_jobs::sandbox::Route::NioDebts, 1);
+    let child = env.spawn(&["fetch-invoices", "--concurrency", "1"]);
+    assert_eq!(
+        env.sandbox
+            .faults
+            .wait_held(crm_jobs::sandbox::Route::NioDebts, 1, WAIT),
+        1
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&env.run(&["status", "--json"]).stdout).unwrap();
+    let last = &v["jobs"][0]["last_run"];
+    assert_eq!(last["status"], "running", "{v}");
+    assert_eq!(last["items_planned"], 3, "{v}");
+    let text = env.run(&["status"]).stdout;
+    assert!(text.contains(" of 3 "), "{text}");
+    assert!(text.contains("(run #1 running)"), "{text}");
+    env.sandbox.faults.release_all();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let v: serde_json::Value =
+        serde_json::from_str(&env.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["jobs"][0]["last_run"]["status"], "success");
+    assert_eq!(v["jobs"][0]["last_run"]["items_ok"], 3);
+}
