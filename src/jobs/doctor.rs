@@ -79,7 +79,19 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             cfg.stripe.secret_key_file.as_deref(),
             "renew --step stripe",
         ),
+        (
+            "CRM_JOBS_SMTP_PASSWORD",
+            if cfg.smtp.user.is_some() {
+                cfg.smtp.password_file.as_deref()
+            } else {
+                None
+            },
+            "renew --step emails (with `[smtp] user` set)",
+        ),
     ] {
+        if env == "CRM_JOBS_SMTP_PASSWORD" && cfg.smtp.user.is_none() {
+            continue;
+        }
         match crate::config::secret(env, file) {
             Ok(Some(_)) => r.add("secrets", "ok", format!("`{env}` is set")),
             Ok(None) => r.add("secrets", "warn", format!("`{env}` is not set: {jobs} will refuse to start (export it or set its `*_file` key)")),
@@ -224,6 +236,60 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         ] {
             let Some(url) = url else { continue };
             reach(&mut r, name, url).await;
+        }
+        // SMTP: the same conversation `renew` starts (connect, EHLO, TLS, AUTH), no message.
+        if cfg.smtp.mode == "smtp"
+            && let Some(host) = &cfg.smtp.host
+        {
+            let password = match cfg.smtp.user {
+                Some(_) => crate::config::secret(
+                    "CRM_JOBS_SMTP_PASSWORD",
+                    cfg.smtp.password_file.as_deref(),
+                )
+                .ok()
+                .flatten(),
+                None => None,
+            };
+            let at = format!("{host}:{}", cfg.smtp.port);
+            match crate::mailer::Mailer::new(&cfg.smtp, password) {
+                Ok(mailer) => match mailer.reachable().await {
+                    Ok(()) => r.add(
+                        "smtp",
+                        "ok",
+                        format!(
+                            "`{at}` answers (EHLO, TLS `{}`, AUTH when a user is set)",
+                            cfg.smtp.tls
+                        ),
+                    ),
+                    Err(e) => r.add(
+                        "smtp",
+                        "fail",
+                        format!(
+                            "{e}: check `[smtp] host`, `port`, `tls`, `ca_file` and the password"
+                        ),
+                    ),
+                },
+                Err(e) => r.add("smtp", "fail", format!("{e:#}")),
+            }
+        }
+        // Ping URLs: only that their host resolves (a request would count as a ping).
+        for (job, url) in &cfg.pings {
+            let Ok(u) = reqwest::Url::parse(url) else {
+                continue;
+            };
+            let host = u.host_str().unwrap_or_default().to_string();
+            let port = u.port_or_known_default().unwrap_or(443);
+            match tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map(|mut a| a.next())
+            {
+                Ok(Some(_)) => r.add("pings", "ok", format!("`{job}`: `{host}` resolves")),
+                _ => r.add(
+                    "pings",
+                    "warn",
+                    format!("`{job}`: `{host}` does not resolve: its pings will fail (the job will not); check DNS or `[pings] {job}`"),
+                ),
+            }
         }
     }
     let failed = r.0.iter().any(|f| f.level == "fail");

@@ -192,11 +192,14 @@ fn doctor_names_each_fault_and_what_to_do() {
         "base_url = \"http://127.0.0.1:9/crm\"",
         1,
     );
+    let cfg = format!("[pings]\nretry = \"https://no-such-host.invalid/ping\"\n\n{cfg}");
     std::fs::write(env.path("config.toml"), cfg).unwrap();
+    // The SMTP server refuses the password.
     let out = env
         .cmd(&["doctor"])
         .env("CRM_JOBS_FERNET_KEY", crm_jobs::secret_box::generate_key())
         .env_remove("CRM_JOBS_STRIPE_SECRET_KEY")
+        .env("CRM_JOBS_SMTP_PASSWORD", "wrong")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -208,6 +211,8 @@ fn doctor_names_each_fault_and_what_to_do() {
         "warn  secrets      `CRM_JOBS_STRIPE_SECRET_KEY` is not set: renew --step stripe will refuse to start",
         "ok    nio          ",
         "ok    store        ",
+        "fail  smtp         the SMTP server `127.0.0.1` cannot be used: permanent error (535): 5.7.8 Authentication credentials invalid: check `[smtp] host`, `port`, `tls`, `ca_file` and the password",
+        "warn  pings        `retry`: `no-such-host.invalid` does not resolve: its pings will fail (the job will not); check DNS or `[pings] retry`",
     ] {
         assert!(
             stdout.contains(expected),
