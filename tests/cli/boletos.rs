@@ -100,6 +100,28 @@ pub(crate) fn setup(env: &Env, rows: &[(&str, &str, &str, &str)]) {
     assert_eq!(out.code, 0, "{out:?}");
 }
 
+/// `setup` with these clients (`(n, NAME)`: CPF `digits(n)`), each with one quota and this
+/// month's boleto at the portal.
+pub(crate) fn clients_with_a_boleto(env: &Env, clients: &[(u32, &str)]) {
+    let rows: Vec<(String, String)> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (format!("{}/1", i + 1), digits(*n)))
+        .collect();
+    let table: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .zip(clients)
+        .map(|((q, d), (_, name))| (q.as_str(), d.as_str(), *name, "Em dia"))
+        .collect();
+    setup(env, &table);
+    for (n, name) in clients {
+        env.sandbox.canopus.set_client(
+            &digits(*n),
+            vec![quota(&n.to_string(), name, &["2025-11-10"])],
+        );
+    }
+}
+
 pub(crate) fn digits(n: u32) -> String {
     cpf(n).digits().to_string()
 }
@@ -296,19 +318,7 @@ fn a_forced_client_is_downloaded_again_into_its_own_file() {
 fn an_expired_session_logs_in_again_and_goes_on() {
     let env = Env::new();
     env.configure("", "concurrency = 1");
-    setup(
-        &env,
-        &[
-            ("1/1", &digits(11), "CLIENTE UM", "Em dia"),
-            ("2/1", &digits(12), "CLIENTE DOIS", "Em dia"),
-        ],
-    );
-    for n in [11, 12] {
-        env.sandbox.canopus.set_client(
-            &digits(n),
-            vec![quota(&format!("{n}"), "C", &["2025-11-10"])],
-        );
-    }
+    clients_with_a_boleto(&env, &[(11, "CLIENTE UM"), (12, "CLIENTE DOIS")]);
     env.sandbox.canopus.expire_sessions_after(6);
     let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -400,19 +410,7 @@ fn homonyms_and_hostile_names_never_collide_or_escape() {
 fn an_interrupted_run_resumes_without_downloading_again() {
     let env = Env::new();
     env.configure("", "concurrency = 1");
-    setup(
-        &env,
-        &[
-            ("1/1", &digits(51), "PRIMEIRO", "Em dia"),
-            ("2/1", &digits(52), "SEGUNDO", "Em dia"),
-        ],
-    );
-    for n in [51, 52] {
-        env.sandbox.canopus.set_client(
-            &digits(n),
-            vec![quota(&format!("{n}"), "X", &["2025-11-10"])],
-        );
-    }
+    clients_with_a_boleto(&env, &[(51, "PRIMEIRO"), (52, "SEGUNDO")]);
     // The first PDF goes through; the second is held, and the process is killed there.
     env.sandbox.faults.hold_after(Route::CanopusPdf, 1);
     let mut child = env.spawn(&["download-boletos", "--ano", "2025", "--mes", "11"]);

@@ -9,10 +9,44 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use crm_jobs::sandbox::Route;
 
-use crate::boletos::{digits, quota, setup};
+use crate::boletos::clients_with_a_boleto;
 use crate::lifecycle::some_contracts;
 use crate::support::*;
 use crate::sync::{NO_LIMIT, enqueue, with_crm};
+
+/// `n` creates of `produtos` 1..=n in the CRM outbox.
+fn enqueue_products(env: &Env, n: u32) {
+    let lines: Vec<String> = (1..=n)
+        .map(|i| format!(r#"{{"entity": "produtos", "record_id": "{i}", "action": "create", "payload": {{"nome": "P{i}"}}}}"#))
+        .collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    assert_eq!(enqueue(env, &refs).code, 0);
+}
+
+/// `n` active Stripe subscriptions (`s0`.., Stripe `sub_0`..) whose period ends today, each
+/// renewed at the sandbox's Stripe.
+fn stripe_subscriptions_ending_today(env: &Env, n: u32) {
+    let mut lines =
+        vec![r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#.to_string()];
+    for u in 0..n {
+        lines.push(format!(
+            r#"{{"type": "user", "id": "u{u}", "name": "User {u}", "email": "u{u}@example.com", "plan": "pro"}}"#
+        ));
+        lines.push(format!(
+            r#"{{"type": "subscription", "id": "s{u}", "user": "u{u}", "plan": "pro", "status": "active", "current_period_start": "2025-10-10T22:00:00Z", "current_period_end": "2025-11-10T22:00:00Z", "gateway": "stripe", "gateway_subscription_id": "sub_{u}"}}"#
+        ));
+        env.sandbox
+            .stripe
+            .set(&format!("sub_{u}"), "active", 1_762_812_000, 1_765_404_000);
+    }
+    std::fs::write(env.path("subs.jsonl"), lines.join("\n")).unwrap();
+    let path = env.path("subs.jsonl");
+    assert_eq!(
+        env.run(&["import", "subscriptions", path.to_str().unwrap()])
+            .code,
+        0
+    );
+}
 
 fn full() -> bool {
     std::env::var("CRM_JOBS_FULL_SUITES").is_ok_and(|v| v == "1")
@@ -161,11 +195,7 @@ fn crash_sync_queue_anywhere_then_finish_without_duplicates() {
     for n in kill_points(iterations(3, 20), items) {
         let env = Env::new();
         with_crm(&env, NO_LIMIT);
-        let lines: Vec<String> = (1..=items)
-            .map(|i| format!(r#"{{"entity": "produtos", "record_id": "{i}", "action": "create", "payload": {{"nome": "P{i}"}}}}"#))
-            .collect();
-        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-        assert_eq!(enqueue(&env, &refs).code, 0);
+        enqueue_products(&env, items as u32);
         if !kill_at(&env, &["sync-queue"], Route::Crm, n - 1) {
             continue;
         }
@@ -196,22 +226,7 @@ fn crash_download_boletos_anywhere_then_finish() {
     for n in kill_points(iterations(3, 15), clients) {
         let env = Env::new();
         env.configure("", "concurrency = 1");
-        let rows: Vec<(String, String)> = (0..clients)
-            .map(|i| (format!("{}/1", i + 1), digits(70 + i as u32)))
-            .collect();
-        let names = ["ANA", "BRUNO", "CARLA"];
-        let table: Vec<(&str, &str, &str, &str)> = rows
-            .iter()
-            .zip(names)
-            .map(|((q, d), name)| (q.as_str(), d.as_str(), name, "Em dia"))
-            .collect();
-        setup(&env, &table);
-        for i in 0..clients {
-            env.sandbox.canopus.set_client(
-                &digits(70 + i as u32),
-                vec![quota(&format!("{i}"), names[i as usize], &["2025-11-10"])],
-            );
-        }
+        clients_with_a_boleto(&env, &[(70, "ANA"), (71, "BRUNO"), (72, "CARLA")]);
         let args = ["download-boletos", "--ano", "2025", "--mes", "11"];
         if !kill_at(&env, &args, Route::CanopusPdf, n - 1) {
             continue;
@@ -241,11 +256,7 @@ fn jobs_at_once_on_one_store_never_meet_a_locked_database() {
     let env = Env::new();
     with_crm(&env, NO_LIMIT);
     some_contracts(&env, 200, 6);
-    let lines: Vec<String> = (1..=20)
-        .map(|i| format!(r#"{{"entity": "produtos", "record_id": "{i}", "action": "create", "payload": {{"nome": "P{i}"}}}}"#))
-        .collect();
-    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-    assert_eq!(enqueue(&env, &refs).code, 0);
+    enqueue_products(&env, 20);
     let report = env.path("report.html");
     let report = report.to_str().unwrap();
     for round in 0..iterations(2, 10) {
@@ -297,49 +308,12 @@ fn with_ten_percent_faults_every_item_ends_in_its_final_state() {
     )
     .unwrap();
     some_contracts(&env, 300, 10);
-    let lines: Vec<String> = (1..=30)
-        .map(|i| format!(r#"{{"entity": "produtos", "record_id": "{i}", "action": "create", "payload": {{"nome": "P{i}"}}}}"#))
-        .collect();
-    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-    assert_eq!(enqueue(&env, &refs).code, 0);
-    // Four boleto clients at the Canopus portal.
-    let names = ["ANA", "BRUNO", "CARLA", "DAVI"];
-    let rows: Vec<(String, String)> = (0..4)
-        .map(|i| (format!("{}/1", i + 1), digits(600 + i)))
-        .collect();
-    let table: Vec<(&str, &str, &str, &str)> = rows
-        .iter()
-        .zip(names)
-        .map(|((q, d), n)| (q.as_str(), d.as_str(), n, "Em dia"))
-        .collect();
-    setup(&env, &table);
-    for (i, name) in names.iter().enumerate() {
-        env.sandbox.canopus.set_client(
-            &digits(600 + i as u32),
-            vec![quota(&format!("{i}"), name, &["2025-11-10"])],
-        );
-    }
-    // Four Stripe subscriptions ending today.
-    let mut lines =
-        vec![r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#.to_string()];
-    for u in 0..4 {
-        lines.push(format!(
-            r#"{{"type": "user", "id": "u{u}", "name": "User {u}", "email": "u{u}@example.com", "plan": "pro"}}"#
-        ));
-        lines.push(format!(
-            r#"{{"type": "subscription", "id": "s{u}", "user": "u{u}", "plan": "pro", "status": "active", "current_period_start": "2025-10-10T22:00:00Z", "current_period_end": "2025-11-10T22:00:00Z", "gateway": "stripe", "gateway_subscription_id": "sub_{u}"}}"#
-        ));
-        env.sandbox
-            .stripe
-            .set(&format!("sub_{u}"), "active", 1_762_812_000, 1_765_404_000);
-    }
-    std::fs::write(env.path("subs.jsonl"), lines.join("\n")).unwrap();
-    let subs = env.path("subs.jsonl");
-    assert_eq!(
-        env.run(&["import", "subscriptions", subs.to_str().unwrap()])
-            .code,
-        0
+    enqueue_products(&env, 30);
+    clients_with_a_boleto(
+        &env,
+        &[(600, "ANA"), (601, "BRUNO"), (602, "CARLA"), (603, "DAVI")],
     );
+    stripe_subscriptions_ending_today(&env, 4);
     env.sandbox.faults.set_error_rate(0.10);
     env.sandbox.faults.set_latency(1, 4);
     // Each round is a later minute, past every backoff.
@@ -400,18 +374,8 @@ fn secrets_never_reach_logs_output_or_the_store_and_files_are_private() {
     )
     .unwrap();
     some_contracts(&env, 400, 2);
-    setup(&env, &[("1/1", &digits(80), "DANIEL", "Em dia")]);
-    env.sandbox
-        .canopus
-        .set_client(&digits(80), vec![quota("80", "DANIEL", &["2025-11-10"])]);
-    assert_eq!(
-        enqueue(
-            &env,
-            &[r#"{"entity": "produtos", "record_id": "1", "action": "create", "payload": {"nome": "P1"}}"#]
-        )
-        .code,
-        0
-    );
+    clients_with_a_boleto(&env, &[(80, "DANIEL")]);
+    enqueue_products(&env, 1);
     let secrets = [
         crm_jobs::sandbox::DEFAULT_PASSPHRASE,
         FERNET_KEY,
@@ -483,14 +447,7 @@ fn tls_certificates_are_verified_and_only_a_configured_ca_is_trusted() {
         .unwrap()
         .replace(&env.sandbox.crm_base_url(), &env.sandbox.tls_url("crm"));
     std::fs::write(env.path("config.toml"), &config).unwrap();
-    assert_eq!(
-        enqueue(
-            &env,
-            &[r#"{"entity": "produtos", "record_id": "1", "action": "create", "payload": {"nome": "P1"}}"#]
-        )
-        .code,
-        0
-    );
+    enqueue_products(&env, 1);
     // The sandbox's HTTPS certificate is signed by a test CA nobody trusts: refused.
     let refused = env.run(&["sync-queue"]);
     assert_ne!(refused.code, 0, "{refused:?}");
@@ -717,28 +674,7 @@ fn crash_cleanup_at_every_store_commit() {
 #[test]
 fn crash_renew_stripe_at_every_store_commit() {
     let crossed = every_commit_point(
-        |env| {
-            let mut lines =
-                vec![r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#.to_string()];
-            for u in 0..4 {
-                lines.push(format!(
-                    r#"{{"type": "user", "id": "u{u}", "name": "User {u}", "email": "u{u}@example.com", "plan": "pro"}}"#
-                ));
-                lines.push(format!(
-                    r#"{{"type": "subscription", "id": "s{u}", "user": "u{u}", "plan": "pro", "status": "active", "current_period_start": "2025-10-10T22:00:00Z", "current_period_end": "2025-11-10T22:00:00Z", "gateway": "stripe", "gateway_subscription_id": "sub_{u}"}}"#
-                ));
-                env.sandbox
-                    .stripe
-                    .set(&format!("sub_{u}"), "active", 1_762_812_000, 1_765_404_000);
-            }
-            std::fs::write(env.path("subs.jsonl"), lines.join("\n")).unwrap();
-            let path = env.path("subs.jsonl");
-            assert_eq!(
-                env.run(&["import", "subscriptions", path.to_str().unwrap()])
-                    .code,
-                0
-            );
-        },
+        |env| stripe_subscriptions_ending_today(env, 4),
         &["renew", "--step", "stripe"],
         |env, n| {
             // Each renewal applied once: one audit row and one email per subscription.
@@ -777,11 +713,7 @@ fn crash_fetch_invoices_and_sync_queue_at_every_store_commit() {
     let crossed = every_commit_point(
         |env| {
             with_crm(env, NO_LIMIT);
-            let lines: Vec<String> = (1..=4)
-                .map(|i| format!(r#"{{"entity": "produtos", "record_id": "{i}", "action": "create", "payload": {{"nome": "P{i}"}}}}"#))
-                .collect();
-            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-            assert_eq!(enqueue(env, &refs).code, 0);
+            enqueue_products(env, 4);
         },
         &["sync-queue"],
         |env, n| {
@@ -800,19 +732,7 @@ fn crash_download_boletos_at_every_store_commit() {
     let crossed = every_commit_point(
         |env| {
             env.configure("", "concurrency = 1");
-            setup(
-                env,
-                &[
-                    ("1/1", &digits(91), "ANA", "Em dia"),
-                    ("2/1", &digits(92), "BRUNO", "Em dia"),
-                ],
-            );
-            for (n, name) in [(91, "ANA"), (92, "BRUNO")] {
-                env.sandbox.canopus.set_client(
-                    &digits(n),
-                    vec![quota(&format!("{n}"), name, &["2025-11-10"])],
-                );
-            }
+            clients_with_a_boleto(env, &[(91, "ANA"), (92, "BRUNO")]);
         },
         &args,
         |env, n| {
