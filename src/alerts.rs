@@ -37,6 +37,11 @@ pub fn configure(config: &Config, password: Option<String>) {
     }
 }
 
+/// Whether alerts are on (`[alerts] to` set): only then do runs measure the work waiting.
+pub fn enabled() -> bool {
+    SETTINGS.get().is_some_and(|s| s.alerts.idle_with_work)
+}
+
 /// What a finished run says.
 pub struct RunFacts<'a> {
     pub job: &'a str,

@@ -255,10 +255,13 @@ impl JobRun {
             log: Vec::new(),
             _lock: lock,
         };
-        run.work_due = run
-            .store
-            .work_due(job, &now, run.clock.today())
-            .unwrap_or(None);
+        // Measured only for the "idle with work" alert.
+        if crate::alerts::enabled() {
+            run.work_due = run
+                .store
+                .work_due(job, &now, run.clock.today())
+                .unwrap_or(None);
+        }
         crate::pings::start(job, run_id);
         let stale = run.store.mark_interrupted(job, &now, run_id)?;
         for id in stale {

@@ -274,17 +274,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         }
         // Ping URLs: only that their host resolves (a request would count as a ping).
         for (job, url) in &cfg.pings {
-            let Ok(u) = reqwest::Url::parse(url) else {
-                continue;
-            };
-            let host = u.host_str().unwrap_or_default().to_string();
-            let port = u.port_or_known_default().unwrap_or(443);
-            match tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map(|mut a| a.next())
-            {
-                Ok(Some(_)) => r.add("pings", "ok", format!("`{job}`: `{host}` resolves")),
-                _ => r.add(
+            match resolves(url).await {
+                None => {}
+                Some((host, true)) => r.add("pings", "ok", format!("`{job}`: `{host}` resolves")),
+                Some((host, false)) => r.add(
                     "pings",
                     "warn",
                     format!("`{job}`: `{host}` does not resolve: its pings will fail (the job will not); check DNS or `[pings] {job}`"),
@@ -336,25 +329,28 @@ fn free_bytes(path: &Path) -> Option<u64> {
 }
 
 /// Name resolution, then an HTTP(S) answer (any status) within 10 s.
-async fn reach(r: &mut Report, name: &str, url: &str) {
-    let Ok(u) = reqwest::Url::parse(url) else {
-        return;
-    };
+/// A URL's host, and whether it resolves (`None`: not a URL).
+async fn resolves(url: &str) -> Option<(String, bool)> {
+    let u = reqwest::Url::parse(url).ok()?;
     let host = u.host_str().unwrap_or_default().to_string();
     let port = u.port_or_known_default().unwrap_or(443);
-    match tokio::net::lookup_host((host.as_str(), port))
+    let ok = tokio::net::lookup_host((host.as_str(), port))
         .await
-        .map(|mut a| a.next())
-    {
-        Ok(Some(_)) => {}
-        _ => {
-            r.add(
-                name,
-                "fail",
-                format!("`{host}` does not resolve: check DNS or `[{name}] base_url`"),
-            );
-            return;
-        }
+        .is_ok_and(|mut a| a.next().is_some());
+    Some((host, ok))
+}
+
+async fn reach(r: &mut Report, name: &str, url: &str) {
+    let Some((host, ok)) = resolves(url).await else {
+        return;
+    };
+    if !ok {
+        r.add(
+            name,
+            "fail",
+            format!("`{host}` does not resolve: check DNS or `[{name}] base_url`"),
+        );
+        return;
     }
     let client = match crate::http::builder()
         .timeout(Duration::from_secs(10))

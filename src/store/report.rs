@@ -30,10 +30,7 @@ impl Store {
             "SELECT job, substr(started_at, 1, 13), COUNT(*) FROM runs WHERE started_at >= ?1 AND status = 'success' GROUP BY 1, 2",
             since,
         )?;
-        Ok((
-            by_local_day(all, |(j, h, n)| (j, h, n), false),
-            by_local_day(ok, |(j, h, n)| (j, h, n), false),
-        ))
+        Ok((by_local_day(all, false), by_local_day(ok, false)))
     }
 
     /// (job, run id, duration in ms) of finished runs since an instant.
@@ -78,13 +75,12 @@ impl Store {
     /// São Paulo.
     pub fn queue_throughput(&self, since: &str) -> Result<Triples> {
         let hours = self.triples(
-            "SELECT substr(at, 1, 13),
-                    CASE WHEN status BETWEEN 200 AND 299 THEN 'done' WHEN status IS NULL THEN 'no answer' ELSE 'refused' END,
-                    COUNT(*)
+            "SELECT CASE WHEN status BETWEEN 200 AND 299 THEN 'done' WHEN status IS NULL THEN 'no answer' ELSE 'refused' END,
+                    substr(at, 1, 13), COUNT(*)
              FROM sync_log WHERE at >= ?1 AND request NOT IN ('deferred', 'none') GROUP BY 1, 2",
             since,
         )?;
-        Ok(by_local_day(hours, |(h, c, n)| (c, h, n), true))
+        Ok(by_local_day(hours, true))
     }
 
     /// The slowest invoice lookups: (contract, number, ms).
@@ -115,16 +111,11 @@ impl Store {
     }
 }
 
-/// Sums rows counted per UTC hour (`YYYY-MM-DDTHH`) into São Paulo days. `split` says which
-/// field is the key and which the hour; `day_first` puts the day first in the result.
-fn by_local_day(
-    rows: Triples,
-    split: impl Fn((String, String, i64)) -> (String, String, i64),
-    day_first: bool,
-) -> Triples {
+/// Sums `(key, UTC hour YYYY-MM-DDTHH, n)` rows into São Paulo days: `(key, day, n)` sorted by
+/// day then key, or `(day, key, n)` with `day_first`.
+fn by_local_day(rows: Triples, day_first: bool) -> Triples {
     let mut sums: std::collections::BTreeMap<(String, String), i64> = Default::default();
-    for row in rows {
-        let (key, hour, n) = split(row);
+    for (key, hour, n) in rows {
         let day = chrono::NaiveDateTime::parse_from_str(&format!("{hour}:00"), "%Y-%m-%dT%H:%M")
             .map(|t| {
                 t.and_utc()
@@ -152,7 +143,7 @@ mod tests {
             ("sync-queue".to_string(), "2025-11-10T02".to_string(), 3),
             ("sync-queue".to_string(), "2025-11-10T03".to_string(), 4),
         ];
-        let out = super::by_local_day(rows, |r| r, false);
+        let out = super::by_local_day(rows, false);
         assert_eq!(
             out,
             vec![
