@@ -429,6 +429,9 @@ pub fn deadline(
     starts.get(missed.saturating_sub(1)).copied()
 }
 
+/// systemd's `StateDirectory=` of the services: /var/lib/crm-jobs, where the store lives.
+const STATE_DIR: &str = "crm-jobs";
+
 /// Where the installed files are, for the generated crontab and units.
 #[derive(Debug, Clone)]
 pub struct Install {
@@ -436,7 +439,6 @@ pub struct Install {
     pub config: String,
     pub secrets_dir: String,
     pub user: String,
-    pub state_dir: String,
     pub on_failure: Option<String>,
 }
 
@@ -681,10 +683,10 @@ pub fn systemd(config: &Config, plan: &[Planned], install: &Install) -> Vec<(Str
             30
         };
         let _ = writeln!(s, "TimeoutStopSec={stop}");
-        let _ = writeln!(s, "StateDirectory={}", install.state_dir);
+        let _ = writeln!(s, "StateDirectory={STATE_DIR}");
         let _ = writeln!(s, "NoNewPrivileges=yes");
         let _ = writeln!(s, "ProtectSystem=strict");
-        let _ = writeln!(s, "ReadWritePaths=/var/lib/{}", install.state_dir);
+        let _ = writeln!(s, "ReadWritePaths=/var/lib/{STATE_DIR}");
         let _ = writeln!(s, "PrivateTmp=yes");
         out.push((format!("{unit}.service"), s));
 

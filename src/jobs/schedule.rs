@@ -57,7 +57,6 @@ fn install(paths: &Paths, user: &str, on_failure: Option<String>) -> Install {
         config: paths.config_path.clone(),
         secrets_dir: paths.secrets_dir.trim_end_matches('/').to_string(),
         user: user.to_string(),
-        state_dir: "crm-jobs".to_string(),
         on_failure,
     }
 }

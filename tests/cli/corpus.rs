@@ -212,6 +212,7 @@ fn cases() -> Vec<Case> {
         case!(name: "config: alerts to not an address", config: "[alerts]\nto = \"ops\"\n", args: &["config", "check"], code: 78, message: "`[alerts] to` = `ops` is not an email address"),
         case!(name: "config: schedule expression", config: "[schedule.retry]\ncron = \"0 25 * * *\"\n", args: &["config", "check"], code: 78, message: "`[schedule.retry] cron` = `0 25 * * *`: the hour field `25` is not valid (values 0-23; Component error: Number out of bounds.)"),
         case!(name: "config: schedule time zone", config: "[schedule.retry]\ntimezone = \"Brasilia\"\n", args: &["config", "check"], code: 78, message: "`[schedule.retry] timezone` = `Brasilia` is not an IANA time zone (e.g. `America/Sao_Paulo`)"),
+        case!(name: "config: TLS CA file missing", config: "[tls]\nca_file = \"/nonexistent/ca.pem\"\n", args: &["config", "check"], code: 78, message: "cannot read `[tls] ca_file` `/nonexistent/ca.pem`: No such file or directory (os error 2)"),
         case!(name: "config: file missing", args: &["--config", "/nonexistent/config.toml", "config", "check"], code: 78, message: "config file `/nonexistent/config.toml` (given with --config) does not exist"),
         // Command lines.
         case!(name: "cli: safra out of range", args: &["fetch-invoices", "--safra", "2025-13"], code: 2, message: "invalid value '2025-13' for '--safra <YYYY-MM>': expected a month as YYYY-MM, e.g. 2025-03"),

@@ -464,6 +464,9 @@ fn schedule_entries_change_the_crontab_units_and_status() {
     assert!(!out.stdout.contains("renew --step stripe"));
     assert!(out.stdout.contains("0 12 10,20 * * /usr/local/bin/crm-jobs --config /etc/crm-jobs/config.toml download-boletos --ponto-venda 17.308\n"));
     let dir = env.path("units");
+    // A unit of an entry that is no longer scheduled: named, never deleted.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("crm-jobs-renew-stripe.timer"), "old").unwrap();
     let out = env.run(&[
         "schedule",
         "systemd",
@@ -473,6 +476,12 @@ fn schedule_entries_change_the_crontab_units_and_status() {
         "notify@%n.service",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("`crm-jobs-renew-stripe.timer` in ")
+            && out.stderr.contains("is not in the schedule any more: disable and remove it (`systemctl disable --now crm-jobs-renew-stripe.timer`)"),
+        "{out:?}"
+    );
+    std::fs::remove_file(dir.join("crm-jobs-renew-stripe.timer")).unwrap();
     let timer = std::fs::read_to_string(dir.join("crm-jobs-fetch-invoices.timer")).unwrap();
     assert!(timer.contains("\nOnCalendar=Mon,Tue,Wed,Thu,Fri *-*-* 06,12,18:15:00 America/Manaus\nPersistent=true\nRandomizedDelaySec=2min\n") || timer.contains("OnCalendar=Mon,Tue,Wed,Thu,Fri *-*-* 06,12,18:15:00 America/Manaus\n"), "{timer}");
     assert!(timer.contains("Persistent=true"));
