@@ -327,6 +327,12 @@ pub struct CanopusConfig {
     pub quota_link: String,
     /// Text of the search answer for a CPF that is not a client.
     pub not_found_text: String,
+    /// Text of the search page when a posted grid link was not a quota (the session stays on
+    /// the client it was on).
+    pub not_selected_text: String,
+    /// Id fragment of the client page's element that shows the CPF; empty: anywhere in the
+    /// page's text.
+    pub client_cpf_id: String,
     /// Id fragment of the boleto grid and name fragment of each row's emit image button.
     pub boletos_grid: String,
     pub emit_image: String,
@@ -344,8 +350,10 @@ pub struct CanopusConfig {
     pub timeout_secs: u64,
     /// Portal sessions used at once per sales point (each logs in once).
     pub concurrency: u32,
-    /// Extra tries of one client after a transient failure.
+    /// Extra tries of one portal request (logins included) after a transient failure.
     pub retries: u32,
+    /// The first wait before such a try, in milliseconds; each next one doubles.
+    pub backoff_ms: u64,
 }
 
 impl Default for CanopusConfig {
@@ -367,6 +375,8 @@ impl Default for CanopusConfig {
             results_grid: "grdBuscaAvancada".into(),
             quota_link: "lnkGrupoCota".into(),
             not_found_text: "Nenhum registro encontrado".into(),
+            not_selected_text: "Selecione um registro válido".into(),
+            client_cpf_id: String::new(),
             boletos_grid: "grdBoleto_Avulso".into(),
             emit_image: "imgEmite_Boleto".into(),
             no_boleto_text: "Não existem parcelas em aberto".into(),
@@ -378,7 +388,8 @@ impl Default for CanopusConfig {
             row: "month".into(),
             timeout_secs: 60,
             concurrency: 4,
-            retries: 1,
+            retries: 3,
+            backoff_ms: 500,
         }
     }
 }
@@ -503,6 +514,8 @@ pub struct CleanupConfig {
     pub sessions_days: u32,
     /// Payments pending longer than this are cancelled.
     pub pending_payments_days: u32,
+    /// Portal pages saved to diagnose a failed step (`diagnostics/` beside the store).
+    pub diagnostics_days: u32,
     /// Rows deleted per transaction (the write lock is held that long only).
     pub batch_size: u32,
 }
@@ -517,6 +530,7 @@ impl Default for CleanupConfig {
             email_outbox_days: 90,
             sessions_days: 30,
             pending_payments_days: 7,
+            diagnostics_days: 14,
             batch_size: 1000,
         }
     }
@@ -998,6 +1012,12 @@ fn validate(config: &Config) -> Result<()> {
         return Err(CodedError::config(
             "`[canopus] timeout_secs` must be at least 1",
         ));
+    }
+    if canopus.retries > 10 || canopus.backoff_ms > 60_000 {
+        return Err(CodedError::config(format!(
+            "`[canopus] retries` = {} or `backoff_ms` = {} is out of range (0 to 10 tries, 0 to 60000 ms)",
+            canopus.retries, canopus.backoff_ms
+        )));
     }
     if !(1..=16).contains(&canopus.concurrency) {
         return Err(CodedError::config(format!(

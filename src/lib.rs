@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crm;
+pub mod diagnostics;
 pub mod domain;
 pub mod email;
 pub mod exit;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 
-use super::webforms::{Browser, Click, Page, PortalError};
+use super::webforms::{Browser, Click, Exchange, Page, PortalError, Retry};
 use crate::config::CanopusConfig;
 use crate::domain::cpf::Cpf;
 use crate::domain::money;
@@ -35,6 +35,8 @@ pub struct Portal {
     cfg: CanopusConfig,
     /// A search page with the CPF criterion chosen, kept to search again without reloading.
     search_page: Option<Page>,
+    /// The step under way, named in diagnostics.
+    step: &'static str,
 }
 
 impl Portal {
@@ -44,9 +46,15 @@ impl Portal {
                 base_url,
                 &cfg.login_path,
                 Duration::from_secs(cfg.timeout_secs),
+                Retry {
+                    retries: cfg.retries,
+                    backoff: Duration::from_millis(cfg.backoff_ms),
+                },
+                vec![cfg.password_field.clone()],
             )?,
             cfg: cfg.clone(),
             search_page: None,
+            step: "start",
         })
     }
 
@@ -55,8 +63,21 @@ impl Portal {
         self.browser.requests()
     }
 
-    /// Logs in with the user code (padded with zeros) and password.
+    /// The step under way (or where the last one stopped) and the last request with its
+    /// answer: what a diagnostic file holds.
+    pub fn snapshot(&self) -> Option<(&'static str, Exchange)> {
+        self.browser.last_exchange().map(|e| (self.step, e))
+    }
+
+    /// Forgets the search page, so that the next search starts from a fresh one.
+    pub fn reset(&mut self) {
+        self.search_page = None;
+    }
+
+    /// Logs in with the user code (padded with zeros) and password. Only the login page's
+    /// error message means the credentials were refused.
     pub async fn login(&mut self, user_code: &str, password: &str) -> Result<(), PortalError> {
+        self.step = "login";
         self.search_page = None;
         let page = self
             .browser
@@ -75,23 +96,31 @@ impl Portal {
                 ],
                 true,
             )
-            .await?;
+            .await
+            .map_err(|e| e.for_key("login_button"))?;
         if after
             .url
             .path()
             .to_ascii_lowercase()
             .ends_with(&self.cfg.login_path.to_ascii_lowercase())
         {
-            let message = after
-                .text_by_id(&self.cfg.login_message_id)
-                .unwrap_or_else(|| "the portal stayed on its login page".into());
-            return Err(PortalError::LoginFailed(message));
+            return Err(match after.text_by_id(&self.cfg.login_message_id) {
+                Some(message) => PortalError::LoginFailed(message.to_string()),
+                None => PortalError::Unexpected(format!(
+                    "the login page came back without an error message in `{}`: the portal changed; check `[canopus] user_field`, `password_field` and `login_message_id`",
+                    self.cfg.login_message_id
+                )),
+            });
         }
         Ok(())
     }
 
-    /// Searches a CPF; no link means the CPF is not a client.
+    /// Searches a CPF; no quota link means the CPF is not a client. Links of the grid whose
+    /// text holds no digit (an empty link, a header's sort link) are not quotas and are never
+    /// posted: the portal answers them with "Selecione um registro válido." and stays on the
+    /// client it was on.
     pub async fn search(&mut self, cpf: &Cpf) -> Result<Vec<QuotaLink>, PortalError> {
+        self.step = "search";
         let page = match self.search_page.take() {
             Some(p) => p,
             None => {
@@ -107,7 +136,8 @@ impl Portal {
                         &[(&self.cfg.criterion_field, self.cfg.criterion_cpf.clone())],
                         false,
                     )
-                    .await?
+                    .await
+                    .map_err(|e| e.for_key("criterion_field"))?
             }
         };
         let results = self
@@ -118,13 +148,17 @@ impl Portal {
                 &[(&self.cfg.search_field, cpf.formatted())],
                 false,
             )
-            .await?;
+            .await
+            .map_err(|e| e.for_key("search_button"))?;
         let links: Vec<QuotaLink> = results
             .postback_links(&self.cfg.quota_link)
             .into_iter()
-            .map(|l| QuotaLink {
-                target: l.target,
-                label: l.text,
+            .filter(|l| l.text.chars().any(|c| c.is_ascii_digit()))
+            .filter_map(|l| {
+                Some(QuotaLink {
+                    target: l.target.clone()?,
+                    label: l.text.clone(),
+                })
             })
             .collect();
         if links.is_empty() {
@@ -141,7 +175,7 @@ impl Portal {
                     self.cfg.quota_link
                 )));
             }
-            if !results.html.contains(&self.cfg.not_found_text) {
+            if !results.says(&self.cfg.not_found_text) {
                 return Err(PortalError::Unexpected(format!(
                     "the search answer has neither the result grid `{}` nor the message `{}`: the portal changed; check `[canopus] results_grid` and `not_found_text`",
                     self.cfg.results_grid, self.cfg.not_found_text
@@ -152,24 +186,30 @@ impl Portal {
         Ok(links)
     }
 
-    /// Opens a quota of the last search, then its boleto page; returns the page and its rows.
+    /// Opens a quota of the last search of `cpf`, checks that the portal is on that client,
+    /// then opens its boleto page; returns the page and its rows.
     pub async fn open_boletos(
         &mut self,
+        cpf: &Cpf,
         quota: &QuotaLink,
     ) -> Result<(Page, Vec<BoletoRow>), PortalError> {
+        self.step = "open quota";
         let search = self
             .search_page
             .clone()
             .ok_or_else(|| PortalError::Unexpected("no search page to open a quota from".into()))?;
-        self.browser
+        let client = self
+            .browser
             .click(&search, Click::Postback(&quota.target), &[], false)
             .await?;
+        self.check_client(&client, cpf, &quota.label)?;
+        self.step = "boletos";
         let page = self
             .browser
             .get(self.browser.url(&self.cfg.boletos_path)?, false)
             .await?;
         let rows = match page.grid(&self.cfg.boletos_grid) {
-            None if page.html.contains(&self.cfg.no_boleto_text) => Vec::new(),
+            None if page.says(&self.cfg.no_boleto_text) => Vec::new(),
             None => {
                 return Err(PortalError::Unexpected(format!(
                     "the boleto page has neither the grid `{}` nor the message `{}`: the portal changed; check `[canopus] boletos_grid` and `no_boleto_text`",
@@ -190,6 +230,53 @@ impl Portal {
             }
         };
         Ok((page, rows))
+    }
+
+    /// The page a quota link answered must be that client's: not the search page again (the
+    /// link was not taken, the session is still on the previous client), and showing the CPF
+    /// searched. Nothing of a quota is downloaded before this holds.
+    fn check_client(&self, page: &Page, cpf: &Cpf, quota: &str) -> Result<(), PortalError> {
+        let back_on_search =
+            page.says(&self.cfg.not_selected_text) || page.grid(&self.cfg.results_grid).is_some();
+        if back_on_search {
+            let said = if page.says(&self.cfg.not_selected_text) {
+                format!(" (`{}`)", self.cfg.not_selected_text)
+            } else {
+                String::new()
+            };
+            return Err(PortalError::Unexpected(format!(
+                "the portal did not open quota `{quota}`: it answered the search page again{said}, so it may still be on another client; nothing was saved for this quota"
+            )));
+        }
+        let id = &self.cfg.client_cpf_id;
+        let text = if id.is_empty() {
+            Some(page.text())
+        } else {
+            page.text_by_id(id)
+        };
+        let shown = text.map(cpfs_in).unwrap_or_default();
+        if shown.iter().any(|d| d == cpf.digits()) {
+            return Ok(());
+        }
+        let what = match (text, shown.is_empty()) {
+            (None, _) => format!(
+                "it has no element `{id}`: the portal changed; check `[canopus] client_cpf_id`"
+            ),
+            (Some(_), true) if id.is_empty() => "it shows no CPF (if the portal shows it in an element, set `[canopus] client_cpf_id`)".to_string(),
+            (Some(_), true) => format!("`{id}` shows no CPF"),
+            (Some(_), false) => format!(
+                "it shows {}",
+                shown
+                    .iter()
+                    .map(|d| format!("`{}`", mask_digits(d)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Err(PortalError::Unexpected(format!(
+            "the client page opened for quota `{quota}` does not show the CPF searched (`{}`); {what}; nothing was saved for this quota",
+            cpf.masked()
+        )))
     }
 
     fn boleto_row(&self, row: &super::webforms::GridRow) -> Option<BoletoRow> {
@@ -231,10 +318,12 @@ impl Portal {
         row: &BoletoRow,
         today: NaiveDate,
     ) -> Result<Vec<u8>, PortalError> {
+        self.step = "choose installment";
         let selected = self
             .browser
             .click(page, Click::Image(&row.image), &[], false)
             .await?;
+        self.step = "emit";
         let emitted = self
             .browser
             .click(
@@ -246,7 +335,8 @@ impl Portal {
                 ],
                 false,
             )
-            .await?;
+            .await
+            .map_err(|e| e.for_key("emit_button"))?;
         let link = emitted.window_open().ok_or_else(|| {
             let message = emitted.text_by_id("lblErro").unwrap_or_default();
             PortalError::Unexpected(format!(
@@ -258,22 +348,21 @@ impl Portal {
                 }
             ))
         })?;
-        let (url, body) = self.browser.bytes(emitted.join(&link)?).await?;
+        self.step = "print window";
+        let (url, body) = self.browser.bytes(emitted.join(link)?).await?;
         if body.starts_with(b"%PDF-") {
             return Ok(body);
         }
         // Labelled a PDF, but an HTML wrapper: follow its embed to the real file.
-        let wrapper = Page {
-            url,
-            html: String::from_utf8_lossy(&body).into_owned(),
-        };
+        let wrapper = Page::new(url, String::from_utf8_lossy(&body).into_owned());
         let src = wrapper.embed_src().ok_or_else(|| {
             PortalError::Unexpected(format!(
                 "the print window `{}` is neither a PDF nor a page embedding one",
                 wrapper.url.path()
             ))
         })?;
-        let (url, pdf) = self.browser.bytes(wrapper.join(&src)?).await?;
+        self.step = "boleto file";
+        let (url, pdf) = self.browser.bytes(wrapper.join(src)?).await?;
         if !pdf.starts_with(b"%PDF-") {
             let start: String = String::from_utf8_lossy(&pdf[..pdf.len().min(20)])
                 .chars()
@@ -286,5 +375,34 @@ impl Portal {
             )));
         }
         Ok(pdf)
+    }
+}
+
+/// The 11-digit numbers a text shows, written with or without the CPF's dots and dash.
+fn cpfs_in(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .map(|t| t.chars().filter(char::is_ascii_digit).collect::<String>())
+        .filter(|d| d.len() == 11)
+        .collect()
+}
+
+/// `708.***.***-36` for any 11 digits (a CPF shown by a page need not be valid).
+fn mask_digits(d: &str) -> String {
+    format!("{}.***.***-{}", &d[..3], &d[9..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpfs_are_found_formatted_or_not() {
+        assert_eq!(
+            cpfs_in("Nome: ANA CPF/CNPJ: 708.990.571-36 Grupo 001234/0567"),
+            vec!["70899057136"]
+        );
+        assert_eq!(cpfs_in("CPF 70899057136."), vec!["70899057136"]);
+        assert!(cpfs_in("10/11/2025 R$ 512,34 001234/0567").is_empty());
+        assert_eq!(mask_digits("70899057136"), "708.***.***-36");
     }
 }

@@ -1,15 +1,22 @@
 //! A client for ASP.NET WebForms pages that behaves like a browser: a click posts the form of
 //! the page being answered with all its successful controls (hidden state included, disabled
 //! ones left out) plus the clicked control, the way the page offered it (`__doPostBack` target,
-//! submit button, or image button `.x`/`.y`). Page reading is pure (HTML in, values out) and
-//! fetching is separate.
+//! submit button, or image button `.x`/`.y`).
+//!
+//! Pages are read as a browser reads them: parsed once into a DOM by the HTML parser
+//! (html5ever, through `scraper`), so attribute values are decoded (`&#39;`, `&quot;`) whatever
+//! the server encoded, quotes and attribute order do not matter, and postback targets are read
+//! from the decoded JavaScript of every attribute. Nothing matches the raw HTML text. Page
+//! reading is pure (HTML in, values out) and fetching is separate.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use ego_tree::NodeRef;
 use reqwest::Url;
-use scraper::{ElementRef, Html, Selector};
+use scraper::{ElementRef, Html, Node, Selector};
 
 /// How a portal step failed, by what the caller does about it.
 #[derive(Debug, thiserror::Error)]
@@ -22,14 +29,26 @@ pub enum PortalError {
     LoginFailed(String),
     /// The portal answered ASP.NET's "Invalid postback or callback argument".
     #[error(
-        "the portal rejected the postback of `{control}` on `{page}` (Invalid postback or callback argument): the page changed, or the control name in `[canopus]` is wrong"
+        "the portal rejected the postback of `{control}` on `{page}` (Invalid postback or callback argument): {}",
+        fix(key, "the page changed between reading and posting it")
     )]
-    Rejected { control: String, page: String },
+    Rejected {
+        control: String,
+        page: String,
+        /// The `[canopus]` key that names the control, when it comes from the config.
+        key: Option<&'static str>,
+    },
     /// The page does not offer the control we meant to click.
     #[error(
-        "the page `{page}` offers no control `{control}`: the portal changed; check `[canopus]`"
+        "the page `{page}` offers no control `{control}`: {}",
+        fix(key, "the page changed under the client")
     )]
-    NotOffered { control: String, page: String },
+    NotOffered {
+        control: String,
+        page: String,
+        /// The `[canopus]` key that names the control, when it comes from the config.
+        key: Option<&'static str>,
+    },
     /// A page without what it should hold.
     #[error("{0}")]
     Unexpected(String),
@@ -38,11 +57,95 @@ pub enum PortalError {
     Transient(String),
 }
 
+/// The advice of a changed-page error: the `[canopus]` key when one can fix it.
+fn fix(key: &Option<&'static str>, otherwise: &str) -> String {
+    match key {
+        Some(k) => format!("the portal changed; check `[canopus] {k}`"),
+        None => otherwise.to_string(),
+    }
+}
+
+impl PortalError {
+    /// Names the `[canopus]` key of the control this error is about.
+    pub fn for_key(self, k: &'static str) -> PortalError {
+        match self {
+            PortalError::NotOffered { control, page, .. } => PortalError::NotOffered {
+                control,
+                page,
+                key: Some(k),
+            },
+            PortalError::Rejected { control, page, .. } => PortalError::Rejected {
+                control,
+                page,
+                key: Some(k),
+            },
+            e => e,
+        }
+    }
+
+    /// Whether the page did not hold what the step expected (worth saving for diagnosis).
+    pub fn is_page_problem(&self) -> bool {
+        matches!(
+            self,
+            PortalError::Rejected { .. }
+                | PortalError::NotOffered { .. }
+                | PortalError::Unexpected(_)
+        )
+    }
+}
+
+/// A page's form as a browser would post it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Form {
+    pub action: String,
+    /// Successful controls: hidden, text, selected options, checked boxes; not disabled ones.
+    pub fields: Vec<(String, String)>,
+    /// Submit and image buttons (posted only when clicked), by name, with their value.
+    pub buttons: HashMap<String, String>,
+}
+
+/// A link of a page (`<a>`), with the postback target of its `href`/`onclick`, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageLink {
+    pub id: String,
+    pub target: Option<String>,
+    pub text: String,
+}
+
+/// One row of a grid: its cells' text, the names of its image buttons, its links.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GridRow {
+    pub cells: Vec<String>,
+    pub images: Vec<String>,
+    pub links: Vec<PageLink>,
+}
+
+/// What a page holds, read once from its DOM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub form: Option<Form>,
+    /// Every `__doPostBack` / `WebForm_PostBackOptions` target the page offers.
+    pub targets: HashSet<String>,
+    pub links: Vec<PageLink>,
+    /// Tables with an id: (id, data rows). Header rows (no `td`) are left out; rows of a nested
+    /// table belong to the nested table.
+    pub tables: Vec<(String, Vec<GridRow>)>,
+    /// Elements with an id and some text: (id, text).
+    pub texts: Vec<(String, String)>,
+    /// The page's visible text (no scripts or styles), whitespace folded.
+    pub text: String,
+    /// URLs of `window.open(...)` calls, in scripts or attributes.
+    pub windows: Vec<String>,
+    /// `src` of `<embed>`/`<iframe>`, or `data` of `<object>`.
+    pub embeds: Vec<String>,
+}
+
 /// A page as received.
 #[derive(Debug, Clone)]
 pub struct Page {
     pub url: Url,
     pub html: String,
+    pub parsed: Parsed,
 }
 
 /// What a click is.
@@ -64,191 +167,341 @@ impl Click<'_> {
     }
 }
 
-/// A page's form as a browser would post it.
-#[derive(Debug, Clone)]
-pub struct Form {
-    pub action: String,
-    /// Successful controls: hidden, text, selected options, checked boxes; not disabled ones.
-    pub fields: Vec<(String, String)>,
-    /// Names of submit and image buttons (posted only when clicked).
-    pub buttons: HashSet<String>,
-}
-
-/// A `__doPostBack` link of a page.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PostbackLink {
-    pub id: String,
-    pub target: String,
-    pub text: String,
-}
-
-/// One row of a grid: its cells' text and the names of its image buttons.
-#[derive(Debug, Clone, Default)]
-pub struct GridRow {
-    pub cells: Vec<String>,
-    pub images: Vec<String>,
-}
-
 fn sel(s: &str) -> Selector {
     Selector::parse(s).expect("valid selector")
 }
 
+fn fold(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn text_of(e: ElementRef) -> String {
-    e.text()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    fold(&e.text().collect::<Vec<_>>().join(" "))
+}
+
+/// The visible text under `node`: scripts, styles and templates left out.
+fn visible_text(node: NodeRef<Node>, out: &mut String) {
+    for child in node.children() {
+        match child.value() {
+            Node::Text(t) => {
+                out.push(' ');
+                out.push_str(t);
+            }
+            Node::Element(e)
+                if matches!(e.name(), "script" | "style" | "template" | "noscript") => {}
+            Node::Element(_) => visible_text(child, out),
+            _ => {}
+        }
+    }
+}
+
+/// Reads the JavaScript string literal at the start of `s` (after blanks), also one nested in
+/// another literal, whose quotes are backslash-escaped (`\'target\'`). Returns the string's
+/// content and what follows it.
+fn js_string(s: &str) -> Option<(String, &str)> {
+    let s = s.trim_start();
+    let (nested, s) = match s.strip_prefix('\\') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let quote = s.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let body = &s[1..];
+    let mut out = String::new();
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                (j, q) if q == quote && nested => return Some((out, &body[j + 1..])),
+                (_, 'n') => out.push('\n'),
+                (_, 't') => out.push('\t'),
+                (_, other) => out.push(other),
+            },
+            c if c == quote => return Some((out, &body[i + 1..])),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// The first string argument of every call to `function` in a piece of JavaScript.
+fn call_arguments(js: &str, function: &str) -> Vec<String> {
+    let pattern = format!("{function}(");
+    let mut found = Vec::new();
+    let mut rest = js;
+    while let Some(i) = rest.find(&pattern) {
+        rest = &rest[i + pattern.len()..];
+        if let Some((arg, _)) = js_string(rest) {
+            found.push(arg);
+        }
+    }
+    found
+}
+
+/// Postback targets named in a piece of (decoded) JavaScript.
+fn postback_targets(js: &str) -> Vec<String> {
+    let mut t = call_arguments(js, "__doPostBack");
+    t.extend(call_arguments(js, "WebForm_PostBackOptions"));
+    t.retain(|x| !x.is_empty());
+    t
+}
+
+/// The nearest `table` ancestor of `e`.
+fn owning_table(e: ElementRef) -> Option<ego_tree::NodeId> {
+    e.ancestors()
+        .find(|n| n.value().as_element().is_some_and(|x| x.name() == "table"))
+        .map(|n| n.id())
+}
+
+fn link_of(a: ElementRef) -> PageLink {
+    let v = a.value();
+    let target = ["href", "onclick"]
+        .iter()
+        .filter_map(|k| v.attr(k))
+        .flat_map(postback_targets)
+        .next();
+    PageLink {
+        id: v.attr("id").unwrap_or("").to_string(),
+        target,
+        text: text_of(a),
+    }
+}
+
+fn read_form(form: ElementRef) -> Form {
+    let action = form.value().attr("action").unwrap_or("").to_string();
+    let mut fields = Vec::new();
+    let mut buttons = HashMap::new();
+    for input in form.select(&sel("input, select, textarea, button")) {
+        let v = input.value();
+        let Some(name) = v.attr("name") else { continue };
+        if v.attr("disabled").is_some() {
+            continue;
+        }
+        match v.name() {
+            "select" => {
+                let chosen = input
+                    .select(&sel("option[selected]"))
+                    .next()
+                    .or_else(|| input.select(&sel("option")).next());
+                if let Some(o) = chosen {
+                    let value = o
+                        .value()
+                        .attr("value")
+                        .map(str::to_string)
+                        .unwrap_or_else(|| text_of(o));
+                    fields.push((name.to_string(), value));
+                }
+            }
+            "textarea" => fields.push((name.to_string(), input.text().collect())),
+            "button" => {
+                let kind = v.attr("type").unwrap_or("submit").to_ascii_lowercase();
+                if kind == "submit" {
+                    buttons.insert(name.to_string(), v.attr("value").unwrap_or("").to_string());
+                }
+            }
+            _ => match v
+                .attr("type")
+                .unwrap_or("text")
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "submit" | "image" => {
+                    buttons.insert(name.to_string(), v.attr("value").unwrap_or("").to_string());
+                }
+                "button" | "reset" | "file" => {}
+                "radio" | "checkbox" => {
+                    if v.attr("checked").is_some() {
+                        fields.push((
+                            name.to_string(),
+                            v.attr("value").unwrap_or("on").to_string(),
+                        ));
+                    }
+                }
+                _ => fields.push((name.to_string(), v.attr("value").unwrap_or("").to_string())),
+            },
+        }
+    }
+    Form {
+        action,
+        fields,
+        buttons,
+    }
+}
+
+impl Parsed {
+    /// Reads everything the client uses from a page.
+    pub fn read(html: &str) -> Parsed {
+        let doc = Html::parse_document(html);
+        let form = doc.select(&sel("form")).next().map(read_form);
+        let mut targets = HashSet::new();
+        let mut windows = Vec::new();
+        let mut texts = Vec::new();
+        for e in doc
+            .root_element()
+            .descendants()
+            .filter_map(ElementRef::wrap)
+        {
+            let v = e.value();
+            for (_, value) in v.attrs() {
+                targets.extend(postback_targets(value));
+                windows.extend(call_arguments(value, "window.open"));
+            }
+            if v.name() == "script" {
+                let js: String = e.text().collect();
+                targets.extend(postback_targets(&js));
+                windows.extend(call_arguments(&js, "window.open"));
+            }
+            if let Some(id) = v.attr("id") {
+                let t = text_of(e);
+                if !t.is_empty() {
+                    texts.push((id.to_string(), t));
+                }
+            }
+        }
+        // The `__doPostBack` function's own definition names no target.
+        targets.retain(|t| t != "eventTarget");
+        let links = doc.select(&sel("a")).map(link_of).collect();
+        let mut tables = Vec::new();
+        for table in doc.select(&sel("table[id]")) {
+            let me = table.id();
+            let rows = table
+                .select(&sel("tr"))
+                .filter(|tr| owning_table(*tr) == Some(me))
+                .filter(|tr| tr.select(&sel("td")).any(|td| owning_table(td) == Some(me)))
+                .map(|tr| GridRow {
+                    cells: tr
+                        .select(&sel("td"))
+                        .filter(|td| owning_table(*td) == Some(me))
+                        .map(text_of)
+                        .collect(),
+                    images: tr
+                        .select(&sel("input"))
+                        .filter(|i| {
+                            i.value()
+                                .attr("type")
+                                .is_some_and(|t| t.trim().eq_ignore_ascii_case("image"))
+                        })
+                        .filter_map(|i| i.value().attr("name").map(str::to_string))
+                        .collect(),
+                    links: tr.select(&sel("a")).map(link_of).collect(),
+                })
+                .collect();
+            tables.push((table.value().attr("id").unwrap_or("").to_string(), rows));
+        }
+        let mut text = String::new();
+        visible_text(*doc.root_element(), &mut text);
+        let embeds = doc
+            .select(&sel("embed[src], iframe[src], object[data]"))
+            .filter_map(|e| e.value().attr("src").or_else(|| e.value().attr("data")))
+            .map(str::to_string)
+            .collect();
+        Parsed {
+            form,
+            targets,
+            links,
+            tables,
+            texts,
+            text: fold(&text),
+            windows,
+            embeds,
+        }
+    }
 }
 
 impl Page {
+    /// A page as answered at `url`, read once.
+    pub fn new(url: Url, html: String) -> Page {
+        let parsed = Parsed::read(&html);
+        Page { url, html, parsed }
+    }
+
     /// The successful controls of the page's form, as a browser would post them, plus the
     /// names of its buttons (submit and image). `None` when the page has no form.
-    pub fn form(&self) -> Option<Form> {
-        let doc = Html::parse_document(&self.html);
-        let form = doc.select(&sel("form")).next()?;
-        let action = form.value().attr("action").unwrap_or("").to_string();
-        let mut fields = Vec::new();
-        let mut buttons = HashSet::new();
-        for input in form.select(&sel("input, select, textarea")) {
-            let v = input.value();
-            let Some(name) = v.attr("name") else { continue };
-            if v.attr("disabled").is_some() {
-                continue;
-            }
-            match v.name() {
-                "select" => {
-                    let chosen = input
-                        .select(&sel("option[selected]"))
-                        .next()
-                        .or_else(|| input.select(&sel("option")).next());
-                    if let Some(o) = chosen {
-                        let value = o
-                            .value()
-                            .attr("value")
-                            .map(str::to_string)
-                            .unwrap_or_else(|| text_of(o));
-                        fields.push((name.to_string(), value));
-                    }
-                }
-                "textarea" => fields.push((name.to_string(), input.text().collect())),
-                _ => match v
-                    .attr("type")
-                    .unwrap_or("text")
-                    .to_ascii_lowercase()
-                    .as_str()
-                {
-                    "submit" | "image" | "button" | "reset" => {
-                        buttons.insert(name.to_string());
-                    }
-                    "radio" | "checkbox" => {
-                        if v.attr("checked").is_some() {
-                            fields.push((
-                                name.to_string(),
-                                v.attr("value").unwrap_or("on").to_string(),
-                            ));
-                        }
-                    }
-                    "file" => {}
-                    _ => fields.push((name.to_string(), v.attr("value").unwrap_or("").to_string())),
-                },
-            }
-        }
-        Some(Form {
-            action,
-            fields,
-            buttons,
-        })
+    pub fn form(&self) -> Option<&Form> {
+        self.parsed.form.as_ref()
     }
 
     /// Whether the page offers `__doPostBack(target, ...)` (links and auto-postback controls).
     pub fn offers_postback(&self, target: &str) -> bool {
-        self.html.contains(&format!("__doPostBack('{target}'"))
-            || self.html.contains(&format!("__doPostBack(\\'{target}\\'"))
+        self.parsed.targets.contains(target)
     }
 
-    /// The `__doPostBack` links whose id contains `id_part` (e.g. `lnkGrupoCota`).
-    pub fn postback_links(&self, id_part: &str) -> Vec<PostbackLink> {
-        let doc = Html::parse_document(&self.html);
-        doc.select(&sel("a[href]"))
-            .filter_map(|a| {
-                let id = a.value().attr("id").unwrap_or("");
-                if !id.contains(id_part) {
-                    return None;
-                }
-                let href = a.value().attr("href")?;
-                let start = href.find("__doPostBack('")? + "__doPostBack('".len();
-                let target = href[start..].split('\'').next()?.to_string();
-                Some(PostbackLink {
-                    id: id.to_string(),
-                    target,
-                    text: text_of(a),
-                })
-            })
+    /// The links whose id contains `id_part` (e.g. `lnkGrupoCota`) and that post back.
+    pub fn postback_links(&self, id_part: &str) -> Vec<&PageLink> {
+        self.parsed
+            .links
+            .iter()
+            .filter(|l| l.target.is_some() && l.id.contains(id_part))
             .collect()
     }
 
     /// The data rows of the first table whose id contains `id_part` (header rows skipped);
     /// `None` when there is no such table.
-    pub fn grid(&self, id_part: &str) -> Option<Vec<GridRow>> {
-        let doc = Html::parse_document(&self.html);
-        let table = doc
-            .select(&sel("table[id]"))
-            .find(|t| t.value().attr("id").is_some_and(|id| id.contains(id_part)))?;
-        let rows = table
-            .select(&sel("tr"))
-            .filter(|tr| tr.select(&sel("td")).next().is_some())
-            .map(|tr| GridRow {
-                cells: tr.select(&sel("td")).map(text_of).collect(),
-                images: tr
-                    .select(&sel("input[type=image]"))
-                    .filter_map(|i| i.value().attr("name").map(str::to_string))
-                    .collect(),
-            })
-            .collect();
-        Some(rows)
+    pub fn grid(&self, id_part: &str) -> Option<&[GridRow]> {
+        self.parsed
+            .tables
+            .iter()
+            .find(|(id, _)| id.contains(id_part))
+            .map(|(_, rows)| rows.as_slice())
     }
 
     /// The text of the first element whose id contains `id_part`.
-    pub fn text_by_id(&self, id_part: &str) -> Option<String> {
-        let doc = Html::parse_document(&self.html);
-        doc.select(&sel("[id]"))
-            .find(|e| e.value().attr("id").is_some_and(|id| id.contains(id_part)))
-            .map(text_of)
-            .filter(|t| !t.is_empty())
+    pub fn text_by_id(&self, id_part: &str) -> Option<&str> {
+        self.parsed
+            .texts
+            .iter()
+            .find(|(id, _)| id.contains(id_part))
+            .map(|(_, t)| t.as_str())
     }
 
-    /// The URL of a `window.open("...")` in the page's scripts.
-    pub fn window_open(&self) -> Option<String> {
-        let start = self.html.find("window.open(")? + "window.open(".len();
-        let rest = self.html[start..].trim_start();
-        let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
-        rest[1..]
-            .split(quote)
-            .next()
-            .map(|u| u.replace("&amp;", "&"))
+    /// The page's visible text, whitespace folded.
+    pub fn text(&self) -> &str {
+        &self.parsed.text
+    }
+
+    /// Whether the page's visible text holds `needle` (whitespace folded on both sides).
+    pub fn says(&self, needle: &str) -> bool {
+        !needle.trim().is_empty() && self.parsed.text.contains(&fold(needle))
+    }
+
+    /// The URL of the first `window.open(...)` of the page.
+    pub fn window_open(&self) -> Option<&str> {
+        self.parsed.windows.first().map(String::as_str)
     }
 
     /// The `src` of the page's `<embed>` (or `<iframe>`/`<object data>`).
-    pub fn embed_src(&self) -> Option<String> {
-        let doc = Html::parse_document(&self.html);
-        doc.select(&sel("embed[src], iframe[src]"))
-            .next()
-            .and_then(|e| e.value().attr("src").map(str::to_string))
-            .or_else(|| {
-                doc.select(&sel("object[data]"))
-                    .next()
-                    .and_then(|e| e.value().attr("data").map(str::to_string))
-            })
+    pub fn embed_src(&self) -> Option<&str> {
+        self.parsed.embeds.first().map(String::as_str)
     }
 
     /// Resolves a link of this page.
     pub fn join(&self, link: &str) -> Result<Url, PortalError> {
-        self.url.join(link).map_err(|_| {
+        self.url.join(link.trim()).map_err(|_| {
             PortalError::Unexpected(format!("`{link}` on `{}` is not a URL", self.url.path()))
         })
     }
+}
+
+/// The last request of a session and what it answered, kept to diagnose a page that did not
+/// hold what a step expected. Secret fields are redacted when it is recorded.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub method: &'static str,
+    pub url: String,
+    /// Posted fields (secrets redacted, long values shortened).
+    pub fields: Vec<(String, String)>,
+    pub status: u16,
+    pub answered_url: String,
+    pub body: String,
+}
+
+/// How requests are retried after a transient failure.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Extra tries of one request.
+    pub retries: u32,
+    /// The first wait; each next one doubles (with up to 50% jitter).
+    pub backoff: Duration,
 }
 
 /// The browser: one cookie jar (one portal session), redirects followed.
@@ -256,11 +509,21 @@ pub struct Browser {
     http: reqwest::Client,
     base: Url,
     login_path: String,
+    retry: Retry,
+    /// Field names whose values never leave the process (the password).
+    secret_fields: Vec<String>,
     requests: AtomicU64,
+    last: Mutex<Option<Exchange>>,
 }
 
 impl Browser {
-    pub fn new(base: &str, login_path: &str, timeout: Duration) -> anyhow::Result<Browser> {
+    pub fn new(
+        base: &str,
+        login_path: &str,
+        timeout: Duration,
+        retry: Retry,
+        secret_fields: Vec<String>,
+    ) -> anyhow::Result<Browser> {
         let base = Url::parse(&format!("{}/", base.trim_end_matches('/')))?;
         let http = crate::http::builder()
             .user_agent(concat!(
@@ -276,13 +539,21 @@ impl Browser {
             http,
             base,
             login_path: login_path.to_ascii_lowercase(),
+            retry,
+            secret_fields,
             requests: AtomicU64::new(0),
+            last: Mutex::new(None),
         })
     }
 
     /// Requests sent so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The last request and its answer.
+    pub fn last_exchange(&self) -> Option<Exchange> {
+        self.last.lock().expect("last exchange").clone()
     }
 
     /// A URL under the portal's base (`path` starts with `/`).
@@ -294,18 +565,27 @@ impl Browser {
 
     /// GETs a page; `login` marks the login page itself (not an expiry).
     pub async fn get(&self, url: Url, login: bool) -> Result<Page, PortalError> {
-        let resp = self.send(self.http.get(url)).await?;
-        self.page(resp, None, login).await
+        self.retrying(|| async {
+            let resp = self.send(self.http.get(url.clone())).await?;
+            self.page(resp, "GET", url.as_str(), &[], None, login).await
+        })
+        .await
     }
 
     /// GETs raw bytes (files).
     pub async fn bytes(&self, url: Url) -> Result<(Url, Vec<u8>), PortalError> {
-        let resp = self.send(self.http.get(url)).await?;
-        let url = resp.url().clone();
-        self.check_status(&resp, None, &url)?;
-        self.check_login(&url, false)?;
-        let body = resp.bytes().await.map_err(|e| transient(&e))?;
-        Ok((url, body.to_vec()))
+        self.retrying(|| async {
+            let resp = self.send(self.http.get(url.clone())).await?;
+            let answered = resp.url().clone();
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(status_error(status, &answered));
+            }
+            self.check_login(&answered, false)?;
+            let body = resp.bytes().await.map_err(|e| transient(&e))?;
+            Ok((answered, body.to_vec()))
+        })
+        .await
     }
 
     /// Clicks a control of `page`, with `set` overriding form fields.
@@ -317,86 +597,84 @@ impl Browser {
         login: bool,
     ) -> Result<Page, PortalError> {
         let control = click.control().to_string();
-        let Some(Form {
-            action,
-            mut fields,
-            buttons,
-        }) = page.form()
-        else {
-            return Err(PortalError::NotOffered {
-                control,
-                page: page.url.path().to_string(),
-            });
+        let not_offered = || PortalError::NotOffered {
+            control: control.clone(),
+            page: page.url.path().to_string(),
+            key: None,
         };
+        let form = page.form().ok_or_else(not_offered)?;
         let offered = match click {
             Click::Postback(t) => page.offers_postback(t),
-            Click::Button(b) | Click::Image(b) => buttons.contains(b),
+            Click::Button(b) | Click::Image(b) => form.buttons.contains_key(b),
         };
         if !offered {
-            return Err(PortalError::NotOffered {
-                control,
-                page: page.url.path().to_string(),
-            });
+            return Err(not_offered());
         }
-        for (k, v) in set {
-            match fields.iter_mut().find(|(n, _)| n == k) {
-                Some(f) => f.1 = v.clone(),
-                None => fields.push((k.to_string(), v.clone())),
-            }
-        }
+        let mut fields = form.fields.clone();
         let mut put = |k: &str, v: String| match fields.iter_mut().find(|(n, _)| n == k) {
             Some(f) => f.1 = v,
             None => fields.push((k.to_string(), v)),
         };
+        for (k, v) in set {
+            put(k, v.clone());
+        }
         match click {
             Click::Postback(t) => {
                 put("__EVENTTARGET", t.to_string());
                 put("__EVENTARGUMENT", String::new());
             }
-            Click::Button(b) => {
-                let value = button_value(&page.html, b);
-                put(b, value);
-            }
+            Click::Button(b) => put(b, form.buttons.get(b).cloned().unwrap_or_default()),
             Click::Image(b) => {
                 put(&format!("{b}.x"), "12".into());
                 put(&format!("{b}.y"), "9".into());
             }
         }
-        let target = page.join(if action.is_empty() {
+        let target = page.join(if form.action.is_empty() {
             page.url.as_str()
         } else {
-            &action
+            &form.action
         })?;
-        let resp = self.send(self.http.post(target).form(&fields)).await?;
-        self.page(resp, Some(&control), login).await
+        self.retrying(|| async {
+            let resp = self
+                .send(self.http.post(target.clone()).form(&fields))
+                .await?;
+            self.page(
+                resp,
+                "POST",
+                target.as_str(),
+                &fields,
+                Some(&control),
+                login,
+            )
+            .await
+        })
+        .await
+    }
+
+    /// Runs one request, again after a transient failure (with backoff), up to the retries.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, PortalError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, PortalError>>,
+    {
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Err(PortalError::Transient(m)) if tries < self.retry.retries => {
+                    tries += 1;
+                    let wait = self.retry.backoff.saturating_mul(1 << (tries - 1).min(10));
+                    let wait = wait + wait.mul_f64(fastrand::f64() * 0.5);
+                    tracing::debug!("portal request failed ({m}); trying again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, PortalError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         req.send().await.map_err(|e| transient(&e))
-    }
-
-    fn check_status(
-        &self,
-        resp: &reqwest::Response,
-        control: Option<&str>,
-        url: &Url,
-    ) -> Result<(), PortalError> {
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        if status.is_server_error() || status.as_u16() == 429 {
-            let _ = control;
-            return Err(PortalError::Transient(format!(
-                "the portal answered {status} to `{}`",
-                url.path()
-            )));
-        }
-        Err(PortalError::Unexpected(format!(
-            "the portal answered {status} to `{}`",
-            url.path()
-        )))
     }
 
     fn check_login(&self, url: &Url, login: bool) -> Result<(), PortalError> {
@@ -409,36 +687,70 @@ impl Browser {
     async fn page(
         &self,
         resp: reqwest::Response,
+        method: &'static str,
+        url: &str,
+        fields: &[(String, String)],
         control: Option<&str>,
         login: bool,
     ) -> Result<Page, PortalError> {
-        let url = resp.url().clone();
+        let answered = resp.url().clone();
         let status = resp.status();
         let html = resp.text().await.map_err(|e| transient(&e))?;
-        if status.is_server_error() && html.contains("Invalid postback or callback argument") {
+        let page = Page::new(answered, html);
+        self.record(method, url, fields, status.as_u16(), &page);
+        if status.is_server_error() && page.says("Invalid postback or callback argument") {
             return Err(PortalError::Rejected {
                 control: control.unwrap_or("?").to_string(),
-                page: url.path().to_string(),
+                page: page.url.path().to_string(),
+                key: None,
             });
         }
         if !status.is_success() {
-            return Err(if status.is_server_error() || status.as_u16() == 429 {
-                PortalError::Transient(format!("the portal answered {status} to `{}`", url.path()))
-            } else {
-                PortalError::Unexpected(format!("the portal answered {status} to `{}`", url.path()))
-            });
+            return Err(status_error(status, &page.url));
         }
-        self.check_login(&url, login)?;
-        Ok(Page { url, html })
+        self.check_login(&page.url, login)?;
+        Ok(page)
+    }
+
+    fn record(
+        &self,
+        method: &'static str,
+        url: &str,
+        fields: &[(String, String)],
+        status: u16,
+        page: &Page,
+    ) {
+        let fields = fields
+            .iter()
+            .map(|(k, v)| {
+                let v = if self.secret_fields.iter().any(|s| s == k) {
+                    "(redacted)".to_string()
+                } else if v.len() > 80 {
+                    format!("({} characters)", v.len())
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        *self.last.lock().expect("last exchange") = Some(Exchange {
+            method,
+            url: url.to_string(),
+            fields,
+            status,
+            answered_url: page.url.to_string(),
+            body: page.html.clone(),
+        });
     }
 }
 
-fn button_value(html: &str, name: &str) -> String {
-    let doc = Html::parse_document(html);
-    doc.select(&sel("input"))
-        .find(|i| i.value().attr("name") == Some(name))
-        .and_then(|i| i.value().attr("value").map(str::to_string))
-        .unwrap_or_default()
+fn status_error(status: reqwest::StatusCode, url: &Url) -> PortalError {
+    let m = format!("the portal answered {status} to `{}`", url.path());
+    if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+        PortalError::Transient(m)
+    } else {
+        PortalError::Unexpected(m)
+    }
 }
 
 fn transient(e: &reqwest::Error) -> PortalError {
@@ -450,30 +762,32 @@ mod tests {
     use super::*;
 
     fn page(html: &str) -> Page {
-        Page {
-            url: Url::parse("http://portal/WWW/CONAT/frmBuscaCota.aspx").unwrap(),
-            html: html.into(),
-        }
+        Page::new(
+            Url::parse("http://portal/WWW/CONAT/frmBuscaCota.aspx").unwrap(),
+            html.into(),
+        )
     }
 
+    /// The page ASP.NET 4 writes: attribute values HTML-encoded.
     const FORM: &str = r#"<form method="post" action="./frmBuscaCota.aspx">
 <input type="hidden" name="__VIEWSTATE" value="vs1" />
 <input type="hidden" name="__EVENTVALIDATION" value="ev1" />
-<select name="ctl00$Conteudo$cbxCriterioBusca" onchange="javascript:setTimeout('__doPostBack(\'ctl00$Conteudo$cbxCriterioBusca\',\'\')', 0)">
+<select name="ctl00$Conteudo$cbxCriterioBusca" onchange="javascript:setTimeout(&#39;__doPostBack(\&#39;ctl00$Conteudo$cbxCriterioBusca\&#39;,\&#39;\&#39;)&#39;, 0)">
 <option value="G">Grupo</option><option selected="selected" value="F">CPF</option></select>
 <input name="ctl00$Conteudo$edtContextoBusca" type="text" disabled="disabled" />
 <input type="radio" name="tipo" value="BA" /><input type="radio" name="tipo" value="CA" checked="checked" />
-<input type="submit" name="ctl00$Conteudo$btnBuscar" value="Buscar" />
-<input type="image" name="ctl00$Conteudo$grd$ctl02$imgEmite_Boleto" src="x.gif" />
+<input type="submit" name="ctl00$Conteudo$btnBuscar" value="Buscar" onclick="javascript:WebForm_DoPostBackWithOptions(new WebForm_PostBackOptions(&quot;ctl00$Conteudo$btnBuscar&quot;, &quot;&quot;, true, &quot;&quot;, &quot;&quot;, false, false))" />
+<input type="IMAGE" name="ctl00$Conteudo$grd$ctl02$imgEmite_Boleto" src="x.gif" />
 <table id="ctl00_Conteudo_grdBuscaAvancada"><tr><th>Cota</th></tr>
-<tr><td><a id="ctl00_Conteudo_grdBuscaAvancada_ctl02_lnkGrupoCota" href="javascript:__doPostBack('ctl00$Conteudo$grdBuscaAvancada$ctl02$lnkGrupoCota','')">001234/0567</a></td><td>10/11/2025</td></tr>
+<tr><td><a id="ctl00_Conteudo_grdBuscaAvancada_ctl02_lnkGrupoCota" href="javascript:__doPostBack(&#39;ctl00$Conteudo$grdBuscaAvancada$ctl02$lnkGrupoCota&#39;,&#39;&#39;)">001234/0567</a></td><td>10/11/2025</td></tr>
 </table>
-<script>window.open("../CONCM/frmConCmImpressao.aspx?id=P1&amp;tipo=BA", "Impressao");</script>
+<script>window.open("../CONCM/frmConCmImpressao.aspx?id=P1&tipo=BA", "Impressao");</script>
 </form>"#;
 
     #[test]
     fn the_form_is_posted_as_a_browser_would() {
-        let form = page(FORM).form().unwrap();
+        let p = page(FORM);
+        let form = p.form().unwrap();
         assert_eq!(form.action, "./frmBuscaCota.aspx");
         let get = |n: &str| {
             form.fields
@@ -494,27 +808,37 @@ mod tests {
             None,
             "buttons only when clicked"
         );
-        assert!(form.buttons.contains("ctl00$Conteudo$btnBuscar"));
+        assert_eq!(
+            form.buttons
+                .get("ctl00$Conteudo$btnBuscar")
+                .map(String::as_str),
+            Some("Buscar")
+        );
         assert!(
             form.buttons
-                .contains("ctl00$Conteudo$grd$ctl02$imgEmite_Boleto")
+                .contains_key("ctl00$Conteudo$grd$ctl02$imgEmite_Boleto"),
+            "an image button whatever the case of its type"
         );
     }
 
     #[test]
-    fn postbacks_links_grids_and_windows_are_read() {
+    fn encoded_postbacks_links_grids_and_windows_are_read() {
         let p = page(FORM);
         assert!(
             p.offers_postback("ctl00$Conteudo$cbxCriterioBusca"),
-            "escaped inside setTimeout"
+            "encoded and escaped inside setTimeout"
         );
         assert!(p.offers_postback("ctl00$Conteudo$grdBuscaAvancada$ctl02$lnkGrupoCota"));
+        assert!(
+            p.offers_postback("ctl00$Conteudo$btnBuscar"),
+            "WebForm_PostBackOptions with &quot;"
+        );
         assert!(!p.offers_postback("ctl00$Conteudo$outro"));
         let links = p.postback_links("lnkGrupoCota");
         assert_eq!(links.len(), 1);
         assert_eq!(
-            links[0].target,
-            "ctl00$Conteudo$grdBuscaAvancada$ctl02$lnkGrupoCota"
+            links[0].target.as_deref(),
+            Some("ctl00$Conteudo$grdBuscaAvancada$ctl02$lnkGrupoCota")
         );
         assert_eq!(links[0].text, "001234/0567");
         let grid = p.grid("grdBuscaAvancada").unwrap();
@@ -525,6 +849,64 @@ mod tests {
             "../CONCM/frmConCmImpressao.aspx?id=P1&tipo=BA"
         );
         assert!(p.grid("grdBoleto").is_none());
+    }
+
+    #[test]
+    fn quotes_attribute_order_and_case_do_not_matter() {
+        let variants = [
+            r#"<a href="javascript:__doPostBack('ctl00$A','')" id="x_lnk">1/2</a>"#,
+            r#"<a id='x_lnk' href='javascript:__doPostBack(&#39;ctl00$A&#39;,&#39;&#39;)'>1/2</a>"#,
+            r#"<A ID="x_lnk" HREF="javascript:__doPostBack(&quot;ctl00$A&quot;,&quot;&quot;)">1/2</A>"#,
+            r#"<a id=x_lnk href="JavaScript: __doPostBack( 'ctl00$A' , '' )">1/2</a>"#,
+            r##"<a id="x_lnk" href="#" onclick="__doPostBack(&#x27;ctl00$A&#x27;,&#x27;&#x27;); return false;">1/2</a>"##,
+        ];
+        for v in variants {
+            let p = page(&format!("<form>{v}</form>"));
+            let links = p.postback_links("lnk");
+            assert_eq!(links.len(), 1, "{v}");
+            assert_eq!(links[0].target.as_deref(), Some("ctl00$A"), "{v}");
+            assert!(p.offers_postback("ctl00$A"), "{v}");
+        }
+    }
+
+    #[test]
+    fn a_window_open_in_an_attribute_is_decoded() {
+        let p = page(
+            r#"<input type="button" onclick="window.open(&#39;Imp.aspx?a=1&amp;b=2&#39;)" />"#,
+        );
+        assert_eq!(p.window_open().unwrap(), "Imp.aspx?a=1&b=2");
+    }
+
+    #[test]
+    fn nested_tables_keep_their_own_rows_and_text_skips_scripts() {
+        let p = page(
+            r#"<table id="grdA"><tr><td>a1</td><td><table id="inner"><tr><td>i1</td></tr></table></td></tr></table>
+<script>var x = "not text";</script><p>CPF/CNPJ: 123.456.789-09</p>"#,
+        );
+        assert_eq!(p.grid("grdA").unwrap().len(), 1);
+        assert_eq!(p.grid("inner").unwrap()[0].cells, vec!["i1"]);
+        assert!(p.says("CPF/CNPJ: 123.456.789-09"));
+        assert!(!p.says("not text"));
+    }
+
+    #[test]
+    fn js_strings_nested_in_strings_are_read() {
+        assert_eq!(
+            call_arguments(
+                r"setTimeout('__doPostBack(\'a$b\',\'\')', 0)",
+                "__doPostBack"
+            ),
+            vec!["a$b"]
+        );
+        assert_eq!(
+            call_arguments(r#"__doPostBack("a$b", "")"#, "__doPostBack"),
+            vec!["a$b"]
+        );
+        assert_eq!(
+            call_arguments(r#"window.open("x.aspx?a=1\/2")"#, "window.open"),
+            vec!["x.aspx?a=1/2"]
+        );
+        assert!(call_arguments("__doPostBack(", "__doPostBack").is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub enum CpfError {
     /// A character other than digits, dots, dashes and whitespace.
     #[error("CPF has characters other than digits, dots, dashes and spaces")]
     BadCharacters,
-    /// Too many digits, or too few to be a CPF that lost its leading zeros.
+    /// Too many digits, or a punctuated CPF with too few (a typo, not lost zeros).
     #[error("CPF has {digits} digits, expected 11")]
     WrongLength {
         /// How many digits the text had.
@@ -38,8 +38,10 @@ pub struct Cpf(String);
 impl Cpf {
     /// Parses a CPF as typed by people or exported by spreadsheets.
     ///
-    /// Accepts `708.990.571-36`, `70899057136`, spaces, and a digit-only text of 9 or 10 digits
-    /// (a spreadsheet dropped its leading zeros), also with a trailing `.0` (`7089905713.0`).
+    /// Accepts `708.990.571-36`, `70899057136`, spaces, and a digit-only text of fewer digits
+    /// (a spreadsheet stored the CPF as a number and dropped any number of leading zeros:
+    /// `52395243` is `000.523.952-43`), also with a trailing `.0` (`7089905713.0`). The padded
+    /// number is then checked like any other.
     pub fn parse(input: &str) -> Result<Cpf, CpfError> {
         let text = input.trim();
         if text.is_empty() {
@@ -60,9 +62,9 @@ impl Cpf {
         }
         let count = digits.len();
         let only_digits = count == text.len();
-        // Only a bare number can have lost its leading zeros; a punctuated CPF with fewer digits
-        // is a typo.
-        if !(9..=11).contains(&count) || (count < 11 && !only_digits) {
+        // Only a bare number can have lost its leading zeros (any number of them); a punctuated
+        // CPF with fewer digits is a typo.
+        if count == 0 || count > 11 || (count < 11 && !only_digits) {
             return Err(CpfError::WrongLength { digits: count });
         }
         let digits = format!("{digits:0>11}");
@@ -186,6 +188,17 @@ mod tests {
         assert_eq!(Cpf::parse(ten).unwrap(), cpf10);
         assert_eq!(Cpf::parse(&format!("{ten}.0")).unwrap(), cpf10);
         assert_eq!(Cpf::parse(&format!("0{ten}.0")).unwrap(), cpf10);
+
+        // Any number of lost zeros: the known sheet's `52395243` is `000.523.952-43`.
+        assert_eq!(
+            Cpf::parse("52395243").unwrap().formatted(),
+            "000.523.952-43"
+        );
+        assert_eq!(Cpf::parse("52395243.0").unwrap().digits(), "00052395243");
+        let small = Cpf::from_base(1_234);
+        let bare = small.digits().trim_start_matches('0');
+        assert!(bare.len() <= 6, "{bare}");
+        assert_eq!(Cpf::parse(bare).unwrap(), small);
     }
 
     #[test]
@@ -219,10 +232,9 @@ mod tests {
             Cpf::parse("708990571360"),
             Err(CpfError::WrongLength { digits: 12 })
         );
-        assert_eq!(
-            Cpf::parse("70899057"),
-            Err(CpfError::WrongLength { digits: 8 })
-        );
+        // Eight digits is a number that lost three leading zeros: padded, then its check
+        // digits decide (`70899057` -> `000.708.990-57` does not check).
+        assert_eq!(Cpf::parse("70899057"), Err(CpfError::CheckDigits));
         assert_eq!(Cpf::parse(".-"), Err(CpfError::WrongLength { digits: 0 }));
         // Punctuated text with missing digits is a typo, not a lost leading zero.
         assert_eq!(

@@ -19,8 +19,8 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
     /// Only these rules (repeatable): `sync_log`, `queue_done`, `queue_failed`, `runs`,
-    /// `job_skips`, `email_outbox`, `sessions`, `payments`. Default: all.
-    #[arg(long, value_name = "RULE", value_parser = ["sync_log", "queue_done", "queue_failed", "runs", "job_skips", "email_outbox", "sessions", "payments"])]
+    /// `job_skips`, `email_outbox`, `sessions`, `payments`, `diagnostics`. Default: all.
+    #[arg(long, value_name = "RULE", value_parser = ["sync_log", "queue_done", "queue_failed", "runs", "job_skips", "email_outbox", "sessions", "payments", "diagnostics"])]
     pub only: Vec<String>,
 }
 
@@ -38,11 +38,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     };
     let now = ctx.clock.now();
     let cutoff = |name: &str| clock::to_store(now - Duration::days(i64::from(days(name))));
+    let saved_pages = crate::diagnostics::folder(&ctx.store_path()?);
     if args.dry_run {
         let store = ctx.open_store()?;
         for rule in RETENTION.iter().filter(|r| wanted(r.name)) {
             let n = store.retention_count(rule, &cutoff(rule.name))?;
             println!("{}\t{n}\tolder than {} days", rule.name, days(rule.name));
+        }
+        if wanted("diagnostics") {
+            let n = crate::diagnostics::remove_older_than(
+                &saved_pages,
+                now,
+                cfg.diagnostics_days,
+                true,
+            )?;
+            println!("diagnostics\t{n}\tolder than {} days", cfg.diagnostics_days);
         }
         ctx.printer.say("dry run: nothing was removed");
         return Ok(Code::Success);
@@ -105,9 +115,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     run.add("payments_cancelled", payments as i64);
     run.counts.total += (sessions + payments) as i64;
     run.counts.ok += (sessions + payments) as i64;
-    parts.push(format!(
-        "{sessions} session(s) soft-deleted, {payments} pending payment(s) cancelled"
-    ));
+    if wanted("sessions") {
+        parts.push(format!("{sessions} session(s) soft-deleted"));
+    }
+    if wanted("payments") {
+        parts.push(format!("{payments} pending payment(s) cancelled"));
+    }
+    if wanted("diagnostics") {
+        // Saved portal pages (files, not rows) past their retention.
+        let n =
+            crate::diagnostics::remove_older_than(&saved_pages, now, cfg.diagnostics_days, false)?;
+        run.add("diagnostics", n as i64);
+        run.counts.total += n as i64;
+        run.counts.ok += n as i64;
+        parts.push(format!("{n} saved page(s)"));
+    }
     let (busy, log, moved) = run.store.checkpoint()?;
     if busy != 0 {
         tracing::info!(

@@ -63,7 +63,9 @@ enum QuotaOutcome {
         row: BoletoRow,
         pdf: Vec<u8>,
     },
-    AlreadyDone,
+    AlreadyDone {
+        quota: String,
+    },
     NoBoleto {
         quota: String,
         detail: String,
@@ -74,15 +76,40 @@ enum QuotaOutcome {
     },
 }
 
+impl QuotaOutcome {
+    fn quota(&self) -> &str {
+        match self {
+            QuotaOutcome::Saved { quota, .. }
+            | QuotaOutcome::AlreadyDone { quota }
+            | QuotaOutcome::NoBoleto { quota, .. }
+            | QuotaOutcome::Failed { quota, .. } => quota,
+        }
+    }
+}
+
+/// One client's progress in this run, kept across logins: a session that ends in the middle
+/// of a client goes on, after logging in again, with the next quota not yet taken.
+#[derive(Default)]
+struct Progress {
+    /// The portal finds no quota for the CPF.
+    not_client: bool,
+    /// How many quotas are taken (to name files of several quotas apart).
+    count: usize,
+    quotas: Vec<QuotaOutcome>,
+}
+
+impl Progress {
+    fn has(&self, quota: &str) -> bool {
+        self.quotas.iter().any(|q| q.quota() == quota)
+    }
+}
+
 /// What a worker reports for one client.
 struct ClientDone {
     client: ClientWork,
-    /// `None`: the CPF is not a client of the portal.
-    quotas: Option<Vec<QuotaOutcome>>,
-    /// A failure before any quota was opened.
+    progress: Progress,
+    /// Why the client could not be finished (its quotas done so far are recorded all the same).
     error: Option<String>,
-    /// How many quotas the client has (to name files of several quotas apart).
-    quota_count: usize,
     elapsed_ms: i64,
 }
 
@@ -91,13 +118,29 @@ enum Msg {
     /// A client's result; the worker waits for the acknowledgement before taking the next
     /// client, so that whatever a killed run finished is recorded.
     Client(ClientDone, tokio::sync::oneshot::Sender<()>),
+    /// The portal refused the credentials: the sales point stops.
     LoginFailed(String),
+    /// A session could not log in for a transient reason even after its tries: that session
+    /// stops, the others go on.
+    Unreachable(String),
 }
 
+#[derive(Clone, Copy)]
 struct Target {
     year: i32,
     month: u32,
     today: NaiveDate,
+}
+
+/// What every portal session of a sales point shares.
+struct Session {
+    cfg: CanopusConfig,
+    user: String,
+    password: String,
+    target: Target,
+    /// Where pages of failed steps are saved.
+    diagnostics: PathBuf,
+    clock: Clock,
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
@@ -295,7 +338,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     run.finish(&ctx.printer, stop, &detail)
 }
 
-/// Runs one sales point; returns why it stopped early, if it did (a failed login).
+/// Runs one sales point; returns why it stopped early, if it did (a refused login, or no
+/// session able to log in).
 #[allow(clippy::too_many_arguments)]
 async fn sales_point(
     run: &mut JobRun,
@@ -322,10 +366,25 @@ async fn sales_point(
         };
         jobs.push_back((c, done));
     }
+    let session = Arc::new(Session {
+        cfg: cfg.clone(),
+        user: user.to_string(),
+        password: password.to_string(),
+        target: *target,
+        diagnostics: crate::diagnostics::folder(&ctx.store_path()?),
+        clock: ctx.clock,
+    });
     // One session logs in first: a wrong password is tried once, not by every session.
     let mut first = Portal::new(cfg, base_url)?;
-    if let Err(m) = login(&mut first, user, password, cfg.retries).await {
-        let m = format!("sales point {code}: {m}; its clients were left untouched");
+    if let Err(e) = login(&session, &mut first).await {
+        let m = format!(
+            "sales point {code}: {e}; its clients were left {}",
+            if matches!(e, PortalError::Transient(_)) {
+                "for the next run"
+            } else {
+                "untouched"
+            }
+        );
         tracing::warn!("{m}");
         run.event("warn", m.clone());
         run.add("login_failed", 1);
@@ -339,105 +398,40 @@ async fn sales_point(
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.min(total).max(1) {
-        let (queue, stop, tx, cancel) =
-            (queue.clone(), stop.clone(), tx.clone(), run.cancel.clone());
-        let (cfg, base_url, user, password) = (
-            cfg.clone(),
-            base_url.to_string(),
-            user.to_string(),
-            password.to_string(),
-        );
-        let (year, month, today) = (target.year, target.month, target.today);
-        let ready = first.take();
-        workers.spawn(async move {
-            let mut logged_in = ready.is_some();
-            let mut portal = match ready.map_or_else(|| Portal::new(&cfg, &base_url), Ok) {
-                Ok(p) => p,
-                Err(e) => {
-                    tx.send(Msg::LoginFailed(format!("{e:#}"))).ok();
-                    return;
-                }
-            };
-            loop {
-                if cancel.is_cancelled() || stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if !logged_in {
-                    match login(&mut portal, &user, &password, cfg.retries).await {
-                        Ok(()) => logged_in = true,
-                        Err(m) => {
-                            stop.store(true, Ordering::SeqCst);
-                            tx.send(Msg::LoginFailed(m)).ok();
-                            break;
-                        }
-                    }
-                }
-                let Some((client, done)) = queue.lock().expect("queue").pop_front() else {
-                    break;
-                };
-                let started = Instant::now();
-                let mut result =
-                    client_boletos(&mut portal, &cfg, &client, &done, year, month, today).await;
-                let mut tries = 0;
-                loop {
-                    match &result {
-                        Err(PortalError::SessionExpired) if tries == 0 => {}
-                        Err(PortalError::Transient(_)) if tries < cfg.retries => {}
-                        _ => break,
-                    }
-                    tries += 1;
-                    if matches!(result, Err(PortalError::Transient(_))) {
-                        tokio::time::sleep(std::time::Duration::from_millis(500 << tries.min(6)))
-                            .await;
-                    }
-                    if let Err(m) = login(&mut portal, &user, &password, cfg.retries).await {
-                        stop.store(true, Ordering::SeqCst);
-                        tx.send(Msg::LoginFailed(m)).ok();
-                        return;
-                    }
-                    result =
-                        client_boletos(&mut portal, &cfg, &client, &done, year, month, today).await;
-                }
-                let elapsed_ms = started.elapsed().as_millis() as i64;
-                let done = match result {
-                    Ok((quotas, count)) => ClientDone {
-                        client,
-                        quotas,
-                        error: None,
-                        quota_count: count,
-                        elapsed_ms,
-                    },
-                    Err(e) => ClientDone {
-                        client,
-                        quotas: Some(Vec::new()),
-                        error: Some(e.to_string()),
-                        quota_count: 0,
-                        elapsed_ms,
-                    },
-                };
-                let (ack, recorded) = tokio::sync::oneshot::channel();
-                if tx.send(Msg::Client(done, ack)).is_err() || recorded.await.is_err() {
-                    break;
-                }
-            }
-        });
+        let portal = match first.take() {
+            Some(p) => p,
+            None => Portal::new(cfg, base_url)?,
+        };
+        workers.spawn(worker(
+            session.clone(),
+            portal,
+            queue.clone(),
+            stop.clone(),
+            tx.clone(),
+            run.cancel.clone(),
+        ));
     }
     drop(tx);
     let cancel = run.cancel.clone();
-    let mut login_failure = None;
+    let mut stopped_by = None;
+    let mut unreachable = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
                 None => break,
                 Some(Msg::LoginFailed(m)) => {
-                    if login_failure.is_none() {
+                    if stopped_by.is_none() {
                         let m = format!("sales point {code}: {m}; its clients were left untouched");
                         tracing::warn!("{m}");
                         run.event("warn", m.clone());
                         run.add("login_failed", 1);
-                        login_failure = Some(m);
+                        stopped_by = Some(m);
                     }
+                }
+                Some(Msg::Unreachable(m)) => {
+                    tracing::warn!("sales point {code}: a portal session could not log in ({m}); the other sessions go on");
+                    unreachable = Some(m);
                 }
                 Some(Msg::Client(done, ack)) => {
                     bar.set_message(done.client.name.clone());
@@ -458,25 +452,142 @@ async fn sales_point(
     }
     workers.abort_all();
     ctx.printer.finish_progress(&bar);
-    Ok(login_failure)
+    let left = queue.lock().expect("queue").len();
+    if stopped_by.is_none()
+        && left > 0
+        && !cancel.is_cancelled()
+        && let Some(m) = unreachable
+    {
+        let m = format!(
+            "sales point {code}: no portal session could log in ({m}); {left} client(s) were left for the next run"
+        );
+        tracing::warn!("{m}");
+        run.event("warn", m.clone());
+        stopped_by = Some(m);
+    }
+    Ok(stopped_by)
 }
 
-async fn login(
-    portal: &mut Portal,
-    user: &str,
-    password: &str,
-    retries: u32,
-) -> Result<(), String> {
-    let mut tries = 0;
+/// One portal session: logs in when it must, then takes clients from the queue one after the
+/// other until it is empty, the run is cancelled or the sales point stops.
+async fn worker(
+    s: Arc<Session>,
+    mut portal: Portal,
+    queue: Arc<Mutex<VecDeque<(ClientWork, Vec<String>)>>>,
+    stop: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<Msg>,
+    cancel: crate::lifecycle::Cancel,
+) {
+    // The first session arrives logged in; the others log in before their first client.
+    let mut logged_in = portal.requests() > 0;
     loop {
-        match portal.login(user, password).await {
-            Ok(()) => return Ok(()),
-            Err(PortalError::Transient(m)) if tries < retries => {
-                tries += 1;
-                tracing::debug!("login failed transiently ({m}); trying again");
-                tokio::time::sleep(std::time::Duration::from_millis(500 << tries.min(6))).await;
+        if cancel.is_cancelled() || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if !logged_in {
+            match login(&s, &mut portal).await {
+                Ok(()) => logged_in = true,
+                Err(e @ PortalError::Transient(_)) => {
+                    tx.send(Msg::Unreachable(e.to_string())).ok();
+                    break;
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::SeqCst);
+                    tx.send(Msg::LoginFailed(e.to_string())).ok();
+                    break;
+                }
             }
-            Err(e) => return Err(e.to_string()),
+        }
+        let Some((client, done)) = queue.lock().expect("queue").pop_front() else {
+            break;
+        };
+        let started = Instant::now();
+        let mut progress = Progress::default();
+        // Logins that brought no new quota: a session that expires again before taking any
+        // quota will not do better the next time.
+        let mut stalls = 0;
+        let error = loop {
+            let before = progress.quotas.len();
+            let e = match client_boletos(&s, &mut portal, &client, &done, &mut progress).await {
+                Ok(()) => break None,
+                Err(e) => e,
+            };
+            match e {
+                PortalError::SessionExpired => {
+                    stalls = if progress.quotas.len() > before {
+                        0
+                    } else {
+                        stalls + 1
+                    };
+                    if stalls > 1 {
+                        break Some(
+                            "the portal session ended again before any quota was taken; the client is tried again next run"
+                                .to_string(),
+                        );
+                    }
+                    tracing::debug!("the portal session expired; logging in again to go on");
+                    match login(&s, &mut portal).await {
+                        Ok(()) => continue,
+                        Err(e @ PortalError::LoginFailed(_)) => {
+                            stop.store(true, Ordering::SeqCst);
+                            tx.send(Msg::LoginFailed(e.to_string())).ok();
+                            logged_in = false;
+                            break Some(format!("could not log in again: {e}"));
+                        }
+                        Err(e) => {
+                            logged_in = false;
+                            break Some(format!("could not log in again: {e}"));
+                        }
+                    }
+                }
+                e => break Some(diagnose(&s, &portal, &e)),
+            }
+        };
+        // A failed step leaves the portal wherever it stopped: the next client starts afresh.
+        portal.reset();
+        let done = ClientDone {
+            client,
+            progress,
+            error,
+            elapsed_ms: started.elapsed().as_millis() as i64,
+        };
+        let (ack, recorded) = tokio::sync::oneshot::channel();
+        if tx.send(Msg::Client(done, ack)).is_err() || recorded.await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Logs in; the browser already tried a transient failure again in place.
+async fn login(s: &Session, portal: &mut Portal) -> Result<(), PortalError> {
+    match portal.login(&s.user, &s.password).await {
+        Err(e) if e.is_page_problem() => Err(PortalError::Unexpected(diagnose(s, portal, &e))),
+        other => other,
+    }
+}
+
+/// The message of a failed step; when the page did not hold what the step expected, the page
+/// is saved for diagnosis and the message names the file.
+fn diagnose(s: &Session, portal: &Portal, e: &PortalError) -> String {
+    let message = e.to_string();
+    if !e.is_page_problem() {
+        return message;
+    }
+    let Some((step, exchange)) = portal.snapshot() else {
+        return message;
+    };
+    match crate::diagnostics::save(
+        &s.diagnostics,
+        s.clock.now(),
+        "canopus",
+        step,
+        &exchange,
+        &message,
+    ) {
+        Ok(path) => format!("{message} (page saved to `{}`)", path.display()),
+        Err(err) => {
+            tracing::warn!("could not save the page of a failed step: {err:#}");
+            message
         }
     }
 }
@@ -491,47 +602,69 @@ fn quotas_done(store: &Store, c: &ClientWork, target: &Target) -> Result<Vec<Str
         .collect())
 }
 
-/// One client's steps on the portal. `Ok((None, 0))`: not a client of the portal.
+/// One client's steps on the portal, from where `progress` left it: search the CPF, then each
+/// quota not taken yet. Quotas that fail on their own are recorded in `progress`; an expired
+/// session or a transient failure is returned, to go on after logging in again.
 async fn client_boletos(
+    s: &Session,
     portal: &mut Portal,
-    cfg: &CanopusConfig,
     client: &ClientWork,
     done: &[String],
-    year: i32,
-    month: u32,
-    today: NaiveDate,
-) -> Result<(Option<Vec<QuotaOutcome>>, usize), PortalError> {
+    progress: &mut Progress,
+) -> Result<(), PortalError> {
+    let cfg = &s.cfg;
     let cpf = Cpf::parse(&client.cpf)
         .map_err(|e| PortalError::Unexpected(format!("invalid CPF in the store: {e}")))?;
-    let links = portal.search(&cpf).await?;
+    let mut links = portal.search(&cpf).await?;
     if links.is_empty() {
-        return Ok((None, 0));
+        progress.not_client = progress.quotas.is_empty();
+        return Ok(());
     }
     let chosen: Vec<QuotaLink> = match cfg.quotas.as_str() {
-        "first" => links.into_iter().take(1).collect(),
-        "last" => links.into_iter().last().into_iter().collect(),
+        "first" => links.drain(..).take(1).collect(),
+        "last" => links.drain(..).last().into_iter().collect(),
         _ => links,
     };
-    // Files are told apart by quota only when several are taken.
-    let count = chosen.len();
-    let mut out = Vec::new();
+    progress.count = chosen.len();
+    // After a quota failed on a page the portal may be anywhere: search again before the next.
+    let mut search_again = false;
     for link in chosen {
         let quota = link.label.clone();
-        if done.contains(&quota) {
-            out.push(QuotaOutcome::AlreadyDone);
+        if progress.has(&quota) {
             continue;
         }
-        let (page, rows) = match portal.open_boletos(&link).await {
+        if done.contains(&quota) {
+            progress.quotas.push(QuotaOutcome::AlreadyDone { quota });
+            continue;
+        }
+        let link = if search_again {
+            let again = portal.search(&cpf).await?;
+            match again.into_iter().find(|l| l.label == quota) {
+                Some(l) => l,
+                None => {
+                    progress.quotas.push(QuotaOutcome::Failed {
+                        quota,
+                        error: "the quota was listed, then missing from the same CPF's search"
+                            .to_string(),
+                    });
+                    continue;
+                }
+            }
+        } else {
+            link
+        };
+        search_again = false;
+        let (page, rows) = match portal.open_boletos(&cpf, &link).await {
             Ok(x) => x,
             Err(e @ (PortalError::SessionExpired | PortalError::Transient(_))) => return Err(e),
             Err(e) => {
-                out.push(QuotaOutcome::Failed {
-                    quota,
-                    error: e.to_string(),
-                });
+                let error = diagnose(s, portal, &e);
+                progress.quotas.push(QuotaOutcome::Failed { quota, error });
+                search_again = true;
                 continue;
             }
         };
+        let (year, month) = (s.target.year, s.target.month);
         let row = match cfg.row.as_str() {
             "last" => rows.last().cloned(),
             _ => rows
@@ -552,19 +685,24 @@ async fn client_boletos(
                     listed.join(", ")
                 )
             };
-            out.push(QuotaOutcome::NoBoleto { quota, detail });
+            progress
+                .quotas
+                .push(QuotaOutcome::NoBoleto { quota, detail });
             continue;
         };
-        match portal.emit(&page, &row, today).await {
-            Ok(pdf) => out.push(QuotaOutcome::Saved { quota, row, pdf }),
+        match portal.emit(&page, &row, s.target.today).await {
+            Ok(pdf) => progress
+                .quotas
+                .push(QuotaOutcome::Saved { quota, row, pdf }),
             Err(e @ (PortalError::SessionExpired | PortalError::Transient(_))) => return Err(e),
-            Err(e) => out.push(QuotaOutcome::Failed {
-                quota,
-                error: e.to_string(),
-            }),
+            Err(e) => {
+                let error = diagnose(s, portal, &e);
+                progress.quotas.push(QuotaOutcome::Failed { quota, error });
+                search_again = true;
+            }
         }
     }
-    Ok((Some(out), count))
+    Ok(())
 }
 
 /// Records one client's outcome: files written atomically under names that never overwrite
@@ -589,19 +727,8 @@ fn record_client(
     run.item_duration(done.elapsed_ms);
     let run_id = run.run_id;
     let base = |quota: &'static str| empty_record(c, target, run_id, quota);
-    if let Some(error) = &done.error {
-        run.store.record_boleto(&BoletoRecord {
-            error: Some(error),
-            at: &at,
-            ..base("")
-        })?;
-        run.counts.failed += 1;
-        run.add("error", 1);
-        tracing::warn!("{who}: error: {error}");
-        run.event("warn", format!("client {}: {error}", c.name));
-        return Ok(());
-    }
-    let Some(quotas) = done.quotas else {
+    let progress = done.progress;
+    if progress.not_client && done.error.is_none() {
         run.store.record_boleto(&BoletoRecord {
             outcome: "cpf_not_found",
             at: &at,
@@ -611,12 +738,13 @@ fn record_client(
         run.add("cpf_not_found", 1);
         tracing::warn!("{who}: cpf_not_found: the portal finds no quota for this CPF");
         return Ok(());
-    };
+    }
+    let quota_count = progress.count;
     let (mut saved, mut failed, mut already) = (0, 0, 0);
     let mut notes = Vec::new();
-    for q in quotas {
+    for q in progress.quotas {
         match q {
-            QuotaOutcome::AlreadyDone => already += 1,
+            QuotaOutcome::AlreadyDone { .. } => already += 1,
             QuotaOutcome::NoBoleto { quota, detail } => {
                 run.store.record_boleto(&BoletoRecord {
                     quota: &quota,
@@ -654,7 +782,7 @@ fn record_client(
                     target,
                     c,
                     &quota,
-                    done.quota_count,
+                    quota_count,
                     &row,
                     &pdf,
                     &at,
@@ -691,6 +819,16 @@ fn record_client(
             }
         }
     }
+    if let Some(error) = &done.error {
+        // The client could not be finished; what it got so far is recorded above.
+        failed += 1;
+        run.store.record_boleto(&BoletoRecord {
+            error: Some(error),
+            at: &at,
+            ..base("")
+        })?;
+        notes.push(format!("error: {error}"));
+    }
     let outcome = if failed > 0 {
         "error"
     } else if saved > 0 || already > 0 {
@@ -705,19 +843,23 @@ fn record_client(
     } else {
         run.counts.ok += 1;
     }
-    let line = format!(
-        "{who}: {outcome}{}{}",
-        if saved > 0 {
-            format!(", {saved} file(s) saved")
-        } else {
-            String::new()
-        },
-        if notes.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", notes.join("; "))
-        }
-    );
+    let line = match (&done.error, notes.len()) {
+        // A client that failed before any quota: the error alone.
+        (Some(error), 1) => format!("{who}: error: {error}"),
+        _ => format!(
+            "{who}: {outcome}{}{}",
+            if saved > 0 {
+                format!(", {saved} file(s) saved")
+            } else {
+                String::new()
+            },
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join("; "))
+            }
+        ),
+    };
     if outcome == "error" {
         tracing::warn!("{line}");
         run.event("warn", line);

@@ -54,6 +54,8 @@ struct Inner {
     jitter_ms: u64,
     /// Fraction (0..1) of requests that fail with 503 at random.
     error_rate: f64,
+    /// Fraction (0..1) of requests whose connection is reset, at random.
+    reset_rate: f64,
     held: HashMap<Route, bool>,
     /// Hold requests of a route once this many have passed.
     hold_after: HashMap<Route, u64>,
@@ -89,6 +91,12 @@ impl Faults {
     /// Fails this fraction of requests with 503, at random.
     pub fn set_error_rate(&self, rate: f64) {
         self.inner.lock().unwrap().error_rate = rate;
+    }
+
+    /// Resets the connection of this fraction of requests, at random (after the 503s drawn by
+    /// [`Faults::set_error_rate`]).
+    pub fn set_reset_rate(&self, rate: f64) {
+        self.inner.lock().unwrap().reset_rate = rate;
     }
 
     /// Keeps requests of `route` waiting (after they are counted) until [`Faults::release_all`].
@@ -157,6 +165,9 @@ impl Faults {
                     status: 503,
                     retry_after: None,
                 });
+            }
+            if fault.is_none() && inner.reset_rate > 0.0 && fastrand::f64() < inner.reset_rate {
+                fault = Some(Fault::Reset);
             }
             let seen = *inner.seen.get(&route).unwrap_or(&0);
             if inner.hold_after.get(&route).is_some_and(|n| seen > *n) {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use axum::Router;
 
-pub use canopus::{CanopusState, SbBoleto, SbQuota};
+pub use canopus::{CanopusState, Dress, Misselect, SbBoleto, SbQuota};
 pub use faults::{Fault, Faults, Route};
 pub use nio::{NioState, PdfKind, SbDebt, SbInvoice};
 

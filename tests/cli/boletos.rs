@@ -281,7 +281,7 @@ fn a_renamed_portal_control_is_an_error_not_an_unknown_cpf() {
     let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
-        out.stderr.contains("the result grid `grdBuscaAvancada` has 1 row(s) but no `lnkCotaNova` link: the portal changed; check `[canopus] quota_link`"),
+        out.stderr.contains("the result grid `grdBuscaAvancada` has 2 row(s) but no `lnkCotaNova` link: the portal changed; check `[canopus] quota_link` (page saved to `"),
         "{out:?}"
     );
 }
@@ -600,4 +600,263 @@ fn dry_run_lists_the_clients_and_logs_in_nowhere() {
         "{out:?}"
     );
     assert_eq!(env.sandbox.canopus.logins(), 0);
+}
+
+/// Whether the PDF at `path` is the boleto of quota `group/quota` of the client `cpf_digits`:
+/// the sandbox's PDF names its owner.
+fn holds_boleto_of(path: &std::path::Path, cpf_digits: &str, quota: &str) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    bytes.starts_with(b"%PDF-")
+        && text.contains(&format!(
+            "CPF {cpf_digits} cota {}",
+            quota.replace('/', "-")
+        ))
+}
+
+/// Every saved file, with whose boleto it holds: each must be the client's its name says.
+fn assert_each_file_is_its_clients(env: &Env, expected: &[(&str, String, &str)]) {
+    let files = files_under(&env.downloads());
+    assert_eq!(files.len(), expected.len(), "{files:?}");
+    for (file_part, cpf_digits, quota) in expected {
+        let file = files
+            .iter()
+            .find(|f| f.to_string_lossy().contains(file_part))
+            .unwrap_or_else(|| panic!("no file named like `{file_part}` in {files:?}"));
+        assert!(
+            holds_boleto_of(&env.downloads().join(file), cpf_digits, quota),
+            "`{}` does not hold the boleto of {cpf_digits} {quota}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn each_dress_of_the_portal_gives_each_client_its_own_boleto() {
+    use crm_jobs::sandbox::Dress;
+    for dress in [Dress::AspNet4, Dress::Plain, Dress::Alt] {
+        let env = Env::new();
+        setup(
+            &env,
+            &[
+                ("1/1", &digits(701), "ANA", "Em dia"),
+                ("2/1", &digits(702), "BRUNO DUAS COTAS", "Em dia"),
+                ("3/1", &digits(703), "CARLA", "Em dia"),
+            ],
+        );
+        let c = &env.sandbox.canopus;
+        c.set_dress(dress);
+        c.set_client(&digits(701), vec![quota("701", "ANA", &["2025-11-10"])]);
+        c.set_client(
+            &digits(702),
+            vec![
+                quota("7021", "BRUNO DUAS COTAS", &["2025-11-10"]),
+                quota("7022", "BRUNO DUAS COTAS", &["2025-11-12"]),
+            ],
+        );
+        c.set_client(&digits(703), vec![quota("703", "CARLA", &["2025-11-10"])]);
+        let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+        assert_eq!(out.code, 0, "{dress:?}: {out:?}");
+        assert_each_file_is_its_clients(
+            &env,
+            &[
+                ("ANA_NOVEMBRO", digits(701), "701/0123"),
+                ("BRUNO_DUAS_COTAS_NOVEMBRO_7021", digits(702), "7021/0123"),
+                ("BRUNO_DUAS_COTAS_NOVEMBRO_7022", digits(702), "7022/0123"),
+                ("CARLA_NOVEMBRO", digits(703), "703/0123"),
+            ],
+        );
+        for (cpf, q) in [
+            (701, "701/0123"),
+            (702, "7021/0123"),
+            (702, "7022/0123"),
+            (703, "703/0123"),
+        ] {
+            assert_eq!(c.downloads(&digits(cpf), q), 1, "{dress:?} {cpf} {q}");
+        }
+    }
+}
+
+#[test]
+fn a_lost_selection_never_files_another_clients_boleto() {
+    use crm_jobs::sandbox::Misselect;
+    let env = Env::new();
+    // One session, clients in name order: ANA first, then BRUNO, then CARLA.
+    env.configure("", "concurrency = 1");
+    clients_with_a_boleto(&env, &[(711, "ANA"), (712, "BRUNO"), (713, "CARLA")]);
+    let c = &env.sandbox.canopus;
+    // BRUNO's quota link answers "Selecione um registro válido." (the session stays on ANA);
+    // CARLA's goes to the client page while the session stays on ANA.
+    c.misselect(&digits(712), Misselect::NotSelected, 1);
+    c.misselect(&digits(713), Misselect::PreviousClient, 1);
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("BRUNO (DENER, {}): error (712/0123", cpf(712).masked())) && out.stderr.contains("error (712/0123: error: the portal did not open quota `712/0123`: it answered the search page again (`Selecione um registro válido`), so it may still be on another client; nothing was saved for this quota (page saved to `"),
+        "{out:?}"
+    );
+    let ana = cpf(711).masked();
+    let carla = cpf(713).masked();
+    assert!(
+        out.stderr.contains(&format!("error (713/0123: error: the client page opened for quota `713/0123` does not show the CPF searched (`{carla}`); it shows `{ana}`; nothing was saved for this quota (page saved to `")),
+        "{out:?}"
+    );
+    assert_each_file_is_its_clients(&env, &[("ANA_NOVEMBRO", digits(711), "711/0123")]);
+    assert_eq!(
+        c.downloads_total(),
+        1,
+        "nothing downloaded for BRUNO or CARLA"
+    );
+
+    // The saved pages: private, naming the step and the request, holding the page.
+    let pages: Vec<_> = std::fs::read_dir(env.path("store/diagnostics"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(pages.len(), 2, "{pages:?}");
+    for page in &pages {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(page).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{}", page.display());
+        let text = std::fs::read_to_string(page).unwrap();
+        assert!(text.contains("step: open quota"), "{text}");
+        assert!(
+            text.contains("request: POST http://")
+                && text
+                    .contains("__EVENTTARGET = ctl00$Conteudo$grdBuscaAvancada$ctl03$lnkGrupoCota"),
+            "{text}"
+        );
+        assert!(text.contains("</html>"), "the page itself follows: {text}");
+        assert!(out.stderr.contains(&page.display().to_string()));
+    }
+
+    // The next run takes the two again, each into its own file.
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_each_file_is_its_clients(
+        &env,
+        &[
+            ("ANA_NOVEMBRO", digits(711), "711/0123"),
+            ("BRUNO_NOVEMBRO", digits(712), "712/0123"),
+            ("CARLA_NOVEMBRO", digits(713), "713/0123"),
+        ],
+    );
+}
+
+#[test]
+fn a_session_cap_goes_on_with_the_next_quota_and_downloads_each_once() {
+    for concurrency in ["1", "2"] {
+        let env = Env::new();
+        env.configure("", &format!("concurrency = {concurrency}"));
+        let clients = [(721, "ANA"), (722, "BRUNO"), (723, "CARLA")];
+        let rows: Vec<(String, String)> = clients
+            .iter()
+            .map(|(n, _)| (format!("{n}/1"), digits(*n)))
+            .collect();
+        let table: Vec<(&str, &str, &str, &str)> = rows
+            .iter()
+            .zip(&clients)
+            .map(|((q, d), (_, name))| (q.as_str(), d.as_str(), *name, "Em dia"))
+            .collect();
+        setup(&env, &table);
+        let c = &env.sandbox.canopus;
+        // Two quotas a client: more requests than one session may make.
+        for (n, name) in clients {
+            c.set_client(
+                &digits(n),
+                vec![
+                    quota(&format!("{n}1"), name, &["2025-11-10"]),
+                    quota(&format!("{n}2"), name, &["2025-11-20"]),
+                ],
+            );
+        }
+        c.set_session_cap(Some(15));
+        let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(
+            c.logins() > 3,
+            "sessions were capped: {} logins",
+            c.logins()
+        );
+        let mut expected = Vec::new();
+        for (n, name) in clients {
+            for part in 1..=2 {
+                let q = format!("{n}{part}/0123");
+                assert_eq!(c.downloads(&digits(n), &q), 1, "{name} {q}");
+                expected.push((
+                    format!("{name}_NOVEMBRO_{n}{part}-0123"),
+                    digits(n),
+                    q.clone(),
+                ));
+            }
+        }
+        let expected: Vec<(&str, String, &str)> = expected
+            .iter()
+            .map(|(f, d, q)| (f.as_str(), d.clone(), q.as_str()))
+            .collect();
+        assert_each_file_is_its_clients(&env, &expected);
+    }
+}
+
+#[test]
+fn a_changed_login_page_is_saved_without_the_password_and_old_pages_are_cleaned_up() {
+    let env = Env::new();
+    env.configure("", "login_message_id = \"lblAviso\"");
+    setup(&env, &[("1/1", &digits(731), "CLIENTE", "Em dia")]);
+    assert_eq!(set_credentials(&env, "errada").code, 0);
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("sales point 17.308: the login page came back without an error message in `lblAviso`: the portal changed; check `[canopus] user_field`, `password_field` and `login_message_id` (page saved to `"),
+        "{out:?}"
+    );
+    let pages: Vec<_> = std::fs::read_dir(env.path("store/diagnostics"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(pages.len(), 1);
+    let text = std::fs::read_to_string(&pages[0]).unwrap();
+    assert!(text.contains("step: login"), "{text}");
+    assert!(text.contains("edtSenha = (redacted)"), "{text}");
+    assert!(
+        !text.contains("errada"),
+        "the password never reaches a file"
+    );
+    assert!(text.contains("Usuário ou senha inválidos."), "{text}");
+
+    // Kept while young; removed by cleanup once older than `[cleanup] diagnostics_days`.
+    let out = env.run(&["cleanup", "--only", "diagnostics"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(pages[0].exists());
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&pages[0])
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let out = env.run(&["cleanup", "--only", "diagnostics"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("removed 1 saved page(s)"), "{out:?}");
+    assert!(!pages[0].exists());
+}
+
+#[test]
+fn spreadsheet_cpfs_that_lost_any_number_of_leading_zeros_are_padded() {
+    let env = Env::new();
+    // `000.523.952-43` stored as the number 52395243 (three zeros lost).
+    let small = crm_jobs::domain::cpf::Cpf::parse("00052395243").unwrap();
+    setup(&env, &[("1/1", "52395243", "ZEROS PERDIDOS", "Em dia")]);
+    env.sandbox.canopus.set_client(
+        small.digits(),
+        vec![quota("52", "ZEROS PERDIDOS", &["2025-11-10"])],
+    );
+    let stored: String = env.query("SELECT cpf FROM clients");
+    assert_eq!(stored, "00052395243");
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_each_file_is_its_clients(
+        &env,
+        &[("ZEROS_PERDIDOS", small.digits().to_string(), "52/0123")],
+    );
 }

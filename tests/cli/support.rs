@@ -94,6 +94,8 @@ impl Env {
         let mut canopus = vec![
             format!("base_url = \"{}\"", self.sandbox.canopus_base_url()),
             "concurrency = 2".to_string(),
+            // Tests wait 10 ms before trying a portal request again, not the default 500.
+            "backoff_ms = 10".to_string(),
         ];
         for line in canopus_extra.lines().filter(|l| !l.trim().is_empty()) {
             let key = line.split('=').next().unwrap().trim();
