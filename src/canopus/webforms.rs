@@ -920,4 +920,181 @@ mod tests {
             "http://portal/WWW/CONAT/Boleto.ashx?id=P1"
         );
     }
+
+    /// A random WebForms page: what it holds, and three ways of writing it.
+    struct RandomPage {
+        hidden: Vec<(String, String)>,
+        criterion: String,
+        options: Vec<String>,
+        selected: usize,
+        button: (String, String),
+        links: Vec<(String, String)>,
+        window: String,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Writing {
+        /// ASP.NET 4: double quotes, `&#39;` and `&quot;`.
+        Encoded,
+        /// Apostrophes raw inside double quotes.
+        Plain,
+        /// Single quotes, `&#x27;`, upper-case names.
+        SingleHex,
+    }
+
+    fn word(rng: &mut fastrand::Rng, alphabet: &[char], len: std::ops::Range<usize>) -> String {
+        (0..rng.usize(len))
+            .map(|_| alphabet[rng.usize(..alphabet.len())])
+            .collect()
+    }
+
+    impl RandomPage {
+        fn new(rng: &mut fastrand::Rng) -> RandomPage {
+            let id: Vec<char> = "abcXYZ019_".chars().collect();
+            let any: Vec<char> = "aZ9 '\"&<>$/=;:é%#()".chars().collect();
+            let target =
+                |rng: &mut fastrand::Rng| format!("ctl00$Conteudo${}", word(rng, &id, 1..12));
+            RandomPage {
+                hidden: (0..rng.usize(1..5))
+                    .map(|i| (format!("__H{i}{}", word(rng, &id, 0..4)), word(rng, &any, 0..30)))
+                    .collect(),
+                criterion: target(rng),
+                options: (0..rng.usize(1..4)).map(|_| word(rng, &any, 1..6)).collect(),
+                selected: 0,
+                button: (target(rng), word(rng, &any, 0..8)),
+                links: (0..rng.usize(0..6))
+                    .map(|_| (target(rng), word(rng, &['1', '2', '/', 'A'], 0..8)))
+                    .collect(),
+                window: format!("Imp.aspx?id={}&t={}", word(rng, &id, 1..5), word(rng, &id, 0..3)),
+            }
+        }
+
+        fn element(
+            &self,
+            w: Writing,
+            rng: &mut fastrand::Rng,
+            name: &str,
+            attrs: &[(&str, &str)],
+            inner: Option<&str>,
+        ) -> String {
+            let mut attrs = attrs.to_vec();
+            rng.shuffle(&mut attrs);
+            let mut out = format!("<{name}");
+            for (k, v) in attrs {
+                let amp = v.replace('&', "&amp;");
+                out.push_str(&match w {
+                    Writing::Encoded => format!(
+                        " {k}=\"{}\"",
+                        amp.replace('"', "&quot;")
+                            .replace('\'', "&#39;")
+                            .replace('<', "&lt;")
+                            .replace('>', "&gt;")
+                    ),
+                    Writing::Plain => format!(" {k}=\"{}\"", amp.replace('"', "&quot;")),
+                    Writing::SingleHex => {
+                        format!(" {} = '{}'", k.to_uppercase(), amp.replace('\'', "&#x27;"))
+                    }
+                });
+            }
+            match inner {
+                Some(i) => format!("{out}>{i}</{name}>"),
+                None => format!("{out} />"),
+            }
+        }
+
+        fn render(&self, w: Writing, rng: &mut fastrand::Rng) -> String {
+            let mut body = String::new();
+            for (k, v) in &self.hidden {
+                body.push_str(&self.element(w, rng, "input", &[("type", "hidden"), ("name", k), ("value", v)], None));
+            }
+            let options: String = self
+                .options
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let mut a = vec![("value", o.as_str())];
+                    if i == self.selected {
+                        a.push(("selected", "selected"));
+                    }
+                    self.element(w, rng, "option", &a, Some("x"))
+                })
+                .collect();
+            let onchange = format!(
+                "javascript:setTimeout('__doPostBack(\\'{}\\',\\'\\')', 0)",
+                self.criterion
+            );
+            body.push_str(&self.element(
+                w,
+                rng,
+                "select",
+                &[("name", &self.criterion), ("onchange", &onchange)],
+                Some(&options),
+            ));
+            let onclick = format!(
+                "javascript:WebForm_DoPostBackWithOptions(new WebForm_PostBackOptions(\"{}\", \"\", true, \"\", \"\", false, false))",
+                self.button.0
+            );
+            body.push_str(&self.element(
+                w,
+                rng,
+                "input",
+                &[
+                    ("type", "submit"),
+                    ("name", &self.button.0),
+                    ("value", &self.button.1),
+                    ("onclick", &onclick),
+                ],
+                None,
+            ));
+            let mut rows = String::new();
+            for (i, (target, text)) in self.links.iter().enumerate() {
+                let href = format!("javascript:__doPostBack('{target}','')");
+                let id = format!("grd_ctl{i:02}_lnkGrupoCota");
+                rows.push_str(&format!(
+                    "<tr><td>{}</td></tr>",
+                    self.element(w, rng, "a", &[("id", &id), ("href", &href)], Some(text))
+                ));
+            }
+            body.push_str(&self.element(w, rng, "table", &[("id", "grdBusca")], Some(&rows)));
+            format!(
+                "<html><body><form method=\"post\" action=\"./p.aspx\">{body}</form><script>window.open(\"{}\");</script></body></html>",
+                self.window
+            )
+        }
+    }
+
+    /// A property test: whatever the page holds and however it is written (encoded, plain or
+    /// single-quoted; attributes in any order), it reads the same, and it reads what it holds.
+    #[test]
+    fn random_pages_read_the_same_however_they_are_written() {
+        for seed in 0..400 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let page = RandomPage::new(&mut rng);
+            let encoded = Parsed::read(&page.render(Writing::Encoded, &mut rng));
+            for w in [Writing::Plain, Writing::SingleHex] {
+                let other = Parsed::read(&page.render(w, &mut rng));
+                assert_eq!(encoded.form, other.form, "seed {seed}");
+                assert_eq!(encoded.targets, other.targets, "seed {seed}");
+                assert_eq!(encoded.links, other.links, "seed {seed}");
+                assert_eq!(encoded.tables, other.tables, "seed {seed}");
+                assert_eq!(encoded.windows, other.windows, "seed {seed}");
+            }
+            let form = encoded.form.as_ref().unwrap();
+            let mut expected = page.hidden.clone();
+            expected.push((page.criterion.clone(), page.options[page.selected].clone()));
+            assert_eq!(form.fields, expected, "seed {seed}");
+            assert_eq!(form.buttons.get(&page.button.0), Some(&page.button.1), "seed {seed}");
+            let mut targets: HashSet<String> = page.links.iter().map(|(t, _)| t.clone()).collect();
+            targets.insert(page.criterion.clone());
+            targets.insert(page.button.0.clone());
+            assert_eq!(encoded.targets, targets, "seed {seed}");
+            let read: Vec<(String, String)> = encoded
+                .links
+                .iter()
+                .map(|l| (l.target.clone().unwrap(), l.text.clone()))
+                .collect();
+            assert_eq!(read, page.links, "seed {seed}");
+            assert_eq!(encoded.windows, vec![page.window.clone()], "seed {seed}");
+        }
+    }
 }

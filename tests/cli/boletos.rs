@@ -604,7 +604,7 @@ fn dry_run_lists_the_clients_and_logs_in_nowhere() {
 
 /// Whether the PDF at `path` is the boleto of quota `group/quota` of the client `cpf_digits`:
 /// the sandbox's PDF names its owner.
-fn holds_boleto_of(path: &std::path::Path, cpf_digits: &str, quota: &str) -> bool {
+pub(crate) fn holds_boleto_of(path: &std::path::Path, cpf_digits: &str, quota: &str) -> bool {
     let bytes = std::fs::read(path).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     bytes.starts_with(b"%PDF-")
@@ -615,7 +615,7 @@ fn holds_boleto_of(path: &std::path::Path, cpf_digits: &str, quota: &str) -> boo
 }
 
 /// Every saved file, with whose boleto it holds: each must be the client's its name says.
-fn assert_each_file_is_its_clients(env: &Env, expected: &[(&str, String, &str)]) {
+pub(crate) fn assert_each_file_is_its_clients(env: &Env, expected: &[(&str, String, &str)]) {
     let files = files_under(&env.downloads());
     assert_eq!(files.len(), expected.len(), "{files:?}");
     for (file_part, cpf_digits, quota) in expected {

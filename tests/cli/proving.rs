@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use crm_jobs::sandbox::Route;
 
-use crate::boletos::clients_with_a_boleto;
+use crate::boletos::{assert_each_file_is_its_clients, clients_with_a_boleto, digits, quota, setup};
 use crate::lifecycle::some_contracts;
 use crate::support::*;
 use crate::sync::{NO_LIMIT, enqueue, with_crm};
@@ -292,6 +292,69 @@ fn jobs_at_once_on_one_store_never_meet_a_locked_database() {
     assert_eq!(env.sandbox.crm.records("produtos").len(), 20);
     let ok: String = env.query("PRAGMA integrity_check");
     assert_eq!(ok, "ok");
+}
+
+/// Issue 11's target: 15% of every portal request (logins, pages, postbacks, the print window,
+/// the PDF) answered with a 503 or a reset connection, default retry settings: every boleto is
+/// saved within two runs, each downloaded once, each file its own client's.
+#[test]
+fn with_fifteen_percent_portal_faults_every_boleto_is_saved_within_two_runs() {
+    let env = Env::new();
+    // The default backoff (the harness shortens it for the other tests).
+    env.configure("", "backoff_ms = 500");
+    let names = ["ANA", "BRUNO", "CARLA", "DAVI", "EVA", "FABIO"];
+    let rows: Vec<(String, String, &str)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (format!("{}/1", i + 1), digits(800 + i as u32), *name))
+        .collect();
+    let table: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|(q, d, n)| (q.as_str(), d.as_str(), *n, "Em dia"))
+        .collect();
+    setup(&env, &table);
+    let mut expected = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let n = 800 + i as u32;
+        // Every other client has two quotas.
+        let count = 1 + i % 2;
+        let quotas = (1..=count)
+            .map(|k| quota(&format!("{n}{k}"), name, &["2025-11-10"]))
+            .collect();
+        env.sandbox.canopus.set_client(&digits(n), quotas);
+        for k in 1..=count {
+            let file = if count > 1 {
+                format!("{name}_NOVEMBRO_{n}{k}-0123")
+            } else {
+                format!("{name}_NOVEMBRO")
+            };
+            expected.push((file, digits(n), format!("{n}{k}/0123")));
+        }
+    }
+    env.sandbox.faults.set_error_rate(0.10);
+    env.sandbox.faults.set_reset_rate(0.05);
+    let args = ["download-boletos", "--ano", "2025", "--mes", "11"];
+    for _ in 0..2 {
+        let out = env.run(&args);
+        assert!(matches!(out.code, 0 | 1 | 3), "{out:?}");
+        if out.code == 0 {
+            break;
+        }
+    }
+    env.sandbox.faults.set_error_rate(0.0);
+    env.sandbox.faults.set_reset_rate(0.0);
+    let expected: Vec<(&str, String, &str)> = expected
+        .iter()
+        .map(|(f, d, q)| (f.as_str(), d.clone(), q.as_str()))
+        .collect();
+    assert_each_file_is_its_clients(&env, &expected);
+    for (_, cpf, q) in &expected {
+        assert_eq!(env.sandbox.canopus.downloads(cpf, q), 1, "{cpf} {q}");
+    }
+    assert!(
+        env.sandbox.faults.seen(Route::CanopusLogin) > 0,
+        "logins met the faults too"
+    );
 }
 
 #[test]
