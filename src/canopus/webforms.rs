@@ -956,16 +956,27 @@ mod tests {
                 |rng: &mut fastrand::Rng| format!("ctl00$Conteudo${}", word(rng, &id, 1..12));
             RandomPage {
                 hidden: (0..rng.usize(1..5))
-                    .map(|i| (format!("__H{i}{}", word(rng, &id, 0..4)), word(rng, &any, 0..30)))
+                    .map(|i| {
+                        (
+                            format!("__H{i}{}", word(rng, &id, 0..4)),
+                            word(rng, &any, 0..30),
+                        )
+                    })
                     .collect(),
                 criterion: target(rng),
-                options: (0..rng.usize(1..4)).map(|_| word(rng, &any, 1..6)).collect(),
+                options: (0..rng.usize(1..4))
+                    .map(|_| word(rng, &any, 1..6))
+                    .collect(),
                 selected: 0,
                 button: (target(rng), word(rng, &any, 0..8)),
                 links: (0..rng.usize(0..6))
                     .map(|_| (target(rng), word(rng, &['1', '2', '/', 'A'], 0..8)))
                     .collect(),
-                window: format!("Imp.aspx?id={}&t={}", word(rng, &id, 1..5), word(rng, &id, 0..3)),
+                window: format!(
+                    "Imp.aspx?id={}&t={}",
+                    word(rng, &id, 1..5),
+                    word(rng, &id, 0..3)
+                ),
             }
         }
 
@@ -1005,7 +1016,13 @@ mod tests {
         fn render(&self, w: Writing, rng: &mut fastrand::Rng) -> String {
             let mut body = String::new();
             for (k, v) in &self.hidden {
-                body.push_str(&self.element(w, rng, "input", &[("type", "hidden"), ("name", k), ("value", v)], None));
+                body.push_str(&self.element(
+                    w,
+                    rng,
+                    "input",
+                    &[("type", "hidden"), ("name", k), ("value", v)],
+                    None,
+                ));
             }
             let options: String = self
                 .options
@@ -1083,7 +1100,11 @@ mod tests {
             let mut expected = page.hidden.clone();
             expected.push((page.criterion.clone(), page.options[page.selected].clone()));
             assert_eq!(form.fields, expected, "seed {seed}");
-            assert_eq!(form.buttons.get(&page.button.0), Some(&page.button.1), "seed {seed}");
+            assert_eq!(
+                form.buttons.get(&page.button.0),
+                Some(&page.button.1),
+                "seed {seed}"
+            );
             let mut targets: HashSet<String> = page.links.iter().map(|(t, _)| t.clone()).collect();
             targets.insert(page.criterion.clone());
             targets.insert(page.button.0.clone());

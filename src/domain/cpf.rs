@@ -26,6 +26,15 @@ pub enum CpfError {
     /// The last two digits are not the mod-11 check digits of the first nine.
     #[error("CPF check digits do not match (a typo?)")]
     CheckDigits,
+    /// A bare number of fewer than 11 digits whose check digits fail even once padded with
+    /// the leading zeros a spreadsheet drops.
+    #[error(
+        "CPF has {digits} digits, expected 11 (padded with the leading zeros a spreadsheet drops, its check digits do not match)"
+    )]
+    ShortNotValid {
+        /// How many digits the text had.
+        digits: usize,
+    },
 }
 
 /// A valid CPF: exactly 11 ASCII digits with matching check digits.
@@ -74,7 +83,11 @@ impl Cpf {
         }
         let (d1, d2) = check_digits(&bytes[..9]);
         if bytes[9] - b'0' != d1 || bytes[10] - b'0' != d2 {
-            return Err(CpfError::CheckDigits);
+            return Err(if count < 11 {
+                CpfError::ShortNotValid { digits: count }
+            } else {
+                CpfError::CheckDigits
+            });
         }
         Ok(Cpf(digits))
     }
@@ -234,7 +247,14 @@ mod tests {
         );
         // Eight digits is a number that lost three leading zeros: padded, then its check
         // digits decide (`70899057` -> `000.708.990-57` does not check).
-        assert_eq!(Cpf::parse("70899057"), Err(CpfError::CheckDigits));
+        assert_eq!(
+            Cpf::parse("70899057"),
+            Err(CpfError::ShortNotValid { digits: 8 })
+        );
+        assert_eq!(
+            CpfError::ShortNotValid { digits: 8 }.to_string(),
+            "CPF has 8 digits, expected 11 (padded with the leading zeros a spreadsheet drops, its check digits do not match)"
+        );
         assert_eq!(Cpf::parse(".-"), Err(CpfError::WrongLength { digits: 0 }));
         // Punctuated text with missing digits is a typo, not a lost leading zero.
         assert_eq!(

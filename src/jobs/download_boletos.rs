@@ -132,6 +132,9 @@ struct Target {
     today: NaiveDate,
 }
 
+/// The clients of a sales point still to take, each with its quotas already saved this month.
+type Queue = VecDeque<(ClientWork, Vec<String>)>;
+
 /// What every portal session of a sales point shares.
 struct Session {
     cfg: CanopusConfig,
@@ -473,7 +476,7 @@ async fn sales_point(
 async fn worker(
     s: Arc<Session>,
     mut portal: Portal,
-    queue: Arc<Mutex<VecDeque<(ClientWork, Vec<String>)>>>,
+    queue: Arc<Mutex<Queue>>,
     stop: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<Msg>,
     cancel: crate::lifecycle::Cancel,
@@ -621,8 +624,8 @@ async fn client_boletos(
         return Ok(());
     }
     let chosen: Vec<QuotaLink> = match cfg.quotas.as_str() {
-        "first" => links.drain(..).take(1).collect(),
-        "last" => links.drain(..).last().into_iter().collect(),
+        "first" => links.into_iter().take(1).collect(),
+        "last" => links.pop().into_iter().collect(),
         _ => links,
     };
     progress.count = chosen.len();

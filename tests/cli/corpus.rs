@@ -173,7 +173,7 @@ fn cases() -> Vec<Case> {
         // Contracts CSV.
         case!(name: "csv: CPF check digits", file: Some(b"contrato,cpf,nome,data_instalacao\nA1,123.456.789-00,ANA,2025-06-05\n"), args: &["import", "contracts", "{f}"], code: 3, message: "{f}:2: invalid CPF: CPF check digits do not match (a typo?); row skipped"),
         case!(name: "csv: CPF all digits equal", file: Some(b"contrato,cpf,nome,data_instalacao\nA1,111.111.111-11,ANA,2025-06-05\n"), args: &["import", "contracts", "{f}"], code: 3, message: "{f}:2: invalid CPF: CPF has all digits equal; row skipped"),
-        case!(name: "csv: CPF too short", file: Some(b"contrato,cpf,nome,data_instalacao\nA1,1234,ANA,2025-06-05\n"), args: &["import", "contracts", "{f}"], code: 3, message: "{f}:2: invalid CPF: CPF has 4 digits, expected 11; row skipped"),
+        case!(name: "csv: CPF too short", file: Some(b"contrato,cpf,nome,data_instalacao\nA1,1234,ANA,2025-06-05\n"), args: &["import", "contracts", "{f}"], code: 3, message: "{f}:2: invalid CPF: CPF has 4 digits, expected 11 (padded with the leading zeros a spreadsheet drops, its check digits do not match); row skipped"),
         case!(name: "csv: impossible date", file: Some(b"contrato,cpf,nome,data_instalacao\nA1,529.982.247-25,ANA,31/02/2025\n"), args: &["import", "contracts", "{f}"], code: 3, message: "{f}:2: `data_instalacao` = `31/02/2025` is not a date (expected YYYY-MM-DD or DD/MM/YYYY); row skipped"),
         case!(name: "csv: empty name", file: Some(b"contrato,cpf,nome,data_instalacao\nA1,529.982.247-25,,2025-06-05\n"), args: &["import", "contracts", "{f}"], code: 3, message: "{f}:2: `nome` is empty; row skipped"),
         case!(name: "csv: too many fields", file: Some(b"contrato,cpf,nome,data_instalacao\nA1,529.982.247-25,ANA,2025-06-05,x\n"), args: &["import", "contracts", "{f}"], code: 3, message: "{f}:2: the row has 5 fields but the header has 4; row skipped"),
@@ -217,7 +217,7 @@ fn cases() -> Vec<Case> {
         // Command lines.
         case!(name: "cli: safra out of range", args: &["fetch-invoices", "--safra", "2025-13"], code: 2, message: "invalid value '2025-13' for '--safra <YYYY-MM>': expected a month as YYYY-MM, e.g. 2025-03"),
         case!(name: "cli: not a job", args: &["pause", "fetch"], code: 2, message: "`fetch` is not a job; jobs: fetch-invoices, retry, download-boletos, sync-queue, cleanup, renew"),
-        case!(name: "cli: bad CPF flag", args: &["download-boletos", "--cpf", "123"], code: 2, message: "`--cpf`: CPF has 3 digits, expected 11"),
+        case!(name: "cli: bad CPF flag", args: &["download-boletos", "--cpf", "123"], code: 2, message: "`--cpf`: CPF has 3 digits, expected 11 (padded with the leading zeros a spreadsheet drops, its check digits do not match)"),
         // Secrets.
         case!(name: "secret: passphrase missing", env: &[("CRM_JOBS_NIO_PASSPHRASE", "")], setup: contract, args: &["fetch-invoices"], code: 78, message: "the Nio passphrase is not set"),
         case!(name: "secret: Fernet key malformed", env: &[("CRM_JOBS_FERNET_KEY", "short")], args: &["download-boletos"], code: 78, message: "the Fernet key is not valid (expected 32 bytes in url-safe base64, as `Fernet.generate_key()` makes)"),

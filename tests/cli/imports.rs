@@ -121,3 +121,19 @@ fn a_file_without_the_needed_columns_is_one_clear_error() {
         )
     );
 }
+
+#[test]
+fn a_csv_cpf_that_lost_any_number_of_leading_zeros_is_padded() {
+    let env = Env::new();
+    // `000.523.952-43` as a spreadsheet exports the number: three zeros lost.
+    let file = env.path("zeros.csv");
+    std::fs::write(
+        &file,
+        "contrato,cpf,nome,data_instalacao\nZ1,52395243,ZEROS PERDIDOS,2025-06-05\n",
+    )
+    .unwrap();
+    let out = env.run(&["import", "contracts", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let stored: String = env.query("SELECT cpf FROM contracts WHERE contract_number = 'Z1'");
+    assert_eq!(stored, "00052395243");
+}

@@ -9,7 +9,9 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use crm_jobs::sandbox::Route;
 
-use crate::boletos::{assert_each_file_is_its_clients, clients_with_a_boleto, digits, quota, setup};
+use crate::boletos::{
+    assert_each_file_is_its_clients, clients_with_a_boleto, digits, quota, setup,
+};
 use crate::lifecycle::some_contracts;
 use crate::support::*;
 use crate::sync::{NO_LIMIT, enqueue, with_crm};
