@@ -792,9 +792,23 @@ type EnvTable = Vec<(String, Vec<(String, toml::Value)>)>;
 
 /// Reads `CRM_JOBS_<SECTION>_<KEY>` variables into per-section tables, validating each.
 fn env_overrides() -> Result<(EnvTable, Vec<String>)> {
-    let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("CRM_JOBS_") && !RESERVED_ENV.contains(&k.as_str()))
-        .collect();
+    // `vars_os`: a variable that is not UTF-8 (`FOO=$'\xff'`) is none of ours and must not
+    // stop anything; one of ours that is not UTF-8 is an error naming it.
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        let Some(k) = k.to_str().filter(|k| k.starts_with("CRM_JOBS_")) else {
+            continue;
+        };
+        if RESERVED_ENV.contains(&k) {
+            continue;
+        }
+        let Some(v) = v.to_str() else {
+            return Err(CodedError::config(format!(
+                "environment variable `{k}` is not UTF-8 text: set it again in UTF-8"
+            )));
+        };
+        vars.push((k.to_string(), v.to_string()));
+    }
     vars.sort();
     let mut out: EnvTable = Vec::new();
     let mut names = Vec::new();

@@ -59,15 +59,18 @@ pub fn code_for_error(err: &anyhow::Error) -> Code {
 /// Prints `error: ...` then one `Caused by:` line per cause, like cargo and uv. An "error" that
 /// exits 0 (a paused job's start) is one plain line.
 pub fn print_error(err: &anyhow::Error) {
+    // Messages carry values from files, the store and the portal: escaped, so that none
+    // forges a line.
+    let shown = |e: &dyn std::fmt::Display| crate::output::printable(&e.to_string()).into_owned();
     if code_for_error(err) == Code::Success {
-        eprintln!("{err}");
+        eprintln!("{}", shown(err));
         return;
     }
     let mut chain = err.chain();
     if let Some(first) = chain.next() {
-        eprintln!("error: {first}");
+        eprintln!("error: {}", shown(first));
     }
     for cause in chain {
-        eprintln!("  Caused by: {cause}");
+        eprintln!("  Caused by: {}", shown(cause));
     }
 }

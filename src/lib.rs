@@ -41,7 +41,7 @@ pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let color = output::use_color();
     if let Err(err) = logging::init(&cli.global, color) {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", output::printable(&format!("{err:#}")));
         return exit::Code::Config.into();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -76,7 +76,7 @@ impl Printer {
         if self.json_logs {
             tracing::info!("{line}");
         } else if !self.quiet {
-            eprintln!("{line}");
+            eprintln!("{}", printable(line));
         }
     }
 
@@ -97,5 +97,51 @@ pub fn human_duration(ms: i64) -> String {
         format!("{:.1}s", ms as f64 / 1000.0)
     } else {
         format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// Whether `c` must not reach a terminal or a log as is: control characters (a line break
+/// would forge a log line, an escape sequence would drive the terminal) and the bidirectional
+/// formatting characters that reorder what a reader sees (`U+202E`).
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `s` with control and bidirectional-formatting characters shown as escapes (`\n`, `\t`,
+/// `\u{202e}`, `\u{0}`), so that a value printed in a log line or a message can neither forge
+/// a line nor reorder the text around it.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped() {
+        assert_eq!(printable("MARIA"), "MARIA");
+        assert_eq!(
+            printable("MARIA\n WARN forged\u{0}\u{202e}x\t\u{1b}[31m"),
+            "MARIA\\n WARN forged\\u{0}\\u{202e}x\\t\\u{1b}[31m"
+        );
+        assert_eq!(printable("JOSÉ DA SILVA – Ç"), "JOSÉ DA SILVA – Ç");
     }
 }

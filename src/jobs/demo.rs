@@ -262,8 +262,8 @@ async fn run_step(
     eprintln!("$ crm-jobs {}", step.join(" "));
     let mut cmd = Command::new(exe);
     cmd.args(step).current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CRM_JOBS_") {
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("CRM_JOBS_")) {
             cmd.env_remove(k);
         }
     }

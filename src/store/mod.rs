@@ -51,6 +51,23 @@ impl Store {
             crate::files::create_private_dir(dir)
                 .with_context(|| format!("cannot create the store's folder `{}`", dir.display()))?;
         }
+        // SQLite gives the `-wal` and `-shm` files the mode of the store file: a new store is
+        // created private (0600) before SQLite opens it, whatever the umask, so that none of
+        // the three files that hold CPFs and names is ever readable by others.
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map(drop)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .with_context(|| format!("cannot create the store `{}`", path.display()))?;
+        }
         let mut conn = Connection::open(path)
             .with_context(|| format!("cannot open the store `{}`", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
@@ -69,7 +86,16 @@ impl Store {
                 path.display()
             )
         })?;
-        crate::files::make_private(path).ok();
+        // A store made by an older version may have left its WAL files readable by others.
+        for file in [
+            path.to_path_buf(),
+            sidecar(path, "-wal"),
+            sidecar(path, "-shm"),
+        ] {
+            if file.exists() {
+                crate::files::make_private(&file).ok();
+            }
+        }
         Ok(Store {
             conn,
             path: path.to_path_buf(),
@@ -87,6 +113,13 @@ impl Store {
             .conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
+}
+
+/// `store.db-wal` for `store.db` and `-wal`.
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// The crash suite's hook (debug builds only): with `CRM_JOBS_TEST_ABORT_AT_COMMIT=N`, the
@@ -122,5 +155,24 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
+    }
+
+    /// Issue 15: a new store's `-wal` and `-shm` were created 0644 under umask 022.
+    #[test]
+    fn a_new_store_and_its_wal_files_are_private_under_umask_022() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: umask only sets the process's file-creation mask; 022 is the usual default.
+        unsafe { libc::umask(0o022) };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crm.db");
+        let store = Store::open(&path).unwrap();
+        store
+            .conn
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        for file in [path.clone(), sidecar(&path, "-wal"), sidecar(&path, "-shm")] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+        }
     }
 }

@@ -7,6 +7,7 @@ mod support;
 mod boletos;
 mod corpus;
 mod fetch;
+mod hardening;
 mod imports;
 mod lifecycle;
 mod operate;

@@ -1,0 +1,47 @@
+//! Issue 15's hardening, as an operator meets it: values that cannot forge a log line,
+//! environments that cannot crash a job.
+
+use std::os::unix::ffi::OsStringExt;
+
+use crate::support::*;
+
+#[test]
+fn a_value_with_line_breaks_or_bidi_controls_cannot_forge_a_log_line() {
+    let env = Env::new();
+    let reason = "x\n WARN forged log line\u{202e}\u{1b}[31m";
+    let out = env.run(&["pause", "fetch-invoices", "--reason", reason]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = env.run(&["fetch-invoices"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        !out.stderr.lines().any(|l| l.starts_with(" WARN forged")),
+        "a forged line: {out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains(r"x\n WARN forged log line\u{202e}\u{1b}[31m"),
+        "the reason is shown, escaped: {out:?}"
+    );
+    assert!(!out.stderr.contains('\u{202e}') && !out.stderr.contains('\u{1b}'));
+}
+
+#[test]
+fn an_environment_variable_that_is_not_utf8_stops_nothing_unless_it_is_ours() {
+    let env = Env::new();
+    let not_utf8 = std::ffi::OsString::from_vec(vec![0xff, 0xfe]);
+    let o = env.cmd(&["status"]).env("FOO", &not_utf8).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = env
+        .cmd(&["status"])
+        .env("CRM_JOBS_FETCH_LIMIT", &not_utf8)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(
+            "error: environment variable `CRM_JOBS_FETCH_LIMIT` is not UTF-8 text: set it again in UTF-8"
+        ),
+        "{stderr}"
+    );
+}
