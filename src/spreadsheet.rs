@@ -16,6 +16,13 @@ use crate::domain::cpf::Cpf;
 /// How many rows from the top are searched for the header row.
 const HEADER_SCAN_ROWS: usize = 50;
 
+/// What a workbook may hold before it is refused unread: its files' uncompressed size (a zip
+/// bomb claims gigabytes), the cells of its sheet and the columns read of a row. A consultant's
+/// sheet of a few thousand clients is far below each.
+pub const MAX_UNCOMPRESSED_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_CELLS: usize = 2_000_000;
+pub const MAX_COLUMNS: u32 = 256;
+
 /// Why a spreadsheet could not be read at all (a bad row is a [`RowError`] instead).
 #[derive(Debug, Error)]
 pub enum SpreadsheetError {
@@ -44,6 +51,14 @@ pub enum SpreadsheetError {
         /// What calamine said.
         #[source]
         source: XlsxError,
+    },
+    /// The workbook claims more than a consultant's sheet can hold.
+    #[error("`{file}` is too large to be a consultant spreadsheet: {what}; nothing was imported")]
+    TooLarge {
+        /// The path as given.
+        file: String,
+        /// Which bound it passes.
+        what: String,
     },
     /// No row in the first 50 has both a CPF column and a name column.
     #[error(
@@ -143,9 +158,43 @@ pub struct RowError {
     pub reason: String,
 }
 
+/// Refuses a workbook whose files would unpack to more than [`MAX_UNCOMPRESSED_BYTES`], before
+/// anything of it is read (the shared strings are read whole when a workbook opens).
+fn check_unpacked_size(path: &Path, file: &str) -> Result<(), SpreadsheetError> {
+    let Ok(archive) = std::fs::File::open(path).map(zip::ZipArchive::new) else {
+        return Ok(()); // calamine says what is wrong with it
+    };
+    let Ok(mut archive) = archive else {
+        return Ok(());
+    };
+    // The sizes the central directory declares, read without unpacking anything.
+    let mut total = 0u64;
+    for i in 0..archive.len() {
+        if let Ok(entry) = archive.by_index_raw(i) {
+            total = total.saturating_add(entry.size());
+        }
+    }
+    if total > MAX_UNCOMPRESSED_BYTES {
+        return Err(SpreadsheetError::TooLarge {
+            file: file.to_string(),
+            what: format!(
+                "it unpacks to {} MB, more than {} MB",
+                total / 1_000_000,
+                MAX_UNCOMPRESSED_BYTES / 1_000_000
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Reads the clients of the first worksheet of the `.xlsx` file at `path`.
+///
+/// Cells are read one by one, never as a dense grid of the sheet's whole range: a single value
+/// in cell `XFD1048576` costs one cell, not a billion. Columns past [`MAX_COLUMNS`] are not
+/// read; a sheet of more than [`MAX_CELLS`] cells is refused.
 pub fn read_clients(path: &Path) -> Result<Sheet, SpreadsheetError> {
     let file = path.display().to_string();
+    check_unpacked_size(path, &file)?;
     let mut workbook: Xlsx<_> = match open_workbook(path) {
         Ok(workbook) => workbook,
         Err(source) => return Err(SpreadsheetError::Open { file, source }),
@@ -153,39 +202,59 @@ pub fn read_clients(path: &Path) -> Result<Sheet, SpreadsheetError> {
     let Some(sheet_name) = workbook.sheet_names().first().cloned() else {
         return Err(SpreadsheetError::NoWorksheet { file });
     };
-    let range = match workbook.worksheet_range(&sheet_name) {
-        Ok(range) => range,
-        Err(source) => {
-            return Err(SpreadsheetError::ReadSheet {
-                file,
-                sheet: sheet_name,
-                source,
-            });
+    let read_error = |file: &str, source| SpreadsheetError::ReadSheet {
+        file: file.to_string(),
+        sheet: sheet_name.clone(),
+        source,
+    };
+    // Rows by their 0-based number, each a sparse list of (column, value).
+    let mut sparse: std::collections::BTreeMap<u32, Vec<(u32, Data)>> = Default::default();
+    let mut cells = 0usize;
+    {
+        let mut reader = workbook
+            .worksheet_cells_reader(&sheet_name)
+            .map_err(|e| read_error(&file, e))?;
+        while let Some(cell) = reader.next_cell().map_err(|e| read_error(&file, e))? {
+            let (row, column) = cell.get_position();
+            let value = Data::from(cell.get_value().clone());
+            if column >= MAX_COLUMNS || value == Data::Empty {
+                continue;
+            }
+            cells += 1;
+            if cells > MAX_CELLS {
+                return Err(SpreadsheetError::TooLarge {
+                    file,
+                    what: format!("its first sheet has more than {MAX_CELLS} cells"),
+                });
+            }
+            sparse.entry(row).or_default().push((column, value));
         }
+    }
+    let width = sparse
+        .values()
+        .flat_map(|cells| cells.iter().map(|(c, _)| *c + 1))
+        .max()
+        .unwrap_or(0) as usize;
+    let dense = |cells: &Vec<(u32, Data)>| {
+        let mut row = vec![Data::Empty; width];
+        for (c, v) in cells {
+            row[*c as usize] = v.clone();
+        }
+        row
     };
-    // calamine's range starts at the first used cell, not at A1.
-    let Some((start_row, _)) = range.start() else {
-        return Err(SpreadsheetError::NoHeader { file });
-    };
-    let first_row = start_row as usize;
-    let rows: Vec<&[Data]> = range.rows().collect();
-    let scan = HEADER_SCAN_ROWS.saturating_sub(first_row).min(rows.len());
-    let Some((header_index, columns)) = rows[..scan]
-        .iter()
-        .enumerate()
-        .find_map(|(i, cells)| Columns::find(cells).map(|columns| (i, columns)))
+    let Some((header_row, columns)) = sparse
+        .range(..HEADER_SCAN_ROWS as u32)
+        .find_map(|(r, cells)| Columns::find(&dense(cells)).map(|columns| (*r, columns)))
     else {
         return Err(SpreadsheetError::NoHeader { file });
     };
-    let clients = rows
-        .iter()
-        .enumerate()
-        .skip(header_index + 1)
-        .filter_map(|(i, cells)| columns.read_row(first_row + i + 1, cells))
+    let clients = sparse
+        .range(header_row + 1..)
+        .filter_map(|(r, cells)| columns.read_row(*r as usize + 1, &dense(cells)))
         .collect();
     Ok(Sheet {
         sheet_name,
-        header_row: first_row + header_index + 1,
+        header_row: header_row as usize + 1,
         rows: clients,
     })
 }
@@ -808,5 +877,51 @@ mod tests {
         assert_eq!(money_cell(Some(&Data::String("  ".into()))), Ok(None));
         assert_eq!(money_cell(Some(&Data::Float(f64::NAN))), Err("NaN".into()));
         assert_eq!(money_cell(Some(&Data::Bool(true))), Err("true".into()));
+    }
+
+    /// Issue 15: one value in the last cell of a sheet aborted on a 550 GB allocation, one in
+    /// `Z1048576` took 881 MB: cells are read one by one, never as a dense grid.
+    #[test]
+    fn a_value_in_the_sheets_last_cell_costs_one_cell() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_xlsx(&dir, "longe.xlsx", |sheet| {
+            sheet.write_string(0, 0, "CPF").unwrap();
+            sheet.write_string(0, 1, "Nome").unwrap();
+            sheet.write_string(1, 0, WESLEY).unwrap();
+            sheet.write_string(1, 1, "WESLEY").unwrap();
+            sheet.write_string(1_048_575, 16_383, "x").unwrap();
+            sheet.write_string(1_048_575, 25, "y").unwrap();
+        });
+        let sheet = read_clients(&path).unwrap();
+        assert_eq!(sheet.header_row, 1);
+        // The far row holds only a note (neither CPF nor name): skipped like any other.
+        assert_eq!(sheet.rows.len(), 1, "{:?}", sheet.rows);
+        assert_eq!(sheet.rows[0].as_ref().unwrap().name, "WESLEY");
+    }
+
+    /// A workbook whose files unpack to more than the bound is refused before it is read.
+    #[test]
+    fn a_zip_bomb_is_refused_unread() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bomba.xlsx");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        zip.start_file("xl/sharedStrings.xml", options).unwrap();
+        let zeros = vec![b'0'; 1 << 20];
+        for _ in 0..65 {
+            zip.write_all(&zeros).unwrap();
+        }
+        zip.finish().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() < 1_000_000);
+        let error = read_clients(&path).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "`{}` is too large to be a consultant spreadsheet: it unpacks to 68 MB, more than 67 MB; nothing was imported",
+                path.display()
+            )
+        );
     }
 }
