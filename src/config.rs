@@ -705,7 +705,8 @@ pub fn load(flag: Option<&Path>) -> Result<Loaded> {
     let file = locate(flag)?;
     let mut table = toml::Table::new();
     if let Some((path, _)) = &file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        // A config file is a few kB; 1 MB is a wrong path (`--config /dev/zero`).
+        let text = crate::files::read_text_limited(path, 1024 * 1024).map_err(|e| {
             CodedError::config(format!("cannot read config file `{}`: {e}", path.display()))
         })?;
         table = toml::from_str::<toml::Table>(&text).map_err(|e| {
@@ -1062,7 +1063,7 @@ pub fn secret(env: &str, file: Option<&Path>) -> Result<Option<String>> {
         .or_else(|| file.map(Path::to_path_buf));
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(&p).map_err(|e| {
+            let text = crate::files::read_text_limited(&p, 64 * 1024).map_err(|e| {
                 CodedError::config(format!(
                     "cannot read the secret file `{}` (from {file_env} or the config): {e}; check the path and that this user may read it",
                     p.display()

@@ -29,6 +29,24 @@ pub fn make_private(path: &Path) -> std::io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
 }
 
+/// Reads a text file of at most `limit` bytes. A larger one, or a device that never ends
+/// (`/dev/zero`), is an error saying so, after reading `limit` bytes and no more.
+pub fn read_text_limited(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is larger than {} kB", limit / 1024),
+        ));
+    }
+    String::from_utf8(buf)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text"))
+}
+
 /// Writes `bytes` to `dir/name` atomically, private to the owner. Returns the final path.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     create_private_dir(dir).with_context(|| format!("cannot create folder `{}`", dir.display()))?;

@@ -45,3 +45,15 @@ fn an_environment_variable_that_is_not_utf8_stops_nothing_unless_it_is_ours() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_config_that_never_ends_is_refused_after_a_megabyte() {
+    let env = Env::new();
+    let out = env.run(&["--config", "/dev/zero", "config", "check"]);
+    assert_eq!(out.code, 78, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("error: cannot read config file `/dev/zero`: it is larger than 1024 kB"),
+        "{out:?}"
+    );
+}
