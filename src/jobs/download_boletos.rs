@@ -77,6 +77,10 @@ enum QuotaOutcome {
 }
 
 impl QuotaOutcome {
+    fn failed(&self) -> bool {
+        matches!(self, QuotaOutcome::Failed { .. })
+    }
+
     fn quota(&self) -> &str {
         match self {
             QuotaOutcome::Saved { quota, .. }
@@ -547,7 +551,10 @@ async fn worker(
             }
         };
         // A failed step leaves the portal wherever it stopped: the next client starts afresh.
-        portal.reset();
+        // Otherwise the result page is kept, to search the next client from it.
+        if error.is_some() || progress.quotas.iter().any(QuotaOutcome::failed) {
+            portal.reset();
+        }
         let done = ClientDone {
             client,
             progress,

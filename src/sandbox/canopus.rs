@@ -924,14 +924,7 @@ async fn search_post(
             return search_page(&s, &sid, Results::Message("CPF inválido."));
         }
         let cpf: String = typed.chars().filter(char::is_ascii_digit).collect();
-        let quotas = s
-            .data
-            .lock()
-            .unwrap()
-            .clients
-            .get(&cpf)
-            .cloned()
-            .unwrap_or_default();
+        let quotas = quotas_of(&s, &cpf);
         if quotas.is_empty() {
             return search_page(&s, &sid, Results::Message("Nenhum registro encontrado."));
         }
@@ -975,21 +968,8 @@ async fn search_post(
     };
     if not_selected {
         // Not a quota: the search page again, the session still on its previous client.
-        let quotas = s
-            .data
-            .lock()
-            .unwrap()
-            .clients
-            .get(&cpf)
-            .cloned()
-            .unwrap_or_default();
-        let typed = format!(
-            "{}.{}.{}-{}",
-            &cpf[0..3],
-            &cpf[3..6],
-            &cpf[6..9],
-            &cpf[9..11]
-        );
+        let quotas = quotas_of(&s, &cpf);
+        let typed = formatted(&cpf);
         return search_page(
             &s,
             &sid,
@@ -1002,6 +982,28 @@ async fn search_post(
         );
     }
     redirect(CLIENT)
+}
+
+/// The quotas of a client (11-digit CPF); none when the CPF is not a client.
+fn quotas_of(s: &CanopusState, cpf: &str) -> Vec<SbQuota> {
+    s.data
+        .lock()
+        .unwrap()
+        .clients
+        .get(cpf)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `000.000.000-00`.
+fn formatted(cpf: &str) -> String {
+    format!(
+        "{}.{}.{}-{}",
+        &cpf[0..3],
+        &cpf[3..6],
+        &cpf[6..9],
+        &cpf[9..11]
+    )
 }
 
 /// The session's current quota, with its client's CPF.
@@ -1024,13 +1026,7 @@ async fn client_page(State(s): State<Arc<CanopusState>>, headers: HeaderMap) -> 
     let shown = if d == Dress::Alt {
         cpf.clone()
     } else {
-        format!(
-            "{}.{}.{}-{}",
-            &cpf[0..3],
-            &cpf[3..6],
-            &cpf[6..9],
-            &cpf[9..11]
-        )
+        formatted(&cpf)
     };
     let hidden = s.issue(&sid, CLIENT, &[], false);
     page(
