@@ -241,6 +241,76 @@ fn pages_are_followed_while_full() {
     assert_eq!(id, "5999");
 }
 
+/// Issue 12: pages count invoices summed over debts. A customer with 56 open invoices in 3
+/// debts was asked only `offset=0` (the client counted 3 debts, fewer than the limit), and the
+/// contract's invoices in the other 6 came out `no_match`.
+#[test]
+fn every_invoice_is_read_when_few_debts_hold_many_invoices() {
+    let env = Env::new();
+    let c = env.one_contract(25);
+    // 51 older open invoices of another product, then the contract's 1..5: invoices 1 and 2 sit
+    // in the first page, 3..5 in the second (offset 50), in the third debt.
+    let mut all: Vec<SbInvoice> = (0..51)
+        .map(|k| {
+            SbInvoice::new(
+                &format!("25{k:03}"),
+                date("2019-01-10") + chrono::Months::new(k),
+                5_990,
+            )
+        })
+        .collect();
+    all.insert(48, SbInvoice::new("2599901", due(1), 9_990));
+    all.insert(49, SbInvoice::new("2599902", due(2), 9_990));
+    for n in 3..=5 {
+        all.push(SbInvoice::new(&format!("25999{n:02}"), due(n), 9_990));
+    }
+    assert_eq!(all.len(), 56);
+    let debts = SbDebt::spread("D25", all, 3);
+    env.sandbox.nio.set_customer(c.digits(), debts);
+    let out = env.run(&["fetch-invoices"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        env.sandbox.faults.seen(Route::NioDebts),
+        2,
+        "offset 0 and 50"
+    );
+    let matched: Vec<(u32, String, String)> = {
+        let db = env.db();
+        let mut stmt = db
+            .prepare(
+                "SELECT number, nio_invoice_id, nio_debt_id FROM invoices
+                 WHERE match_outcome = 'matched' ORDER BY number",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(
+        matched,
+        (1..=5)
+            .map(|n| (n, format!("25999{n:02}"), "D25-3".to_string()))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A customer with exactly `limit` open invoices: the next offset is asked and answers none.
+#[test]
+fn a_full_last_page_asks_once_more_and_stops() {
+    let env = Env::with_nio("page_size = 5");
+    let c = env.one_contract(26);
+    env.sandbox.nio.set_customer(
+        c.digits(),
+        SbDebt::spread("D26", debt("26", &[1, 2, 3, 4, 5]).invoices, 2),
+    );
+    let out = env.run(&["fetch-invoices"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(env.sandbox.faults.seen(Route::NioDebts), 2);
+    let matched: i64 = env.query("SELECT COUNT(*) FROM invoices WHERE match_outcome = 'matched'");
+    assert_eq!(matched, 5);
+}
+
 #[test]
 fn too_many_requests_waits_as_told() {
     let env = Env::with_nio("request_retries = 1");
