@@ -64,7 +64,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     )?;
     let downloads = ctx.downloads_dir()?;
     crate::fetching::remove_partial_pdfs(&downloads);
-    let gave_up = run.store.give_up_exhausted(max_attempts)?;
+    let (gave_up, pdfs_gave_up) = run.store.give_up_exhausted(max_attempts)?;
     if gave_up > 0 {
         tracing::warn!(
             "{gave_up} invoice(s) reached {max_attempts} failed attempts and are now `gave_up`; `crm-jobs retry --reset CONTRACT` makes them eligible again"
@@ -75,7 +75,19 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             format!("{gave_up} invoice(s) gave up at the attempt limit"),
         );
     }
-    let work = run.store.contracts_to_retry(max_attempts, None)?;
+    if pdfs_gave_up > 0 {
+        tracing::warn!(
+            "{pdfs_gave_up} PDF(s) reached {max_attempts} failed attempts and are now `gave_up` (their invoices are still tracked); `crm-jobs retry --reset CONTRACT` makes them eligible again"
+        );
+        run.add("pdf_gave_up", pdfs_gave_up as i64);
+        run.event(
+            "warn",
+            format!("{pdfs_gave_up} PDF(s) gave up at the attempt limit"),
+        );
+    }
+    let work = run
+        .store
+        .contracts_to_retry(ctx.clock.today(), max_attempts, None)?;
     if work.is_empty() {
         let detail = super::fetch_invoices::summary(&run);
         return run.finish(&ctx.printer, None, &format!("nothing to retry; {detail}"));

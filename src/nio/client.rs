@@ -520,7 +520,8 @@ impl NioClient {
         list.len() as u32
     }
 
-    /// Downloads the PDF of an invoice; the bytes must begin with `%PDF-`.
+    /// Downloads the PDF of an invoice; the bytes must begin with `%PDF-`. A body that is not a
+    /// PDF is [`NioError::Permanent`]: one try per run.
     pub async fn pdf(&self, cpf: &Cpf, inv: &NioInvoice) -> Result<Vec<u8>, NioError> {
         let Some(template) = &self.cfg.pdf_url_template else {
             return Err(NioError::Permanent(
@@ -594,7 +595,9 @@ impl NioClient {
                 .to_vec();
         }
         if !body.starts_with(b"%PDF-") {
-            return Err(NioError::transient(format!(
+            // Asking again at once gets the same page (it was 9 requests over two runs): not
+            // retried in place, nor in this run; the next run tries once more.
+            return Err(NioError::Permanent(format!(
                 "the PDF of invoice `{invoice_id}` is not a PDF ({} bytes starting with `{}`); nothing was saved",
                 body.len(),
                 preview(&body)

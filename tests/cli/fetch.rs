@@ -462,24 +462,200 @@ fn a_body_that_is_not_a_pdf_is_never_saved() {
     let out = env.run(&["fetch-invoices", "--no-retry"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
-        out.stderr
-            .contains("is not a PDF (42 bytes starting with `<html><body>Sess"),
+        out.stderr.contains(
+            "invoice 1: PDF not saved (permanent): the PDF of invoice `900001` is not a PDF (42 bytes starting with `<html><body>Sess"
+        ),
         "{out:?}"
     );
     let (status, error, path): (String, String, Option<String>) = env
         .db()
         .query_row(
-            "SELECT fetch_status, last_error, pdf_path FROM invoices WHERE number = 1",
+            "SELECT pdf_status, pdf_error, pdf_path FROM invoices WHERE number = 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    assert_eq!(status, "partial");
-    assert!(error.starts_with("PDF not saved"), "{error}");
+    assert_eq!(status, "error");
+    assert!(
+        error.starts_with("the PDF of invoice `900001` is not a PDF"),
+        "{error}"
+    );
     assert_eq!(path, None);
     let files = files_under(&env.downloads());
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(std::fs::read(&files[0]).unwrap().starts_with(b"%PDF-"));
+}
+
+/// Issue 12: a PDF that could not be saved made its invoice `gave_up` after 3 runs, and after
+/// that the invoice's payment was never seen (paid at Nio, `open` in the export); a body that is
+/// not a PDF was asked 9 times over two runs.
+#[test]
+fn the_payment_is_tracked_whatever_the_pdf_does() {
+    let env = Env::with_nio("request_retries = 2");
+    let c = env.one_contract(27);
+    let mut d = debt("2700", &[1, 2]);
+    d.invoices[0].pdf = PdfKind::NotPdf;
+    env.sandbox.nio.set_customer(c.digits(), vec![d]);
+    let pdf_row = || -> (String, String, Option<String>, i64, i64) {
+        env.db()
+            .query_row(
+                "SELECT fetch_status, payment_status, pdf_status, pdf_attempts, attempts
+                 FROM invoices WHERE number = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap()
+    };
+
+    // One try per run: no in-request retries, no final pass, nothing for `retry`.
+    let first = env.run(&["fetch-invoices"]);
+    assert_eq!(first.code, 1, "{first:?}");
+    assert_eq!(
+        env.sandbox.faults.seen(Route::NioPdf),
+        2,
+        "invoices 1 and 2"
+    );
+    assert_eq!(
+        pdf_row(),
+        ("success".into(), "open".into(), Some("error".into()), 1, 1)
+    );
+    let retry = env.run(&["retry"]);
+    assert!(retry.stderr.contains("nothing to retry"), "{retry:?}");
+    assert_eq!(env.run(&["fetch-invoices"]).code, 1);
+    assert_eq!(env.sandbox.faults.seen(Route::NioPdf), 3);
+    let third = env.run(&["fetch-invoices"]);
+    assert_eq!(third.code, 1, "{third:?}");
+    assert!(
+        third
+            .stderr
+            .contains("(PDF gave up: attempt limit reached; the invoice is still tracked)"),
+        "{third:?}"
+    );
+    assert!(third.stderr.contains("1 PDF(s) gave up"), "{third:?}");
+    assert_eq!(env.sandbox.faults.seen(Route::NioPdf), 4);
+    assert_eq!(
+        pdf_row(),
+        (
+            "success".into(),
+            "open".into(),
+            Some("gave_up".into()),
+            3,
+            3
+        )
+    );
+
+    // The PDF is not asked again; the invoice still is, and its payment is seen.
+    assert_eq!(env.run(&["fetch-invoices"]).code, 0);
+    assert_eq!(env.sandbox.faults.seen(Route::NioPdf), 4);
+    env.sandbox.nio.pay("270001");
+    let paid = env.run(&["fetch-invoices", "--json"]);
+    assert_eq!(paid.code, 0, "{paid:?}");
+    assert!(
+        paid.stderr.contains("fetch-invoices run #6: success in "),
+        "{paid:?}"
+    );
+    assert!(paid.stderr.contains("; 1 newly paid;"), "{paid:?}");
+    let summary: serde_json::Value = serde_json::from_str(&paid.stdout).unwrap();
+    assert_eq!(summary["counters"]["paid"], 1);
+    assert_eq!(
+        pdf_row(),
+        (
+            "success".into(),
+            "paid".into(),
+            Some("gave_up".into()),
+            3,
+            5
+        )
+    );
+    let detail: String = env.query("SELECT match_detail FROM invoices WHERE number = 1");
+    assert_eq!(
+        detail,
+        "paid: Nio listed it open as invoice `270001` before, and no open invoice is due on 30/06/2025 now"
+    );
+    let status = env.run(&["status"]);
+    assert!(
+        status.stdout.contains(
+            "payments:  1 open, 1 paid, 8 unknown (1 newly paid by fetch-invoices run #6)"
+        ),
+        "{status:?}"
+    );
+    assert!(
+        status.stdout.contains("pdfs:      1 gave_up, 1 saved"),
+        "{status:?}"
+    );
+    let export = env.run(&["export", "invoices", "--format", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&export.stdout).unwrap();
+    assert_eq!(rows[0]["payment_status"], "paid");
+    assert_eq!(rows[0]["pdf_status"], "gave_up");
+    assert_eq!(rows[0]["fetch_status"], "success");
+    assert_eq!(rows[0]["nio_invoice_id"], "270001");
+    assert_eq!(rows[0]["nio_debt_id"], "D2700");
+    assert!(rows[0]["paid_detected_at"].is_string());
+
+    // `retry --reset` gives the PDF another chance.
+    let reset = env.run(&["retry", "--reset", "C27"]);
+    assert!(
+        reset.stderr.contains("1 given-up invoice(s) reset"),
+        "{reset:?}"
+    );
+    let pdf: String = env.query("SELECT pdf_status FROM invoices WHERE number = 1");
+    assert_eq!(pdf, "error");
+}
+
+/// A PDF endpoint that fails transiently is retried in place, by the final pass and by `retry`,
+/// without a new failed attempt of the invoice.
+#[test]
+fn a_transient_pdf_failure_is_retried_alone() {
+    let env = Env::new();
+    let c = env.one_contract(28);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("2800", &[1])]);
+    env.sandbox.faults.push(
+        Route::NioPdf,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+        2,
+    );
+    let out = env.run(&["fetch-invoices"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "invoice 1: PDF not saved (transient): the Nio PDF endpoint answered 503 Service Unavailable"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        env.sandbox.faults.seen(Route::NioPdf),
+        2,
+        "first pass and final pass"
+    );
+    let (fetch, failed, pdf, kind): (String, i64, String, String) = env
+        .db()
+        .query_row(
+            "SELECT fetch_status, failed_attempts, pdf_status, pdf_error_kind FROM invoices WHERE number = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (fetch.as_str(), failed, pdf.as_str(), kind.as_str()),
+        ("success", 0, "error", "transient")
+    );
+    let retry = env.run(&["retry"]);
+    assert_eq!(retry.code, 0, "{retry:?}");
+    let (pdf, failed, attempts, path): (String, i64, i64, String) = env
+        .db()
+        .query_row(
+            "SELECT pdf_status, pdf_failed_attempts, pdf_attempts, pdf_path FROM invoices WHERE number = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!((pdf.as_str(), failed, attempts), ("saved", 0, 3));
+    assert!(std::fs::read(path).unwrap().starts_with(b"%PDF-"));
 }
 
 #[test]
