@@ -426,10 +426,11 @@ async fn save_pdf(
 ) -> Result<(String, String), NioError> {
     let bytes = client.pdf(cpf, inv).await?;
     let sha = hex::encode(Sha256::digest(&bytes));
+    // A contract number may be 300 characters long: its folder name is cut, and kept unique.
     let dir = downloads
         .join("faturas")
-        .join(files::safe_component(&work.safra))
-        .join(files::safe_component(&work.contract_number));
+        .join(files::bounded_component(&work.safra))
+        .join(files::bounded_component(&work.contract_number));
     let due = inv
         .due_date
         .map(|d| d.to_string())
@@ -441,9 +442,16 @@ async fn save_pdf(
             message: format!("writing the PDF: {e}"),
             retry_after: None,
         })?
-        .map_err(|e| NioError::Transient {
-            message: format!("{e:#}"),
-            retry_after: None,
+        .map_err(|e| {
+            // A name the file system refuses will be refused again; a full disk may not be.
+            if files::is_name_refused(&e) {
+                NioError::Permanent(format!("{e:#}"))
+            } else {
+                NioError::Transient {
+                    message: format!("{e:#}"),
+                    retry_after: None,
+                }
+            }
         })?;
     Ok((path.display().to_string(), sha))
 }

@@ -23,7 +23,9 @@ pub struct Args {
     /// Contracts to take in this run (default `[fetch] limit`, 20).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
-
+    /// Take every due contract: no limit.
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
     /// Only contracts of this safra (installation month).
     #[arg(long, value_name = "YYYY-MM", value_parser = parse_safra)]
     pub safra: Option<String>,
@@ -86,7 +88,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     });
     let selection = FetchSelection {
         today: ctx.clock.today(),
-        limit: Some(args.limit.unwrap_or(cfg.fetch.limit)),
+        limit: if args.all {
+            None
+        } else {
+            Some(args.limit.unwrap_or(cfg.fetch.limit))
+        },
         safra: args.safra.as_deref(),
         contract: args.contract.as_deref(),
     };

@@ -857,3 +857,120 @@ fn a_differently_dressed_api_is_reached_by_configuration_alone() {
     let n: i64 = env.query("SELECT COUNT(*) FROM invoices WHERE match_outcome = 'matched' AND amount_centavos = 9990 AND pix_code IS NOT NULL");
     assert_eq!(n, 2);
 }
+
+/// Issue 12: only a large `--limit` took every due contract.
+#[test]
+fn all_takes_every_due_contract() {
+    let env = Env::new();
+    let mut csv = String::from("contrato,cpf,nome,data_instalacao\n");
+    for n in 40..65 {
+        csv.push_str(&format!("C{n},{},CLIENTE,2025-06-05\n", cpf(n).digits()));
+    }
+    env.import_contracts(&csv);
+    let both = env.run(&["fetch-invoices", "--all", "--limit", "5"]);
+    assert_eq!(both.code, 2, "{both:?}");
+    assert!(
+        both.stderr
+            .contains("the argument '--all' cannot be used with '--limit <N>'"),
+        "{both:?}"
+    );
+    let out = env.run(&["fetch-invoices", "--all"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let taken: String = env.query(
+        "SELECT group_concat(contract_number, ',') FROM
+           (SELECT contract_number FROM contracts WHERE last_fetch_at IS NOT NULL ORDER BY id)",
+    );
+    let all: Vec<String> = (40..65).map(|n| format!("C{n}")).collect();
+    assert_eq!(taken, all.join(","), "more than the default limit of 20");
+}
+
+/// Issue 12: a contract number of 300 characters made a folder name the file system refused.
+#[test]
+fn a_very_long_contract_number_gets_a_short_folder_of_its_own() {
+    let env = Env::new();
+    let long_a = format!("{}A", "7".repeat(299));
+    let long_b = format!("{}B", "7".repeat(299));
+    env.import_contracts(&format!(
+        "contrato,cpf,nome,data_instalacao\n{long_a},{},ANA,2025-06-05\n{long_b},{},BIA,2025-06-05\n",
+        cpf(66).digits(),
+        cpf(67).digits()
+    ));
+    env.sandbox
+        .nio
+        .set_customer(cpf(66).digits(), vec![debt("6600", &[1])]);
+    env.sandbox
+        .nio
+        .set_customer(cpf(67).digits(), vec![debt("6700", &[1])]);
+    let out = env.run(&["fetch-invoices"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let paths: Vec<std::path::PathBuf> = ["6600", "6700"]
+        .iter()
+        .map(|id| {
+            let p: String = env.query(&format!(
+                "SELECT pdf_path FROM invoices WHERE nio_invoice_id = '{id}01'"
+            ));
+            std::path::PathBuf::from(p)
+        })
+        .collect();
+    let folders: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            p.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_ne!(folders[0], folders[1], "two contracts, two folders");
+    for (folder, path) in folders.iter().zip(&paths) {
+        assert_eq!(folder.len(), 120, "{folder}");
+        assert!(folder.starts_with(&"7".repeat(107)), "{folder}");
+        assert!(std::fs::read(path).unwrap().starts_with(b"%PDF-"));
+    }
+}
+
+/// Issue 12: an error the file system gives for a name is permanent, not transient.
+#[test]
+fn a_name_the_file_system_refuses_is_a_permanent_pdf_failure() {
+    let env = Env::new();
+    let c = env.one_contract(68);
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("6800", &[1])]);
+    set_key(
+        &env,
+        "downloads",
+        "dir",
+        &format!("\"downloads/{}\"", "d".repeat(300)),
+    );
+    let out = env.run(&["fetch-invoices"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("invoice 1: PDF not saved (permanent): cannot create folder `"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("`: File name too long (os error 36)"),
+        "{out:?}"
+    );
+    assert_eq!(
+        env.sandbox.faults.seen(Route::NioPdf),
+        1,
+        "no final pass for a permanent failure"
+    );
+    let (fetch, pdf, kind): (String, String, String) = env
+        .db()
+        .query_row(
+            "SELECT fetch_status, pdf_status, pdf_error_kind FROM invoices WHERE number = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (fetch.as_str(), pdf.as_str(), kind.as_str()),
+        ("success", "error", "permanent")
+    );
+}
