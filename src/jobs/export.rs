@@ -193,6 +193,14 @@ const INVOICE_HEADER: &[&str] = &[
     "last_attempt_at",
     "last_duration_ms",
     "last_error",
+    "nio_debt_id",
+    "nio_invoice_id",
+    "expected_amount_centavos",
+    "paid_detected_at",
+    "pdf_status",
+    "pdf_attempts",
+    "pdf_failed_attempts",
+    "pdf_error",
 ];
 
 /// The boleto CSV header when there is no row.

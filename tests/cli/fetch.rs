@@ -84,13 +84,30 @@ fn full_run_records_invoices_pdfs_and_the_run() {
     let export = env.run(&["export", "invoices", "--format", "csv"]);
     assert_eq!(export.code, 0, "{export:?}");
     let mut lines = export.stdout.lines();
+    let header = lines.next().unwrap();
     assert!(
-        lines
-            .next()
-            .unwrap()
-            .starts_with("contract,service_order,cpf,customer,safra,number,due_date")
+        header.starts_with("contract,service_order,cpf,customer,safra,number,due_date"),
+        "{header}"
     );
-    assert_eq!(lines.count(), 10);
+    assert!(
+        header.ends_with(",last_error,nio_debt_id,nio_invoice_id,expected_amount_centavos,paid_detected_at,pdf_status,pdf_attempts,pdf_failed_attempts,pdf_error"),
+        "{header}"
+    );
+    let second: Vec<&str> = lines.nth(1).unwrap().split(',').collect();
+    let column = |name: &str| second[header.split(',').position(|h| h == name).unwrap()];
+    assert_eq!(
+        (
+            column("nio_debt_id"),
+            column("nio_invoice_id"),
+            column("pdf_status")
+        ),
+        ("D1000", "100002", "saved")
+    );
+    assert_eq!(column("pdf_sha256"), sha);
+    assert_eq!(column("pdf_path"), path);
+    // With no row, the same header.
+    let none = env.run(&["export", "invoices", "--safra", "1999-01"]);
+    assert_eq!(none.stdout.trim_end(), header);
 }
 
 #[test]
