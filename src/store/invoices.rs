@@ -24,6 +24,9 @@ pub struct ContractImport<'a> {
     pub customer_name: &'a str,
     pub installed_on: NaiveDate,
     pub safra: &'a str,
+    /// The sheet's `valor`: the expected amount of each of the contract's invoices (an
+    /// invoice's own `valor` from `import invoices` wins).
+    pub expected_amount_centavos: Option<i64>,
 }
 
 /// One expected invoice computed from the installation date.
@@ -167,7 +170,8 @@ pub struct NioSessionCache {
 
 impl Store {
     /// Inserts or updates a contract and its ten expected invoices, in one transaction.
-    /// Imported due dates are kept. Returns whether the contract is new.
+    /// Imported due dates are kept, and so are expected amounts imported per invoice. Returns
+    /// whether the contract is new.
     pub fn upsert_contract(
         &mut self,
         c: &ContractImport,
@@ -219,16 +223,28 @@ impl Store {
         };
         for e in expected {
             tx.execute(
-                "INSERT INTO invoices (contract_id, number, due_date, available_from)
-                 VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO invoices (contract_id, number, due_date, available_from,
+                        expected_amount_centavos, expected_amount_source)
+                 VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?5 IS NOT NULL THEN 'contract' END)
                  ON CONFLICT (contract_id, number) DO UPDATE SET
-                    due_date = excluded.due_date, available_from = excluded.available_from
-                 WHERE due_date_source = 'computed'",
+                    due_date = CASE WHEN due_date_source = 'computed'
+                                    THEN excluded.due_date ELSE due_date END,
+                    available_from = CASE WHEN due_date_source = 'computed'
+                                          THEN excluded.available_from ELSE available_from END,
+                    expected_amount_source = CASE
+                        WHEN ?5 IS NOT NULL AND (expected_amount_source = 'contract'
+                                                 OR expected_amount_centavos IS NULL)
+                        THEN 'contract' ELSE expected_amount_source END,
+                    expected_amount_centavos = CASE
+                        WHEN ?5 IS NOT NULL AND (expected_amount_source = 'contract'
+                                                 OR expected_amount_centavos IS NULL)
+                        THEN ?5 ELSE expected_amount_centavos END",
                 params![
                     id,
                     e.number,
                     date_text(e.due_date),
-                    date_text(e.available_from)
+                    date_text(e.available_from),
+                    c.expected_amount_centavos
                 ],
             )?;
         }
@@ -261,7 +277,9 @@ impl Store {
     ) -> Result<bool> {
         let changed = self.conn.execute(
             "UPDATE invoices SET due_date = ?3, available_from = ?4, due_date_source = 'imported',
-                    expected_amount_centavos = COALESCE(?5, expected_amount_centavos)
+                    expected_amount_centavos = COALESCE(?5, expected_amount_centavos),
+                    expected_amount_source = CASE WHEN ?5 IS NOT NULL THEN 'invoice'
+                                                  ELSE expected_amount_source END
              WHERE number = ?2
                AND contract_id = (SELECT id FROM contracts WHERE contract_number = ?1)",
             params![
