@@ -160,10 +160,7 @@ fn write<T: serde::Serialize>(
                 path.display()
             ));
         }
-        None => {
-            use std::io::Write;
-            std::io::stdout().write_all(&bytes)?;
-        }
+        None => crate::output::stdout(&bytes),
     }
     Ok(Code::Success)
 }

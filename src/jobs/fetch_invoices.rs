@@ -243,7 +243,7 @@ fn dry_run(ctx: &Ctx, selection: &FetchSelection) -> Result<Code> {
                 "not_available": w.not_available,
             }));
         } else {
-            println!(
+            crate::outln!(
                 "{}\t{}\t{}\tinvoices {}\t({} not available yet)",
                 w.contract_number,
                 cpf,

@@ -56,9 +56,15 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
         }));
         return Ok(Code::Success);
     }
-    println!(
+    crate::outln!(
         "{:<17} {:<12} {:<25} {:>9} {:>14} {:>9}  {:<17} paused",
-        "job", "last", "started", "took", "ok/failed", "failing", "next start"
+        "job",
+        "last",
+        "started",
+        "took",
+        "ok/failed",
+        "failing",
+        "next start"
     );
     for (s, next) in states.iter().zip(&next) {
         let next = next
@@ -103,9 +109,14 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
             .running
             .map(|id| format!(" (run #{id} running)"))
             .unwrap_or_default();
-        println!(
+        crate::outln!(
             "{:<17} {:<12} {:<25} {:>9} {:>14} {:>9}  {next:<17} {paused}{running}",
-            s.job, status, started, took, items, s.consecutive_failures
+            s.job,
+            status,
+            started,
+            took,
+            items,
+            s.consecutive_failures
         );
     }
     let list = |v: &[(String, i64)]| {
@@ -118,25 +129,25 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
                 .join(", ")
         }
     };
-    println!();
-    println!("invoices:  {}", list(&invoices));
-    println!(
+    crate::outln!();
+    crate::outln!("invoices:  {}", list(&invoices));
+    crate::outln!(
         "payments:  {}{}",
         list(&payments),
         newly_paid
             .map(|(job, run, n)| format!(" ({n} newly paid by {job} run #{run})"))
             .unwrap_or_default()
     );
-    println!("pdfs:      {}", list(&pdfs));
-    println!(
+    crate::outln!("pdfs:      {}", list(&pdfs));
+    crate::outln!(
         "queue:     {}{}",
         list(&queue),
         oldest
             .map(|o| format!("; oldest pending since {o}"))
             .unwrap_or_default()
     );
-    println!("emails:    {}", list(&emails));
-    println!(
+    crate::outln!("emails:    {}", list(&emails));
+    crate::outln!(
         "boletos missing for {:02}/{}: {}",
         today.month(),
         today.year(),

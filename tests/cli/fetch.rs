@@ -991,3 +991,84 @@ fn a_name_the_file_system_refuses_is_a_permanent_pdf_failure() {
         ("success", "error", "permanent")
     );
 }
+
+/// Runs `args` with a reader that takes the first line of stdout, then goes away (`| head -1`).
+fn read_one_line_and_close(env: &Env, args: &[&str]) -> (String, Out) {
+    use std::io::BufRead;
+    let mut child = env.spawn(args);
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        first,
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::new(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+    )
+}
+
+/// Issue 12: `crm-jobs export invoices --format json | head` ended with `error: Broken pipe (os
+/// error 32)` and exit 1; a reader that goes away now ends every command quietly.
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let env = Env::new();
+    let mut csv = String::from("contrato,cpf,nome,data_instalacao\n");
+    for n in 100..400 {
+        csv.push_str(&format!(
+            "C{n},{},CLIENTE {n},2025-06-05\n",
+            cpf(n).digits()
+        ));
+    }
+    env.import_contracts(&csv);
+    // 3000 invoices: far more than a pipe holds, so the reader is gone while it writes.
+    for args in [
+        &["export", "invoices", "--format", "json"][..],
+        &["export", "invoices"],
+        &["fetch-invoices", "--dry-run", "--all"],
+    ] {
+        let (first, out) = read_one_line_and_close(&env, args);
+        assert!(!first.is_empty(), "{args:?}");
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        assert!(!out.stderr.contains("Broken pipe"), "{args:?}: {out:?}");
+        assert!(!out.stderr.contains("error"), "{args:?}: {out:?}");
+    }
+    // A reader gone before anything was written.
+    for args in [
+        &["status"][..],
+        &["--json", "status"],
+        &["config", "check"],
+        &["schedule", "crontab"],
+    ] {
+        let mut child = env.spawn(args);
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+}
+
+/// A stdout that fails otherwise (a full disk) is one clear error, not a panic.
+#[test]
+fn a_stdout_that_cannot_be_written_is_one_clear_error() {
+    let env = Env::new();
+    env.one_contract(69);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = env
+        .cmd(&["export", "invoices"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: cannot write the results to stdout: No space left on device (os error 28)\n"
+    );
+}
