@@ -1,6 +1,7 @@
-//! `crm-jobs retry`: re-attempts invoices whose last attempt failed transiently while they are
-//! below the attempt limit; at the limit they become `gave_up`, stored and visible, and are not
-//! tried again until `--reset CONTRACT` or `--all-gave-up`.
+//! `crm-jobs retry`: re-attempts invoices whose last lookup, or whose PDF, failed transiently
+//! while they are below the attempt limit; at the limit they (or the PDF alone) become
+//! `gave_up`, stored and visible, and are not tried again until `--reset CONTRACT` or
+//! `--all-gave-up`.
 
 use std::sync::Arc;
 
@@ -21,10 +22,10 @@ pub struct Args {
     /// Customers queried at once, 1 to 64 (default `[nio] concurrency`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: Option<u32>,
-    /// Make the given-up invoices of this contract eligible again, and stop.
+    /// Make the given-up invoices and PDFs of this contract eligible again, and stop.
     #[arg(long, value_name = "CONTRACT", conflicts_with = "all_gave_up")]
     pub reset: Option<String>,
-    /// Make every given-up invoice eligible again, and stop.
+    /// Make every given-up invoice and PDF eligible again, and stop.
     #[arg(long)]
     pub all_gave_up: bool,
 }

@@ -105,6 +105,8 @@ struct Data {
     expire_after: Option<u64>,
     /// Field renames applied to debts answers (a differently dressed API).
     renames: Vec<(String, String)>,
+    /// Answers the first page whatever `offset` says (an API that does not page).
+    ignore_offset: bool,
     next: u64,
 }
 
@@ -145,6 +147,12 @@ impl NioState {
                 d.invoices.retain(|i| i.id != invoice_id);
             }
         }
+    }
+
+    /// Makes the debts answers ignore `offset`, as an API that does not page would: every
+    /// answer is the first page.
+    pub fn ignore_offset(&self, on: bool) {
+        self.data.lock().unwrap().ignore_offset = on;
     }
 
     /// Turns the captcha wall on or off.
@@ -326,7 +334,11 @@ async fn debts(
     if debts.iter().all(|d| d.invoices.is_empty()) {
         return bad();
     }
-    let offset = page.offset.unwrap_or(0);
+    let offset = if s.data.lock().unwrap().ignore_offset {
+        0
+    } else {
+        page.offset.unwrap_or(0)
+    };
     let limit = page.limit.unwrap_or(50).max(1);
     let mut body = json!({"debts": page_of(&debts, offset, limit, &cpf)});
     let renames = s.data.lock().unwrap().renames.clone();

@@ -1072,3 +1072,39 @@ fn a_stdout_that_cannot_be_written_is_one_clear_error() {
         "error: cannot write the results to stdout: No space left on device (os error 28)\n"
     );
 }
+
+/// An API that answers the same full page whatever the offset would be asked forever: the run
+/// stops with one message instead.
+#[test]
+fn an_api_that_does_not_page_stops_the_run() {
+    let env = Env::new();
+    let c = env.one_contract(70);
+    let many: Vec<SbInvoice> = (0..60u32)
+        .map(|k| {
+            SbInvoice::new(
+                &format!("70{k:03}"),
+                date("2019-01-10") + chrono::Months::new(k),
+                5_990,
+            )
+        })
+        .collect();
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), SbDebt::spread("D70", many, 2));
+    env.sandbox.nio.ignore_offset(true);
+    let out = env.run(&["fetch-invoices"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "error: the Nio API answered the same 50 invoices at `offset=50` as before to `"
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("it does not page as expected; check `[nio] page_size`"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains(c.digits()), "no full CPF: {out:?}");
+    assert_eq!(env.sandbox.faults.seen(Route::NioDebts), 2);
+}
