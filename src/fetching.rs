@@ -223,13 +223,13 @@ impl Engine {
                 Ok(kind == "transient")
             }
             Ok(answers) => {
-                let pdf_failed = |a: &InvoiceAnswer, transient: bool| matches!(&a.pdf, Some(PdfOutcome::Failed { kind, .. }) if !transient || *kind == "transient");
-                let transient = answers
-                    .iter()
-                    .any(|a| matches!(a.problem, Some((_, "transient"))) || pdf_failed(a, true));
+                let transient = answers.iter().any(|a| {
+                    matches!(a.problem, Some((_, "transient")))
+                        || pdf_failure(a) == Some("transient")
+                });
                 // A PDF not saved leaves the contract's work undone: the contract is failed,
                 // although every invoice's answer (and payment) was recorded.
-                let failed = transient || answers.iter().any(|a| pdf_failed(a, false));
+                let failed = transient || answers.iter().any(|a| pdf_failure(a).is_some());
                 let recorded = run.store.record_answers(work.id, &answers, &attempt)?;
                 let mut parts: Vec<(String, i64)> = Vec::new();
                 for (a, r) in answers.iter().zip(&recorded) {
@@ -323,6 +323,14 @@ impl Engine {
                 Ok(transient)
             }
         }
+    }
+}
+
+/// The kind of the PDF failure of an answer, if its PDF was tried and not saved.
+fn pdf_failure(a: &InvoiceAnswer) -> Option<&'static str> {
+    match &a.pdf {
+        Some(PdfOutcome::Failed { kind, .. }) => Some(kind),
+        _ => None,
     }
 }
 
@@ -492,7 +500,11 @@ pub fn match_all(work: &ContractWork, found: &[NioInvoice], no_debts: bool) -> V
                     // Nio lists only open invoices: one it listed open before and no longer
                     // lists was paid.
                     Some(was) => {
-                        let was = if was.is_empty() { String::new() } else { format!(" as invoice `{was}`") };
+                        let was = if was.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" as invoice `{was}`")
+                        };
                         a.payment_status = Some("paid");
                         a.detail = Some(if no_debts {
                             format!("paid: Nio listed it open{was} before, and lists no open debt for this CPF now")
