@@ -716,7 +716,8 @@ impl Store {
         Ok(rows)
     }
 
-    /// The latest run of `fetch-invoices` or `retry` that ended (not interrupted), and how many invoices it found
+    /// The latest run of `fetch-invoices` or `retry` that ended (not interrupted) after looking
+    /// up at least one contract, and how many invoices it found
     /// newly paid: (job, run id, paid).
     pub fn newly_paid(&self) -> Result<Option<(String, i64, i64)>> {
         Ok(self
@@ -724,7 +725,7 @@ impl Store {
             .query_row(
                 "SELECT job, id, COALESCE(json_extract(counters, '$.paid'), 0) FROM runs
                  WHERE job IN ('fetch-invoices', 'retry') AND status IN ('success', 'partial', 'failed')
-                   AND json_valid(counters)
+                   AND items_total > 0 AND json_valid(counters)
                  ORDER BY id DESC LIMIT 1",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
