@@ -589,6 +589,8 @@ fn the_payment_is_tracked_whatever_the_pdf_does() {
         detail,
         "paid: Nio listed it open as invoice `270001` before, and no open invoice is due on 30/06/2025 now"
     );
+    // A later run that looks nothing up does not hide what the last lookup found.
+    assert!(env.run(&["retry"]).stderr.contains("nothing to retry"));
     let status = env.run(&["status"]);
     assert!(
         status.stdout.contains(
