@@ -561,6 +561,15 @@ fn the_payment_is_tracked_whatever_the_pdf_does() {
         )
     );
 
+    let report = env.run(&["report"]);
+    assert!(
+        report.stdout.contains(
+            "<tr><td>C27</td><td>1</td><td>pdf gave_up</td><td>3</td><td>the PDF of invoice `270001` is not a PDF"
+        ),
+        "{}",
+        report.stdout
+    );
+
     // The PDF is not asked again; the invoice still is, and its payment is seen.
     assert_eq!(env.run(&["fetch-invoices"]).code, 0);
     assert_eq!(env.sandbox.faults.seen(Route::NioPdf), 4);
