@@ -108,10 +108,9 @@ pub enum PdfOutcome {
     Failed { error: String, kind: &'static str },
 }
 
-/// How one recorded invoice ended, as stored.
+/// How one recorded invoice ended, as stored (in the order of the answers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
-    pub invoice_id: i64,
     pub fetch_status: String,
     pub pdf_status: Option<String>,
 }
@@ -575,7 +574,6 @@ impl Store {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
                 recorded.push(Recorded {
-                    invoice_id: a.invoice_id,
                     fetch_status,
                     pdf_status,
                 });
