@@ -195,7 +195,8 @@ pub struct NioConfig {
     pub debts_path: String,
     /// Value of the `origin` query parameter.
     pub origin: String,
-    /// Debts asked per page (`limit`); the next page is asked while a page is full.
+    /// Invoices asked per page (`limit`, summed over the debts of an answer); the next page is
+    /// asked while an answer holds this many invoices.
     pub page_size: u32,
     /// Header carrying the raw token.
     pub token_header: String,

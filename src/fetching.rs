@@ -22,7 +22,7 @@ use crate::files;
 use crate::lifecycle::JobRun;
 use crate::nio::{Answer, NioClient, NioError, NioInvoice};
 use crate::output::Printer;
-use crate::store::{Attempt, ContractWork, InvoiceAnswer};
+use crate::store::{Attempt, ContractWork, InvoiceAnswer, PdfOutcome};
 
 /// How long in-flight contracts may finish after SIGTERM/SIGINT before they are abandoned.
 const GRACE: Duration = Duration::from_secs(5);
@@ -223,20 +223,59 @@ impl Engine {
                 Ok(kind == "transient")
             }
             Ok(answers) => {
-                let transient = answers
-                    .iter()
-                    .any(|a| matches!(a.problem, Some((_, "transient"))));
-                let gave_up = run.store.record_answers(work.id, &answers, &attempt)?;
-                run.add("gave_up", gave_up as i64);
+                let transient = answers.iter().any(|a| {
+                    matches!(a.problem, Some((_, "transient")))
+                        || pdf_failure(a) == Some("transient")
+                });
+                // A PDF not saved leaves the contract's work undone: the contract is failed,
+                // although every invoice's answer (and payment) was recorded.
+                let failed = transient || answers.iter().any(|a| pdf_failure(a).is_some());
+                let recorded = run.store.record_answers(work.id, &answers, &attempt)?;
                 let mut parts: Vec<(String, i64)> = Vec::new();
-                for a in &answers {
+                for (a, r) in answers.iter().zip(&recorded) {
                     run.add(a.outcome, 1);
                     match parts.iter_mut().find(|(k, _)| k == a.outcome) {
                         Some((_, n)) => *n += 1,
                         None => parts.push((a.outcome.to_string(), 1)),
                     }
-                    if a.pdf_sha256.is_some() {
-                        run.add("pdfs_saved", 1);
+                    if r.fetch_status == "gave_up" {
+                        run.add("gave_up", 1);
+                    }
+                    if a.payment_status == Some("paid") {
+                        run.add("paid", 1);
+                        tracing::info!(
+                            "{who}: invoice {}: {}",
+                            number_of(work, a.invoice_id),
+                            a.detail.as_deref().unwrap_or("paid")
+                        );
+                    }
+                    match &a.pdf {
+                        Some(PdfOutcome::Saved { .. }) => run.add("pdfs_saved", 1),
+                        Some(PdfOutcome::Failed { error, kind }) => {
+                            run.add("pdf_errors", 1);
+                            let gave_up = r.pdf_status.as_deref() == Some("gave_up");
+                            if gave_up {
+                                run.add("pdf_gave_up", 1);
+                            }
+                            tracing::warn!(
+                                "{who}: invoice {}: PDF not saved ({kind}): {error}{}",
+                                number_of(work, a.invoice_id),
+                                if gave_up {
+                                    " (PDF gave up: attempt limit reached; the invoice is still tracked)"
+                                } else {
+                                    ""
+                                }
+                            );
+                            run.event(
+                                "warn",
+                                format!(
+                                    "contract `{}` invoice {}: PDF not saved: {error}",
+                                    work.contract_number,
+                                    number_of(work, a.invoice_id)
+                                ),
+                            );
+                        }
+                        None => {}
                     }
                     if let Some((problem, _)) = &a.problem {
                         run.add("problems", 1);
@@ -254,7 +293,7 @@ impl Engine {
                         );
                     }
                 }
-                match (retrying, transient) {
+                match (retrying, failed) {
                     (false, false) => run.counts.ok += 1,
                     (false, true) => run.counts.failed += 1,
                     (true, false) => {
@@ -284,6 +323,14 @@ impl Engine {
                 Ok(transient)
             }
         }
+    }
+}
+
+/// The kind of the PDF failure of an answer, if its PDF was tried and not saved.
+fn pdf_failure(a: &InvoiceAnswer) -> Option<&'static str> {
+    match &a.pdf {
+        Some(PdfOutcome::Failed { kind, .. }) => Some(kind),
+        _ => None,
     }
 }
 
@@ -357,30 +404,21 @@ async fn fetch_contract(
             if a.outcome != "matched" {
                 continue;
             }
-            let expected = work.invoices.iter().find(|i| i.id == a.invoice_id);
-            if expected.and_then(|e| e.saved_pdf_for.as_ref()) == Some(&inv.invoice_id) {
+            let Some(expected) = work.invoices.iter().find(|i| i.id == a.invoice_id) else {
+                continue;
+            };
+            if !expected.pdf_wanted || expected.saved_pdf_for.as_ref() == Some(&inv.invoice_id) {
                 continue;
             }
-            match save_pdf(
-                client,
-                &cpf,
-                &work,
-                expected.map_or(0, |e| e.number),
-                inv,
-                downloads,
-            )
-            .await
-            {
-                Ok((path, sha)) => {
-                    a.pdf_path = Some(path);
-                    a.pdf_sha256 = Some(sha);
-                }
-                Err(e) => {
-                    if a.problem.is_none() {
-                        a.problem = Some((format!("PDF not saved: {e}"), e.kind()));
-                    }
-                }
-            }
+            a.pdf = Some(
+                match save_pdf(client, &cpf, &work, expected.number, inv, downloads).await {
+                    Ok((path, sha256)) => PdfOutcome::Saved { path, sha256 },
+                    Err(e) => PdfOutcome::Failed {
+                        error: e.to_string(),
+                        kind: e.kind(),
+                    },
+                },
+            );
         }
     }
     finish(work, Ok(answers), None)
@@ -396,10 +434,11 @@ async fn save_pdf(
 ) -> Result<(String, String), NioError> {
     let bytes = client.pdf(cpf, inv).await?;
     let sha = hex::encode(Sha256::digest(&bytes));
+    // A contract number may be 300 characters long: its folder name is cut, and kept unique.
     let dir = downloads
         .join("faturas")
-        .join(files::safe_component(&work.safra))
-        .join(files::safe_component(&work.contract_number));
+        .join(files::bounded_component(&work.safra))
+        .join(files::bounded_component(&work.contract_number));
     let due = inv
         .due_date
         .map(|d| d.to_string())
@@ -411,9 +450,16 @@ async fn save_pdf(
             message: format!("writing the PDF: {e}"),
             retry_after: None,
         })?
-        .map_err(|e| NioError::Transient {
-            message: format!("{e:#}"),
-            retry_after: None,
+        .map_err(|e| {
+            // A name the file system refuses will be refused again; a full disk may not be.
+            if files::is_name_refused(&e) {
+                NioError::Permanent(format!("{e:#}"))
+            } else {
+                NioError::Transient {
+                    message: format!("{e:#}"),
+                    retry_after: None,
+                }
+            }
         })?;
     Ok((path.display().to_string(), sha))
 }
@@ -450,13 +496,30 @@ pub fn match_all(work: &ContractWork, found: &[NioInvoice], no_debts: bool) -> V
                 MatchOutcome::Ambiguous { count } => {
                     a.detail = Some(format!("{count} open Nio invoices are due on {due}; nothing applied"));
                 }
-                MatchOutcome::NoMatch => {
-                    a.detail = Some(if no_debts {
-                        "Nio lists no open debt for this CPF (paid, or not issued yet)".into()
-                    } else {
-                        format!("no open Nio invoice is due on {due} (paid, or not issued yet)")
-                    });
-                }
+                MatchOutcome::NoMatch => match &inv.open_as {
+                    // Nio lists only open invoices: one it listed open before and no longer
+                    // lists was paid.
+                    Some(was) => {
+                        let was = if was.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" as invoice `{was}`")
+                        };
+                        a.payment_status = Some("paid");
+                        a.detail = Some(if no_debts {
+                            format!("paid: Nio listed it open{was} before, and lists no open debt for this CPF now")
+                        } else {
+                            format!("paid: Nio listed it open{was} before, and no open invoice is due on {due} now")
+                        });
+                    }
+                    None => {
+                        a.detail = Some(if no_debts {
+                            "Nio lists no open debt for this CPF (paid, or not issued yet)".into()
+                        } else {
+                            format!("no open Nio invoice is due on {due} (paid, or not issued yet)")
+                        });
+                    }
+                },
                 MatchOutcome::ValueMismatch { expected, found, index } => {
                     a.detail = Some(format!(
                         "the spreadsheet says {} but Nio says {} (invoice `{}`); nothing applied",
@@ -485,6 +548,13 @@ fn fill_matched(a: &mut InvoiceAnswer, f: &NioInvoice) {
         .as_deref()
         .is_some_and(|s| PAID_STATUSES.contains(&s.to_lowercase().as_str()));
     a.payment_status = Some(if paid { "paid" } else { "open" });
+    if paid {
+        a.detail = Some(format!(
+            "paid: Nio lists invoice `{}` with the status `{}`",
+            f.invoice_id,
+            f.status.as_deref().unwrap_or_default()
+        ));
+    }
     let mut problems = Vec::new();
     if let Some(code) = &f.barcode {
         match boleto::validate_any(code) {

@@ -124,6 +124,39 @@ pub fn remove_stale_parts(dir: &Path) -> usize {
     removed
 }
 
+/// The longest folder name [`bounded_component`] makes, in bytes: far below the 255-byte limit
+/// of common file systems, as for the boleto names.
+pub const MAX_COMPONENT_BYTES: usize = 120;
+
+/// [`safe_component`] at most [`MAX_COMPONENT_BYTES`] long, and still one name per text: a
+/// longer one keeps its first part and ends with `_` and 12 hex digits of the SHA-256 of the
+/// text as given, so that two long names alike in their first 100 characters get folders of
+/// their own, the same on every run.
+pub fn bounded_component(raw: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let safe = safe_component(raw);
+    if safe.len() <= MAX_COMPONENT_BYTES {
+        return safe;
+    }
+    let digest = hex::encode(Sha256::digest(raw.as_bytes()));
+    let mut end = MAX_COMPONENT_BYTES - 13;
+    while !safe.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}_{}", &safe[..end], &digest[..12])
+}
+
+/// Whether an error is the file system refusing a name (`File name too long`, an invalid
+/// name): trying again cannot help, so it is permanent.
+pub fn is_name_refused(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| {
+            e.kind() == std::io::ErrorKind::InvalidFilename
+                || matches!(e.raw_os_error(), Some(libc::ENAMETOOLONG | libc::EILSEQ))
+        })
+}
+
 /// A name safe as one path component: letters, digits, `-`, `_` and `.` kept, anything else
 /// becomes `_`; never empty, never `.` or `..`.
 pub fn safe_component(raw: &str) -> String {
@@ -174,6 +207,28 @@ mod tests {
         assert_eq!(safe_component(""), "_");
         assert_eq!(safe_component("OS-12345"), "OS-12345");
         assert_eq!(safe_component("a/b"), "a_b");
+    }
+
+    #[test]
+    fn long_names_are_cut_and_stay_unique() {
+        let a = format!("{}A", "7".repeat(299));
+        let b = format!("{}B", "7".repeat(299));
+        let (ca, cb) = (bounded_component(&a), bounded_component(&b));
+        assert_eq!(ca.len(), MAX_COMPONENT_BYTES);
+        assert_ne!(ca, cb);
+        assert!(ca.starts_with(&"7".repeat(107)), "{ca}");
+        assert_eq!(ca, bounded_component(&a), "the same on every run");
+        let accents = "Ç".repeat(100);
+        assert!(bounded_component(&accents).len() <= MAX_COMPONENT_BYTES);
+        assert_eq!(bounded_component("OS-12345"), "OS-12345");
+        let dir = tempfile::tempdir().unwrap();
+        let e = write_atomic(&dir.path().join("x".repeat(300)), "f.pdf", b"%PDF-").unwrap_err();
+        assert!(is_name_refused(&e), "{e:#}");
+        write_atomic(&dir.path().join(&ca), "f.pdf", b"%PDF-").unwrap();
+        // Another failure (a file where a folder should be) is not about the name.
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let e = write_atomic(&dir.path().join("file"), "f.pdf", b"%PDF-").unwrap_err();
+        assert!(!is_name_refused(&e), "{e:#}");
     }
 
     #[test]

@@ -58,11 +58,19 @@ pub fn main() -> ExitCode {
     let outcome = runtime.block_on(jobs::dispatch(cli));
     // Workers left behind by an interrupted run must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    match outcome {
-        Ok(code) => code.into(),
+    let code = match outcome {
+        Ok(code) => code,
         Err(err) => {
             exit::print_error(&err);
-            exit::code_for_error(&err).into()
+            exit::code_for_error(&err)
+        }
+    };
+    // The results were not all written (a reader going away is not a failure: see `output`).
+    if let Some(e) = output::stdout_error() {
+        eprintln!("error: cannot write the results to stdout: {e}");
+        if code == exit::Code::Success {
+            return exit::Code::Failure.into();
         }
     }
+    code.into()
 }

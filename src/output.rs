@@ -1,7 +1,10 @@
 //! What a command shows: progress bars on a terminal only, results on stdout (tables, `--json`),
-//! everything for people on stderr. Under cron nothing is drawn.
+//! everything for people on stderr. Under cron nothing is drawn. Every result goes through
+//! [`stdout`] (or [`outln!`](crate::outln)), which ends quietly when the reader goes away.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -82,11 +85,53 @@ impl Printer {
 
     /// A JSON result on stdout.
     pub fn json_out(&self, value: &serde_json::Value) {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
         );
     }
+}
+
+/// Set once stdout's reader went away: the rest of the output is dropped.
+static READER_GONE: AtomicBool = AtomicBool::new(false);
+
+/// The first failure to write stdout other than a reader gone away (a full disk, an I/O
+/// error), for the entry point to report once.
+static WRITE_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Writes `bytes` to stdout: the one way every command writes its results. A reader that goes
+/// away (`crm-jobs export invoices --format json | head`) is not an error: the rest of the output
+/// is dropped and the command ends as it would have, quietly, as ripgrep and other Unix tools
+/// do. Any other failure is kept for [`stdout_error`].
+pub fn stdout(bytes: &[u8]) {
+    if READER_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            READER_GONE.store(true, Ordering::Relaxed);
+        } else if let Ok(mut first) = WRITE_ERROR.lock() {
+            first.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// The first failure to write stdout, if any; a reader that went away is not one.
+pub fn stdout_error() -> Option<String> {
+    WRITE_ERROR.lock().ok().and_then(|e| e.clone())
+}
+
+/// `println!` for results: one line to stdout through [`output::stdout`](crate::output::stdout),
+/// so that a reader going away is not an error.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::stdout(b"\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
+    };
 }
 
 /// `1.2s`, `350ms`, `2m05s`.

@@ -43,7 +43,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         let store = ctx.open_store()?;
         for rule in RETENTION.iter().filter(|r| wanted(r.name)) {
             let n = store.retention_count(rule, &cutoff(rule.name))?;
-            println!("{}\t{n}\tolder than {} days", rule.name, days(rule.name));
+            crate::outln!("{}\t{n}\tolder than {} days", rule.name, days(rule.name));
         }
         if wanted("diagnostics") {
             let n = crate::diagnostics::remove_older_than(

@@ -19,24 +19,14 @@ pub fn completions(args: Args) -> Result<Code> {
     let mut cmd = Cli::command();
     let mut out = Vec::new();
     clap_complete::generate(args.shell, &mut cmd, "crm-jobs", &mut out);
-    emit(&out)
-}
-
-/// Writes to stdout; a reader that went away (`| head`) is not an error.
-pub fn emit(bytes: &[u8]) -> Result<Code> {
-    use std::io::Write;
-    match std::io::stdout().write_all(bytes) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Code::Success),
-        other => {
-            other?;
-            Ok(Code::Success)
-        }
-    }
+    crate::output::stdout(&out);
+    Ok(Code::Success)
 }
 
 /// Prints the man page (roff) on stdout: `crm-jobs man > /usr/local/share/man/man1/crm-jobs.1`.
 pub fn man() -> Result<Code> {
     let mut out = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut out)?;
-    emit(&out)
+    crate::output::stdout(&out);
+    Ok(Code::Success)
 }

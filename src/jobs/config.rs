@@ -55,14 +55,14 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
         return Ok(Code::Success);
     }
     match &loaded.file {
-        Some((p, why)) => println!("# config file: {} (found by {why})", p.display()),
-        None => println!("# config file: none found; defaults and environment only"),
+        Some((p, why)) => crate::outln!("# config file: {} (found by {why})", p.display()),
+        None => crate::outln!("# config file: none found; defaults and environment only"),
     }
     for name in &loaded.env_overrides {
-        println!("# overridden by the environment: {name}");
+        crate::outln!("# overridden by the environment: {name}");
     }
-    println!("# secrets: CRM_JOBS_NIO_PASSPHRASE {passphrase}");
-    println!("# secrets: CRM_JOBS_FERNET_KEY {fernet}");
+    crate::outln!("# secrets: CRM_JOBS_NIO_PASSPHRASE {passphrase}");
+    crate::outln!("# secrets: CRM_JOBS_FERNET_KEY {fernet}");
     for (env, file) in [
         (
             "CRM_JOBS_CRM_ACCESS_TOKEN",
@@ -87,19 +87,19 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
             Some(_) => "set (redacted)",
             None => "not set",
         };
-        println!("# secrets: {env} {state}");
+        crate::outln!("# secrets: {env} {state}");
     }
     if loaded.config.crm.base_url.is_none() {
-        println!("# warning: [crm] base_url is not set; sync-queue needs it");
+        crate::outln!("# warning: [crm] base_url is not set; sync-queue needs it");
     }
     if loaded.config.nio.base_url.is_none() {
-        println!("# warning: [nio] base_url is not set; fetch-invoices and retry need it");
+        crate::outln!("# warning: [nio] base_url is not set; fetch-invoices and retry need it");
     }
     if loaded.config.canopus.base_url.is_none() {
-        println!("# warning: [canopus] base_url is not set; download-boletos needs it");
+        crate::outln!("# warning: [canopus] base_url is not set; download-boletos needs it");
     }
-    println!();
-    print!("{}", toml::to_string_pretty(&effective)?);
+    crate::outln!();
+    crate::output::stdout(toml::to_string_pretty(&effective)?.as_bytes());
     ctx.printer.say("configuration is valid");
     Ok(Code::Success)
 }

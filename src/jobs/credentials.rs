@@ -125,9 +125,9 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
             if ctx.printer.json {
                 ctx.printer.json_out(&serde_json::to_value(&points)?);
             } else {
-                println!("sales_point\tuser\tpassword\tclients\tupdated_at");
+                crate::outln!("sales_point\tuser\tpassword\tclients\tupdated_at");
                 for p in &points {
-                    println!(
+                    crate::outln!(
                         "{}\t{}\t{}\t{}\t{}",
                         p.code,
                         p.portal_user.as_deref().unwrap_or("-"),

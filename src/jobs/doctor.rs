@@ -290,7 +290,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         ctx.printer.json_out(&serde_json::to_value(&r.0)?);
     } else {
         for f in &r.0 {
-            println!("{:<5} {:<12} {}", f.level, f.check, f.message);
+            crate::outln!("{:<5} {:<12} {}", f.level, f.check, f.message);
         }
     }
     Ok(if failed { Code::Failure } else { Code::Success })

@@ -213,7 +213,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                     }));
                     continue;
                 }
-                println!(
+                crate::outln!(
                     "{code}\t{}\t{}\t{}",
                     c.consultant,
                     Cpf::parse(&c.cpf).map(|x| x.masked()).unwrap_or_default(),

@@ -160,10 +160,7 @@ fn write<T: serde::Serialize>(
                 path.display()
             ));
         }
-        None => {
-            use std::io::Write;
-            std::io::stdout().write_all(&bytes)?;
-        }
+        None => crate::output::stdout(&bytes),
     }
     Ok(Code::Success)
 }
@@ -193,6 +190,14 @@ const INVOICE_HEADER: &[&str] = &[
     "last_attempt_at",
     "last_duration_ms",
     "last_error",
+    "nio_debt_id",
+    "nio_invoice_id",
+    "expected_amount_centavos",
+    "paid_detected_at",
+    "pdf_status",
+    "pdf_attempts",
+    "pdf_failed_attempts",
+    "pdf_error",
 ];
 
 /// The boleto CSV header when there is no row.

@@ -23,6 +23,9 @@ pub struct Args {
     /// Contracts to take in this run (default `[fetch] limit`, 20).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
+    /// Take every due contract: no limit.
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
     /// Only contracts of this safra (installation month).
     #[arg(long, value_name = "YYYY-MM", value_parser = parse_safra)]
     pub safra: Option<String>,
@@ -85,7 +88,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     });
     let selection = FetchSelection {
         today: ctx.clock.today(),
-        limit: args.limit.unwrap_or(cfg.fetch.limit),
+        limit: if args.all {
+            None
+        } else {
+            Some(args.limit.unwrap_or(cfg.fetch.limit))
+        },
         safra: args.safra.as_deref(),
         contract: args.contract.as_deref(),
     };
@@ -150,9 +157,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                 _ = tokio::time::sleep(wait) => {}
                 _ = run.cancel.cancelled() => {}
             }
-            let again = run
-                .store
-                .contracts_to_retry(cfg.retry.max_attempts, Some(run.run_id))?;
+            let again = run.store.contracts_to_retry(
+                ctx.clock.today(),
+                cfg.retry.max_attempts,
+                Some(run.run_id),
+            )?;
             if !again.is_empty() && !run.cancel.is_cancelled() {
                 engine.origin = "retry".into();
                 if let Err(e) = engine.pass(&mut run, again, true).await {
@@ -193,12 +202,15 @@ pub fn summary(run: &JobRun) -> String {
         parts.push(format!("invoices: {}", outcomes.join(", ")));
     }
     for (key, label) in [
+        ("paid", "newly paid"),
         ("not_available", "not available yet"),
         ("pdfs_saved", "PDF(s) saved"),
+        ("pdf_errors", "PDF(s) not saved"),
         ("problems", "invoice problem(s)"),
         ("retried", "retried"),
         ("recovered", "recovered on retry"),
         ("gave_up", "gave up"),
+        ("pdf_gave_up", "PDF(s) gave up"),
     ] {
         if n(key) > 0 {
             parts.push(format!("{} {label}", n(key)));
@@ -231,7 +243,7 @@ fn dry_run(ctx: &Ctx, selection: &FetchSelection) -> Result<Code> {
                 "not_available": w.not_available,
             }));
         } else {
-            println!(
+            crate::outln!(
                 "{}\t{}\t{}\tinvoices {}\t({} not available yet)",
                 w.contract_number,
                 cpf,

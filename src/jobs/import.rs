@@ -1,6 +1,7 @@
 //! `crm-jobs import contracts|invoices FILE.csv`: operator spreadsheets into the store. Columns
-//! are found by name (case and spaces ignored; `,` or `;` separated; a UTF-8 BOM is fine). A bad
-//! row is reported with file, line and reason and imports nothing; the other rows import.
+//! are found by name (case and spaces ignored; `,` or `;` separated; a UTF-8 BOM is fine); a
+//! column the import does not use is named in its summary, never dropped silently. A bad row is
+//! reported with file, physical line and reason and imports nothing; the other rows import.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,8 +19,9 @@ use crate::store::{ContractImport, ExpectedInvoice};
 /// What to import.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Contracts: `contrato,cpf,nome,data_instalacao` (+ optional `ordem_servico`, `safra`).
-    /// Creates each contract's ten expected invoices.
+    /// Contracts: `contrato,cpf,nome,data_instalacao` (+ optional `ordem_servico` or `os`,
+    /// `safra`, `valor`: the expected amount of each invoice). Creates each contract's ten
+    /// expected invoices.
     Contracts {
         /// The CSV file.
         file: PathBuf,
@@ -68,11 +70,48 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
 struct Sheet {
     name: String,
     columns: HashMap<String, usize>,
+    /// Rows with their physical line in the file (a row spanning lines: its first).
     rows: Vec<(u64, Vec<String>)>,
+    /// Columns of the file that the import does not use, as the header names them.
+    ignored: Vec<String>,
+}
+
+/// Other names of a column: (synonym, the column's name).
+const SYNONYMS: &[(&str, &str)] = &[("os", "ordem_servico")];
+
+/// Physical line numbers of byte offsets, counted forward once: `\r\n`, `\n` and a lone `\r`
+/// each end a line, as spreadsheets and editors show them.
+struct LineCounter<'a> {
+    text: &'a [u8],
+    pos: usize,
+    line: u64,
+}
+
+impl LineCounter<'_> {
+    /// The line of the first byte at or after `offset` that does not end a line: where a
+    /// record that the CSV reader placed at `offset` (before the end of the previous line and
+    /// any blank lines) really starts. Offsets must not go backwards.
+    fn record_line(&mut self, offset: usize) -> u64 {
+        let mut start = offset.max(self.pos);
+        while start < self.text.len() && matches!(self.text[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        while self.pos < start {
+            match self.text[self.pos] {
+                b'\n' => self.line += 1,
+                b'\r' if self.text.get(self.pos + 1) != Some(&b'\n') => self.line += 1,
+                _ => {}
+            }
+            self.pos += 1;
+        }
+        self.line
+    }
 }
 
 impl Sheet {
-    fn read(path: &Path, required: &[&str]) -> Result<Sheet> {
+    /// Reads `path`; `required` columns must be there, `optional` ones may; any other column
+    /// is listed in `ignored`.
+    fn read(path: &Path, required: &[&str], optional: &[&str]) -> Result<Sheet> {
         let name = path.display().to_string();
         let bytes = std::fs::read(path).with_context(|| format!("cannot read `{name}`"))?;
         let text = String::from_utf8(bytes).with_context(|| {
@@ -93,11 +132,28 @@ impl Sheet {
             .headers()
             .with_context(|| format!("cannot read the header row of `{name}`"))?
             .clone();
-        let columns: HashMap<String, usize> = headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.trim().to_lowercase(), i))
-            .collect();
+        let mut columns: HashMap<String, usize> = HashMap::new();
+        let mut repeated = Vec::new();
+        for (i, h) in headers.iter().enumerate() {
+            let key = h.trim().to_lowercase();
+            if key.is_empty() {
+                continue;
+            }
+            match columns.entry(key) {
+                // The first one is read; a second one is named among the ignored.
+                std::collections::hash_map::Entry::Occupied(_) => repeated.push(i),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(i);
+                }
+            }
+        }
+        for (synonym, column) in SYNONYMS {
+            if !columns.contains_key(*column)
+                && let Some(&i) = columns.get(*synonym)
+            {
+                columns.insert(column.to_string(), i);
+            }
+        }
         if headers.iter().all(|h| h.trim().is_empty()) {
             bail!(
                 "`{name}` is empty: expected a header row with the columns {} and one row per line",
@@ -114,12 +170,27 @@ impl Sheet {
                 );
             }
         }
+        // The reader's own line numbers fall one short after each `\r\n` row; lines are
+        // counted here from the byte where each record starts.
+        let mut lines = LineCounter {
+            text: text.as_bytes(),
+            pos: 0,
+            line: 1,
+        };
+        let mut used_unnamed = vec![false; headers.len()];
         let mut rows = Vec::new();
         for rec in reader.records() {
             let rec = rec.with_context(|| format!("`{name}` is not valid CSV"))?;
-            let line = rec.position().map_or(0, |p| p.line());
+            let line = rec
+                .position()
+                .map_or(0, |p| lines.record_line(p.byte() as usize));
             if rec.iter().all(|f| f.trim().is_empty()) {
                 continue;
+            }
+            for (i, f) in rec.iter().enumerate() {
+                if !f.trim().is_empty() && headers.get(i).is_some_and(|h| h.trim().is_empty()) {
+                    used_unnamed[i] = true;
+                }
             }
             if rec.len() > headers.len() {
                 rows.push((
@@ -134,11 +205,44 @@ impl Sheet {
             }
             rows.push((line, rec.iter().map(|f| f.trim().to_string()).collect()));
         }
+        let known = |h: &str| {
+            let key = h.trim().to_lowercase();
+            required.contains(&key.as_str())
+                || optional.contains(&key.as_str())
+                || SYNONYMS
+                    .iter()
+                    .any(|(s, c)| *s == key && optional.contains(c))
+        };
+        let ignored = headers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                if h.trim().is_empty() {
+                    used_unnamed[i].then(|| format!("column {} (no name)", i + 1))
+                } else if repeated.contains(&i) {
+                    Some(format!("{} (repeated)", h.trim()))
+                } else if !known(h) {
+                    Some(h.trim().to_string())
+                } else {
+                    None
+                }
+            })
+            .collect();
         Ok(Sheet {
             name,
             columns,
             rows,
+            ignored,
         })
+    }
+
+    /// `; ignored column(s): a, b` for the summary line, or nothing.
+    fn ignored_note(&self) -> String {
+        if self.ignored.is_empty() {
+            String::new()
+        } else {
+            format!("; ignored column(s): {}", self.ignored.join(", "))
+        }
     }
 
     fn get<'a>(&self, row: &'a [String], col: &str) -> Option<&'a str> {
@@ -184,7 +288,11 @@ impl Report {
 }
 
 fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
-    let sheet = Sheet::read(file, &["contrato", "cpf", "nome", "data_instalacao"])?;
+    let sheet = Sheet::read(
+        file,
+        &["contrato", "cpf", "nome", "data_instalacao"],
+        &["ordem_servico", "safra", "valor"],
+    )?;
     let mut store = ctx.open_store()?;
     let now = clock::to_store(ctx.clock.now());
     let mut report = Report { ok: 0, bad: 0 };
@@ -232,6 +340,16 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
             }
             None => installed.format("%Y-%m").to_string(),
         };
+        let amount = match sheet.get(row, "valor") {
+            Some(v) => match money::parse_brl(v) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    report.bad(&sheet, *line, &format!("`valor`: {e}"));
+                    continue;
+                }
+            },
+            None => None,
+        };
         let expected: Vec<ExpectedInvoice> = (1..=schedule::EXPECTED_INVOICES)
             .map(|n| {
                 let due = schedule::due_date(installed, n);
@@ -250,6 +368,7 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
                 customer_name: name,
                 installed_on: installed,
                 safra: &safra,
+                expected_amount_centavos: amount,
             },
             &expected,
             &now,
@@ -261,21 +380,23 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
         ctx.printer.json_out(&serde_json::json!({
             "file": sheet.name, "imported": report.ok, "new": new,
             "updated": report.ok - new, "skipped": report.bad,
+            "ignored_columns": sheet.ignored,
         }));
     }
     ctx.printer.say(&format!(
-        "imported {} contract(s) from `{}` ({new} new, {} updated, {} expected invoices each); {} row(s) skipped",
+        "imported {} contract(s) from `{}` ({new} new, {} updated, {} expected invoices each); {} row(s) skipped{}",
         report.ok,
         sheet.name,
         report.ok - new,
         schedule::EXPECTED_INVOICES,
-        report.bad
+        report.bad,
+        sheet.ignored_note()
     ));
     Ok(report.code())
 }
 
 fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
-    let sheet = Sheet::read(file, &["contrato", "numero", "vencimento"])?;
+    let sheet = Sheet::read(file, &["contrato", "numero", "vencimento"], &["valor"])?;
     let mut store = ctx.open_store()?;
     let mut report = Report { ok: 0, bad: 0 };
     for (line, row) in &sheet.rows {
@@ -333,11 +454,15 @@ fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
     if ctx.printer.json {
         ctx.printer.json_out(&serde_json::json!({
             "file": sheet.name, "imported": report.ok, "skipped": report.bad,
+            "ignored_columns": sheet.ignored,
         }));
     }
     ctx.printer.say(&format!(
-        "imported {} due date(s) from `{}`; {} row(s) skipped",
-        report.ok, sheet.name, report.bad
+        "imported {} due date(s) from `{}`; {} row(s) skipped{}",
+        report.ok,
+        sheet.name,
+        report.bad,
+        sheet.ignored_note()
     ));
     Ok(report.code())
 }

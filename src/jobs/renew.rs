@@ -109,15 +109,18 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                 Step::Emails => {
                     let pending = store.pending_emails(cfg.renew.email_batch)?;
                     for e in &pending {
-                        println!("emails\t{}\t{}\t{}", e.id, e.kind, e.subject);
+                        crate::outln!("emails\t{}\t{}\t{}", e.id, e.kind, e.subject);
                     }
                     continue;
                 }
             };
             for r in rows {
-                println!(
+                crate::outln!(
                     "{:?}\t{}\t{}\t{}",
-                    step, r.external_id, r.email, r.current_period_end
+                    step,
+                    r.external_id,
+                    r.email,
+                    r.current_period_end
                 );
             }
         }

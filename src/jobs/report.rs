@@ -254,7 +254,7 @@ table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px so
             ctx.printer
                 .say(&format!("report written to `{}`", path.display()));
         }
-        None => print!("{html}"),
+        None => crate::output::stdout(html.as_bytes()),
     }
     Ok(Code::Success)
 }

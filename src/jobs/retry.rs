@@ -1,6 +1,7 @@
-//! `crm-jobs retry`: re-attempts invoices whose last attempt failed transiently while they are
-//! below the attempt limit; at the limit they become `gave_up`, stored and visible, and are not
-//! tried again until `--reset CONTRACT` or `--all-gave-up`.
+//! `crm-jobs retry`: re-attempts invoices whose last lookup, or whose PDF, failed transiently
+//! while they are below the attempt limit; at the limit they (or the PDF alone) become
+//! `gave_up`, stored and visible, and are not tried again until `--reset CONTRACT` or
+//! `--all-gave-up`.
 
 use std::sync::Arc;
 
@@ -21,10 +22,10 @@ pub struct Args {
     /// Customers queried at once, 1 to 64 (default `[nio] concurrency`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: Option<u32>,
-    /// Make the given-up invoices of this contract eligible again, and stop.
+    /// Make the given-up invoices and PDFs of this contract eligible again, and stop.
     #[arg(long, value_name = "CONTRACT", conflicts_with = "all_gave_up")]
     pub reset: Option<String>,
-    /// Make every given-up invoice eligible again, and stop.
+    /// Make every given-up invoice and PDF eligible again, and stop.
     #[arg(long)]
     pub all_gave_up: bool,
 }
@@ -64,7 +65,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     )?;
     let downloads = ctx.downloads_dir()?;
     crate::fetching::remove_partial_pdfs(&downloads);
-    let gave_up = run.store.give_up_exhausted(max_attempts)?;
+    let (gave_up, pdfs_gave_up) = run.store.give_up_exhausted(max_attempts)?;
     if gave_up > 0 {
         tracing::warn!(
             "{gave_up} invoice(s) reached {max_attempts} failed attempts and are now `gave_up`; `crm-jobs retry --reset CONTRACT` makes them eligible again"
@@ -75,7 +76,19 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             format!("{gave_up} invoice(s) gave up at the attempt limit"),
         );
     }
-    let work = run.store.contracts_to_retry(max_attempts, None)?;
+    if pdfs_gave_up > 0 {
+        tracing::warn!(
+            "{pdfs_gave_up} PDF(s) reached {max_attempts} failed attempts and are now `gave_up` (their invoices are still tracked); `crm-jobs retry --reset CONTRACT` makes them eligible again"
+        );
+        run.add("pdf_gave_up", pdfs_gave_up as i64);
+        run.event(
+            "warn",
+            format!("{pdfs_gave_up} PDF(s) gave up at the attempt limit"),
+        );
+    }
+    let work = run
+        .store
+        .contracts_to_retry(ctx.clock.today(), max_attempts, None)?;
     if work.is_empty() {
         let detail = super::fetch_invoices::summary(&run);
         return run.finish(&ctx.printer, None, &format!("nothing to retry; {detail}"));

@@ -86,9 +86,12 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 ctx.printer.json_out(&json!({ "schedule": entries }));
                 return Ok(Code::Success);
             }
-            println!(
+            crate::outln!(
                 "{:<18} {:<17} {:<16} {:<26} command",
-                "entry", "job", "cron", "next start"
+                "entry",
+                "job",
+                "cron",
+                "next start"
             );
             for p in &plan {
                 let next = p
@@ -103,16 +106,20 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 if let Some(then) = &p.then {
                     command = format!("{command}; {}", then.join(" "));
                 }
-                println!(
+                crate::outln!(
                     "{:<18} {:<17} {:<16} {:<26} {command}",
-                    p.name, p.job, p.expr, next
+                    p.name,
+                    p.job,
+                    p.expr,
+                    next
                 );
             }
             Ok(Code::Success)
         }
         Command::Crontab(paths) => {
             let text = schedule::crontab(config, &plan, &install(&paths, "crm-jobs", None));
-            super::completions::emit(text.as_bytes())
+            crate::output::stdout(text.as_bytes());
+            Ok(Code::Success)
         }
         Command::Systemd(args) => {
             let inst = install(&args.paths, &args.user, args.on_failure.clone());
@@ -137,7 +144,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 .unwrap_or_default();
             stale.sort();
             if !ctx.global.quiet {
-                println!(
+                crate::outln!(
                     "wrote {} units into {} ({} entries); then: systemctl daemon-reload && systemctl enable --now {}",
                     files.len(),
                     args.out.display(),

@@ -1,5 +1,6 @@
 //! `crm-jobs status`: at a glance, for every job, the last run, a run in progress, whether it is
-//! paused, failures in a row; and the work waiting in the store.
+//! paused, failures in a row; and the work waiting in the store, with the invoices newly found
+//! paid by the last invoice run.
 
 use anyhow::Result;
 use chrono::Datelike;
@@ -28,6 +29,9 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
         .collect();
     let today = ctx.clock.today();
     let invoices = store.invoice_status_counts()?;
+    let payments = store.invoice_payment_counts()?;
+    let newly_paid = store.newly_paid()?;
+    let pdfs = store.invoice_pdf_counts()?;
     let queue = store.queue_counts()?;
     let oldest = store.oldest_pending_item()?;
     let emails = store.email_counts()?;
@@ -41,6 +45,9 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
             }).collect::<Vec<_>>(),
             "work": {
                 "invoices": invoices.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+                "invoice_payments": payments.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+                "newly_paid": newly_paid.as_ref().map(|(job, run, n)| json!({"job": job, "run_id": run, "invoices": n})),
+                "invoice_pdfs": pdfs.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                 "queue": queue.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                 "queue_oldest_pending": oldest,
                 "emails": emails.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
@@ -49,9 +56,15 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
         }));
         return Ok(Code::Success);
     }
-    println!(
+    crate::outln!(
         "{:<17} {:<12} {:<25} {:>9} {:>14} {:>9}  {:<17} paused",
-        "job", "last", "started", "took", "ok/failed", "failing", "next start"
+        "job",
+        "last",
+        "started",
+        "took",
+        "ok/failed",
+        "failing",
+        "next start"
     );
     for (s, next) in states.iter().zip(&next) {
         let next = next
@@ -96,9 +109,14 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
             .running
             .map(|id| format!(" (run #{id} running)"))
             .unwrap_or_default();
-        println!(
+        crate::outln!(
             "{:<17} {:<12} {:<25} {:>9} {:>14} {:>9}  {next:<17} {paused}{running}",
-            s.job, status, started, took, items, s.consecutive_failures
+            s.job,
+            status,
+            started,
+            took,
+            items,
+            s.consecutive_failures
         );
     }
     let list = |v: &[(String, i64)]| {
@@ -111,17 +129,25 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
                 .join(", ")
         }
     };
-    println!();
-    println!("invoices:  {}", list(&invoices));
-    println!(
+    crate::outln!();
+    crate::outln!("invoices:  {}", list(&invoices));
+    crate::outln!(
+        "payments:  {}{}",
+        list(&payments),
+        newly_paid
+            .map(|(job, run, n)| format!(" ({n} newly paid by {job} run #{run})"))
+            .unwrap_or_default()
+    );
+    crate::outln!("pdfs:      {}", list(&pdfs));
+    crate::outln!(
         "queue:     {}{}",
         list(&queue),
         oldest
             .map(|o| format!("; oldest pending since {o}"))
             .unwrap_or_default()
     );
-    println!("emails:    {}", list(&emails));
-    println!(
+    crate::outln!("emails:    {}", list(&emails));
+    crate::outln!(
         "boletos missing for {:02}/{}: {}",
         today.month(),
         today.year(),

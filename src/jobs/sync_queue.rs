@@ -72,7 +72,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             .filter(|r| r.due_at.as_deref().is_none_or(|d| d <= now.as_str()))
             .collect();
         for r in due.iter().take(batch as usize) {
-            println!("{}\t{}\t{}\t{}", r.id, r.entity, r.record_id, r.action);
+            crate::outln!("{}\t{}\t{}\t{}", r.id, r.entity, r.record_id, r.action);
         }
         ctx.printer.say(&format!(
             "dry run: {} item(s) due, {} would be sent by this run (before superseding and priorities); nothing was sent or written",

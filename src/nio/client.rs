@@ -397,6 +397,9 @@ impl NioClient {
             self.cfg.debts_path.replace("{cpf}", &cpf.masked())
         );
         let mut invoices = Vec::new();
+        // (debt, invoice) ids read so far: an invoice answered twice (the list moved between two
+        // pages) is kept once, or it would make its due date look ambiguous.
+        let mut seen = std::collections::HashSet::new();
         let mut offset = 0u32;
         loop {
             let req = self
@@ -459,29 +462,50 @@ impl NioClient {
                         self.cfg.fields.debts
                     )))
                 })?;
-            let count = debts.len() as u32;
+            // `limit` caps the invoices of one answer, summed over its debts (SERVICES.md §1):
+            // a debt may be split over two pages, and a page of few debts may still be full.
+            let before = invoices.len();
+            let mut listed = 0u32;
             for debt in debts {
-                self.read_debt(debt, &mut invoices);
+                listed += self.read_debt(debt, &mut invoices, &mut seen);
             }
-            if count < self.cfg.page_size {
+            if listed < self.cfg.page_size {
                 break;
+            }
+            if invoices.len() == before {
+                // A full page of invoices already read: the server does not move on with
+                // `offset`, and asking again would loop.
+                return Err(PageError::Other(NioError::Stop(format!(
+                    "the Nio API answered the same {listed} invoices at `offset={offset}` as before to `{shown}`: it does not page as expected; check `[nio] page_size`"
+                ))));
             }
             offset += self.cfg.page_size;
         }
         Ok(Answer::Invoices(invoices))
     }
 
-    fn read_debt(&self, debt: &Value, out: &mut Vec<NioInvoice>) {
+    /// Reads the invoices of one debt into `out`, skipping those already read; returns how many
+    /// the answer listed.
+    fn read_debt(
+        &self,
+        debt: &Value,
+        out: &mut Vec<NioInvoice>,
+        seen: &mut std::collections::HashSet<(String, String)>,
+    ) -> u32 {
         let f = &self.cfg.fields;
         let debt_id = scalar(debt.get(&f.debt_id)).unwrap_or_default();
         let Some(list) = debt.get(&f.invoices).and_then(Value::as_array) else {
-            return;
+            return 0;
         };
         for inv in list {
+            let invoice_id = scalar(inv.get(&f.invoice_id)).unwrap_or_default();
+            if !invoice_id.is_empty() && !seen.insert((debt_id.clone(), invoice_id.clone())) {
+                continue;
+            }
             let due_raw = scalar(inv.get(&f.due_date));
             out.push(NioInvoice {
                 debt_id: debt_id.clone(),
-                invoice_id: scalar(inv.get(&f.invoice_id)).unwrap_or_default(),
+                invoice_id,
                 amount_centavos: inv
                     .get(&f.amount)
                     .and_then(|v| money::centavos_from_json(v).ok()),
@@ -493,9 +517,11 @@ impl NioClient {
                 pix_code: f.pix_code.iter().find_map(|name| scalar(inv.get(name))),
             });
         }
+        list.len() as u32
     }
 
-    /// Downloads the PDF of an invoice; the bytes must begin with `%PDF-`.
+    /// Downloads the PDF of an invoice; the bytes must begin with `%PDF-`. A body that is not a
+    /// PDF is [`NioError::Permanent`]: one try per run.
     pub async fn pdf(&self, cpf: &Cpf, inv: &NioInvoice) -> Result<Vec<u8>, NioError> {
         let Some(template) = &self.cfg.pdf_url_template else {
             return Err(NioError::Permanent(
@@ -569,7 +595,9 @@ impl NioClient {
                 .to_vec();
         }
         if !body.starts_with(b"%PDF-") {
-            return Err(NioError::transient(format!(
+            // Asking again at once gets the same page (it was 9 requests over two runs): not
+            // retried in place, nor in this run; the next run tries once more.
+            return Err(NioError::Permanent(format!(
                 "the PDF of invoice `{invoice_id}` is not a PDF ({} bytes starting with `{}`); nothing was saved",
                 body.len(),
                 preview(&body)

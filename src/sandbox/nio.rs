@@ -1,6 +1,7 @@
 //! The sandbox's Nio Negocia API (SERVICES.md §1): params encrypted with a passphrase, tokens
-//! that expire on demand, session ids, paginated debts, `400` for unknown CPFs, PDFs (direct,
-//! redirected, behind a JSON link, or a body that is not a PDF), and a captcha wall.
+//! that expire on demand, session ids, debts paged by invoices (a page holds at most `limit`
+//! invoices, summed over its debts), `400` for unknown CPFs, PDFs (direct, redirected, behind a
+//! JSON link, or a body that is not a PDF), and a captcha wall.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,25 @@ pub struct SbDebt {
     pub invoices: Vec<SbInvoice>,
 }
 
+impl SbDebt {
+    /// Spreads a customer's invoices, in order, over `debts` debts (`{prefix}-1`, `{prefix}-2`,
+    /// ...) of nearly equal size: many invoices in few debts, as a customer with several
+    /// products and months overdue has.
+    pub fn spread(prefix: &str, invoices: Vec<SbInvoice>, debts: usize) -> Vec<SbDebt> {
+        let debts = debts.max(1);
+        let per = invoices.len().div_ceil(debts).max(1);
+        let mut out = Vec::new();
+        let mut rest = invoices.into_iter().peekable();
+        while rest.peek().is_some() {
+            out.push(SbDebt {
+                debt_id: format!("{prefix}-{}", out.len() + 1),
+                invoices: rest.by_ref().take(per).collect(),
+            });
+        }
+        out
+    }
+}
+
 #[derive(Default)]
 struct Data {
     self_url: String,
@@ -85,6 +105,8 @@ struct Data {
     expire_after: Option<u64>,
     /// Field renames applied to debts answers (a differently dressed API).
     renames: Vec<(String, String)>,
+    /// Answers the first page whatever `offset` says (an API that does not page).
+    ignore_offset: bool,
     next: u64,
 }
 
@@ -125,6 +147,12 @@ impl NioState {
                 d.invoices.retain(|i| i.id != invoice_id);
             }
         }
+    }
+
+    /// Makes the debts answers ignore `offset`, as an API that does not page would: every
+    /// answer is the first page.
+    pub fn ignore_offset(&self, on: bool) {
+        self.data.lock().unwrap().ignore_offset = on;
     }
 
     /// Turns the captcha wall on or off.
@@ -306,27 +334,47 @@ async fn debts(
     if debts.iter().all(|d| d.invoices.is_empty()) {
         return bad();
     }
-    let offset = page.offset.unwrap_or(0);
-    let limit = page.limit.unwrap_or(50).clamp(1, 50);
-    let list: Vec<Value> = debts
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|d| {
-            json!({
-                "debtId": d.debt_id,
-                "dealCode": format!("DC{}", d.debt_id),
-                "productName": "NIO FIBRA 500MB",
-                "origin": "nio",
-                "status": "OPEN",
-                "invoices": d.invoices.iter().map(|i| invoice_json(i, &cpf)).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let mut body = json!({"debts": list});
+    let offset = if s.data.lock().unwrap().ignore_offset {
+        0
+    } else {
+        page.offset.unwrap_or(0)
+    };
+    let limit = page.limit.unwrap_or(50).max(1);
+    let mut body = json!({"debts": page_of(&debts, offset, limit, &cpf)});
     let renames = s.data.lock().unwrap().renames.clone();
     rename(&mut body, &renames);
     axum::Json(body).into_response()
+}
+
+/// One answer of the debts list as SERVICES.md §1 pages it: `limit` caps the **invoices** of the
+/// answer, summed over its debts, and `offset` counts invoices too. The customer's invoices are
+/// taken in order (debt by debt); a debt whose invoices straddle two answers appears in both,
+/// each time with its invoices of that answer. Past the end: no debt.
+fn page_of(debts: &[SbDebt], offset: usize, limit: usize, cpf: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut skip = offset;
+    let mut room = limit;
+    for d in debts {
+        if room == 0 {
+            break;
+        }
+        let here = d.invoices.iter().skip(skip).take(room);
+        let invoices: Vec<Value> = here.map(|i| invoice_json(i, cpf)).collect();
+        skip = skip.saturating_sub(d.invoices.len());
+        if invoices.is_empty() {
+            continue;
+        }
+        room -= invoices.len();
+        out.push(json!({
+            "debtId": d.debt_id,
+            "dealCode": format!("DC{}", d.debt_id),
+            "productName": "NIO FIBRA 500MB",
+            "origin": "nio",
+            "status": "OPEN",
+            "invoices": invoices,
+        }));
+    }
+    out
 }
 
 fn rename(v: &mut Value, renames: &[(String, String)]) {
@@ -406,4 +454,69 @@ async fn pdf(
 async fn file(Path(file): Path<String>) -> Response {
     let id = file.trim_end_matches(".pdf");
     ([("content-type", "application/pdf")], super::pdf(id, 0)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invoices(n: usize) -> Vec<SbInvoice> {
+        let due = NaiveDate::from_ymd_opt(2025, 1, 10).unwrap();
+        (0..n)
+            .map(|k| SbInvoice::new(&format!("{}", 1000 + k), due, 100))
+            .collect()
+    }
+
+    /// `(debtId, [invoice ids])` of one answer.
+    fn ids(page: &[Value]) -> Vec<(String, Vec<String>)> {
+        page.iter()
+            .map(|d| {
+                (
+                    d["debtId"].as_str().unwrap().to_string(),
+                    d["invoices"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| i["id"].as_str().unwrap().to_string())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_count_invoices_summed_over_debts() {
+        // 56 invoices in 3 debts (19, 19, 18): 50 at offset 0, the other 6 at offset 50.
+        let debts = SbDebt::spread("D", invoices(56), 3);
+        assert_eq!(
+            debts.iter().map(|d| d.invoices.len()).collect::<Vec<_>>(),
+            [19, 19, 18]
+        );
+        let first = ids(&page_of(&debts, 0, 50, "x"));
+        assert_eq!(
+            first
+                .iter()
+                .map(|(d, i)| (d.as_str(), i.len()))
+                .collect::<Vec<_>>(),
+            [("D-1", 19), ("D-2", 19), ("D-3", 12)]
+        );
+        let second = ids(&page_of(&debts, 50, 50, "x"));
+        assert_eq!(
+            second,
+            [(
+                "D-3".to_string(),
+                (1050..1056).map(|n| n.to_string()).collect::<Vec<_>>()
+            )]
+        );
+        assert!(page_of(&debts, 56, 50, "x").is_empty());
+        // A small limit splits a debt over three answers.
+        let third = ids(&page_of(&debts, 20, 10, "x"));
+        assert_eq!(
+            third,
+            [(
+                "D-2".to_string(),
+                (1020..1030).map(|n| n.to_string()).collect::<Vec<_>>()
+            )]
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Sample data for the demo and the benchmarks: contracts (as the operator's CSV) and the Nio
 //! answers that go with them, with the cases an operator meets: paid invoices, unknown CPFs,
-//! two invoices on one date, a spreadsheet amount that disagrees, a PDF that is not a PDF.
+//! two invoices on one date, a spreadsheet amount that disagrees, a PDF that is not a PDF, a
+//! customer whose many open invoices in few debts fill more than one page.
 
 use chrono::{Days, NaiveDate};
 
@@ -31,7 +32,8 @@ pub struct Scenario {
 /// Options for [`build`].
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// Mix in unknown CPFs, ambiguous dates, value mismatches, paid invoices and bad PDFs.
+    /// Mix in unknown CPFs, ambiguous dates, value mismatches, paid invoices, bad PDFs and
+    /// customers with more open invoices than one page holds.
     pub varied: bool,
 }
 
@@ -91,6 +93,26 @@ pub fn build(nio: &NioState, n: usize, today: NaiveDate, opts: Options) -> Scena
                 due.format("%d/%m/%Y"),
                 crate::domain::money::format_brl(amount + 1_000)
             ));
+        }
+        if opts.varied && i % 13 == 4 {
+            // Months overdue on an older product: 52 open invoices before this contract's, all
+            // in 3 debts, so that its invoices sit past the first page of 50.
+            let mut all: Vec<SbInvoice> = (0..52u32)
+                .map(|k| {
+                    SbInvoice::new(
+                        &format!("{}{k:03}", 80_000_000 + i),
+                        NaiveDate::from_ymd_opt(2019, 1, 10).unwrap_or(today)
+                            + chrono::Months::new(k),
+                        5_990,
+                    )
+                })
+                .collect();
+            all.extend(invoices);
+            nio.set_customer(
+                cpf.digits(),
+                SbDebt::spread(&format!("D{}", 500_000 + i), all, 3),
+            );
+            continue;
         }
         nio.set_customer(
             cpf.digits(),

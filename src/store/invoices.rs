@@ -24,6 +24,9 @@ pub struct ContractImport<'a> {
     pub customer_name: &'a str,
     pub installed_on: NaiveDate,
     pub safra: &'a str,
+    /// The sheet's `valor`: the expected amount of each of the contract's invoices (an
+    /// invoice's own `valor` from `import invoices` wins).
+    pub expected_amount_centavos: Option<i64>,
 }
 
 /// One expected invoice computed from the installation date.
@@ -54,14 +57,21 @@ pub struct InvoiceWork {
     pub number: u32,
     pub due_date: Option<NaiveDate>,
     pub expected_amount_centavos: Option<i64>,
+    /// The Nio invoice it was matched to while `open` (empty when Nio gave no id); `None` when
+    /// it was never seen open.
+    pub open_as: Option<String>,
     /// The Nio invoice whose PDF is already saved, if any.
     pub saved_pdf_for: Option<String>,
+    /// Whether its PDF may be tried in this pass: not given up, and not already failed
+    /// permanently in this run (a permanent failure is tried again by the next run only).
+    pub pdf_wanted: bool,
 }
 
 /// Which contracts `fetch-invoices` takes.
 pub struct FetchSelection<'a> {
     pub today: NaiveDate,
-    pub limit: u32,
+    /// At most this many contracts; `None`: every due contract (`--all`).
+    pub limit: Option<u32>,
     pub safra: Option<&'a str>,
     pub contract: Option<&'a str>,
 }
@@ -81,10 +91,28 @@ pub struct InvoiceAnswer {
     pub reference_month: Option<String>,
     pub barcode: Option<String>,
     pub pix_code: Option<String>,
-    pub pdf_path: Option<String>,
-    pub pdf_sha256: Option<String>,
-    /// A part that failed (PDF, bad PIX or barcode): the invoice is `partial`.
+    /// What became of its PDF in this attempt; `None` when it was not tried.
+    pub pdf: Option<PdfOutcome>,
+    /// A part of the answer that failed its check (PIX, barcode, amount): the invoice is
+    /// `partial`.
     pub problem: Option<(String, &'static str)>,
+}
+
+/// One try of an invoice's PDF. Its status, attempts and give-up are the PDF's own: they never
+/// change the invoice's `fetch_status`, so its payment keeps being tracked.
+#[derive(Debug, Clone)]
+pub enum PdfOutcome {
+    /// Written to `path`.
+    Saved { path: String, sha256: String },
+    /// Not saved; `kind` is `transient` or `permanent`.
+    Failed { error: String, kind: &'static str },
+}
+
+/// How one recorded invoice ended, as stored (in the order of the answers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub fetch_status: String,
+    pub pdf_status: Option<String>,
 }
 
 /// Tracking fields common to every attempt.
@@ -122,6 +150,14 @@ pub struct InvoiceExport {
     pub last_attempt_at: Option<String>,
     pub last_duration_ms: Option<i64>,
     pub last_error: Option<String>,
+    pub nio_debt_id: Option<String>,
+    pub nio_invoice_id: Option<String>,
+    pub expected_amount_centavos: Option<i64>,
+    pub paid_detected_at: Option<String>,
+    pub pdf_status: Option<String>,
+    pub pdf_attempts: i64,
+    pub pdf_failed_attempts: i64,
+    pub pdf_error: Option<String>,
 }
 
 /// The Nio bootstrap cache, both parts sealed.
@@ -133,7 +169,8 @@ pub struct NioSessionCache {
 
 impl Store {
     /// Inserts or updates a contract and its ten expected invoices, in one transaction.
-    /// Imported due dates are kept. Returns whether the contract is new.
+    /// Imported due dates are kept, and so are expected amounts imported per invoice. Returns
+    /// whether the contract is new.
     pub fn upsert_contract(
         &mut self,
         c: &ContractImport,
@@ -185,16 +222,28 @@ impl Store {
         };
         for e in expected {
             tx.execute(
-                "INSERT INTO invoices (contract_id, number, due_date, available_from)
-                 VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO invoices (contract_id, number, due_date, available_from,
+                        expected_amount_centavos, expected_amount_source)
+                 VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?5 IS NOT NULL THEN 'contract' END)
                  ON CONFLICT (contract_id, number) DO UPDATE SET
-                    due_date = excluded.due_date, available_from = excluded.available_from
-                 WHERE due_date_source = 'computed'",
+                    due_date = CASE WHEN due_date_source = 'computed'
+                                    THEN excluded.due_date ELSE due_date END,
+                    available_from = CASE WHEN due_date_source = 'computed'
+                                          THEN excluded.available_from ELSE available_from END,
+                    expected_amount_source = CASE
+                        WHEN ?5 IS NOT NULL AND (expected_amount_source = 'contract'
+                                                 OR expected_amount_centavos IS NULL)
+                        THEN 'contract' ELSE expected_amount_source END,
+                    expected_amount_centavos = CASE
+                        WHEN ?5 IS NOT NULL AND (expected_amount_source = 'contract'
+                                                 OR expected_amount_centavos IS NULL)
+                        THEN ?5 ELSE expected_amount_centavos END",
                 params![
                     id,
                     e.number,
                     date_text(e.due_date),
-                    date_text(e.available_from)
+                    date_text(e.available_from),
+                    c.expected_amount_centavos
                 ],
             )?;
         }
@@ -227,7 +276,9 @@ impl Store {
     ) -> Result<bool> {
         let changed = self.conn.execute(
             "UPDATE invoices SET due_date = ?3, available_from = ?4, due_date_source = 'imported',
-                    expected_amount_centavos = COALESCE(?5, expected_amount_centavos)
+                    expected_amount_centavos = COALESCE(?5, expected_amount_centavos),
+                    expected_amount_source = CASE WHEN ?5 IS NOT NULL THEN 'invoice'
+                                                  ELSE expected_amount_source END
              WHERE number = ?2
                AND contract_id = (SELECT id FROM contracts WHERE contract_number = ?1)",
             params![
@@ -254,24 +305,28 @@ impl Store {
              ORDER BY c.last_fetch_at IS NOT NULL, c.last_fetch_at, c.id
              LIMIT ?4",
         )?;
+        // A negative LIMIT is no limit.
+        let limit = sel.limit.map_or(-1, i64::from);
         let contracts = stmt
             .query_map(
-                params![today, sel.safra, sel.contract, sel.limit],
+                params![today, sel.safra, sel.contract, limit],
                 contract_head,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(contracts.len());
         for mut c in contracts {
-            self.fill_invoices(&mut c, &today, false, 0)?;
+            self.fill_invoices(&mut c, &today, None)?;
             out.push(c);
         }
         Ok(out)
     }
 
-    /// Contracts with invoices whose last attempt failed transiently and that are below
-    /// `max_attempts`; only those invoices are listed.
+    /// Contracts with an invoice whose lookup or PDF failed transiently and is below
+    /// `max_attempts` (`only_run`: in that run). Like [`Store::contracts_to_fetch`], every
+    /// unpaid, available invoice of such a contract is listed: the one answer covers them all.
     pub fn contracts_to_retry(
         &self,
+        today: NaiveDate,
         max_attempts: u32,
         only_run: Option<i64>,
     ) -> Result<Vec<ContractWork>> {
@@ -279,47 +334,43 @@ impl Store {
             "SELECT c.id, c.contract_number, c.cpf, c.customer_name, c.safra
              FROM contracts c
              WHERE EXISTS (SELECT 1 FROM invoices i WHERE i.contract_id = c.id
-                             AND i.fetch_status IN ('error', 'partial') AND i.error_kind = 'transient'
-                             AND i.failed_attempts < ?1 AND (?2 IS NULL OR i.last_run_id = ?2))
+                             AND (?2 IS NULL OR i.last_run_id = ?2)
+                             AND ((i.fetch_status IN ('error', 'partial') AND i.error_kind = 'transient'
+                                   AND i.failed_attempts < ?1)
+                                  OR (i.pdf_status = 'error' AND i.pdf_error_kind = 'transient'
+                                      AND i.pdf_failed_attempts < ?1)))
              ORDER BY c.last_fetch_at, c.id",
         )?;
         let contracts = stmt
             .query_map(params![max_attempts, only_run], contract_head)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        let today = date_text(today);
         let mut out = Vec::with_capacity(contracts.len());
         for mut c in contracts {
-            self.fill_invoices(&mut c, "", true, max_attempts)?;
+            self.fill_invoices(&mut c, &today, only_run)?;
             out.push(c);
         }
         Ok(out)
     }
 
-    fn fill_invoices(
-        &self,
-        c: &mut ContractWork,
-        today: &str,
-        retry: bool,
-        max_attempts: u32,
-    ) -> Result<()> {
-        let sql = if retry {
-            "SELECT id, number, due_date, expected_amount_centavos, 1,
-                    CASE WHEN pdf_sha256 IS NOT NULL THEN nio_invoice_id END FROM invoices
-             WHERE contract_id = ?1 AND fetch_status IN ('error', 'partial')
-               AND error_kind = 'transient' AND failed_attempts < ?3
-             ORDER BY number"
-        } else {
+    /// Lists the invoices of `c` to look up: every one not `paid` and available (a `gave_up`
+    /// one too: the contract is asked anyway, and its answer is free). `run`: the run in
+    /// progress, whose permanent PDF failures are not tried again in it.
+    fn fill_invoices(&self, c: &mut ContractWork, today: &str, run: Option<i64>) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
             "SELECT id, number, due_date, expected_amount_centavos,
                     (available_from IS NULL OR available_from <= ?2),
-                    CASE WHEN pdf_sha256 IS NOT NULL THEN nio_invoice_id END FROM invoices
-             WHERE contract_id = ?1 AND payment_status <> 'paid' AND fetch_status <> 'gave_up'
-             ORDER BY number"
-        };
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let mut rows = if retry {
-            stmt.query(params![c.id, today, max_attempts])?
-        } else {
-            stmt.query(params![c.id, today])?
-        };
+                    CASE WHEN pdf_sha256 IS NOT NULL THEN nio_invoice_id END,
+                    CASE WHEN payment_status = 'open' THEN COALESCE(nio_invoice_id, '') END,
+                    CASE WHEN pdf_status = 'gave_up' THEN 0
+                         WHEN pdf_status = 'error' AND pdf_error_kind = 'permanent'
+                              AND last_run_id = ?3 THEN 0
+                         ELSE 1 END
+             FROM invoices
+             WHERE contract_id = ?1 AND payment_status <> 'paid'
+             ORDER BY number",
+        )?;
+        let mut rows = stmt.query(params![c.id, today, run])?;
         while let Some(r) = rows.next()? {
             let available: bool = r.get(4)?;
             if !available {
@@ -332,27 +383,43 @@ impl Store {
                 due_date: parse_date(r.get(2)?),
                 expected_amount_centavos: r.get(3)?,
                 saved_pdf_for: r.get(5)?,
+                open_as: r.get(6)?,
+                pdf_wanted: r.get(7)?,
             });
         }
         Ok(())
     }
 
-    /// Invoices at or over the attempt limit whose last attempt failed become `gave_up`.
-    /// Returns how many.
-    pub fn give_up_exhausted(&mut self, max_attempts: u32) -> Result<usize> {
-        Ok(self.conn.execute(
+    /// Lookups and PDFs at or over the attempt limit whose last try failed become `gave_up`
+    /// (for a limit lowered since). Returns how many invoices and how many PDFs.
+    pub fn give_up_exhausted(&mut self, max_attempts: u32) -> Result<(usize, usize)> {
+        let tx = self.conn.transaction()?;
+        let invoices = tx.execute(
             "UPDATE invoices SET fetch_status = 'gave_up'
              WHERE fetch_status IN ('error', 'partial') AND error_kind = 'transient'
                AND failed_attempts >= ?1",
             [max_attempts],
-        )?)
+        )?;
+        let pdfs = tx.execute(
+            "UPDATE invoices SET pdf_status = 'gave_up'
+             WHERE pdf_status = 'error' AND pdf_failed_attempts >= ?1",
+            [max_attempts],
+        )?;
+        tx.commit()?;
+        Ok((invoices, pdfs))
     }
 
-    /// Resets given-up invoices (of one contract, or all) so that they are tried again.
+    /// Resets given-up invoices and PDFs (of one contract, or all) so that they are tried
+    /// again. Returns how many invoices.
     pub fn reset_gave_up(&mut self, contract_number: Option<&str>) -> Result<usize> {
         Ok(self.conn.execute(
-            "UPDATE invoices SET fetch_status = 'pending', failed_attempts = 0, error_kind = NULL
-             WHERE fetch_status = 'gave_up'
+            "UPDATE invoices SET
+                fetch_status = CASE WHEN fetch_status = 'gave_up' THEN 'pending' ELSE fetch_status END,
+                failed_attempts = CASE WHEN fetch_status = 'gave_up' THEN 0 ELSE failed_attempts END,
+                error_kind = CASE WHEN fetch_status = 'gave_up' THEN NULL ELSE error_kind END,
+                pdf_status = CASE WHEN pdf_status = 'gave_up' THEN 'error' ELSE pdf_status END,
+                pdf_failed_attempts = CASE WHEN pdf_status = 'gave_up' THEN 0 ELSE pdf_failed_attempts END
+             WHERE (fetch_status = 'gave_up' OR pdf_status = 'gave_up')
                AND (?1 IS NULL OR contract_id = (SELECT id FROM contracts WHERE contract_number = ?1))",
             params![contract_number],
         )?)
@@ -419,33 +486,43 @@ impl Store {
         Ok(gave_up)
     }
 
-    /// Records the answers for a contract's invoices in one transaction. Returns how many
-    /// invoices gave up (a `partial` whose problem is transient counts as a failed attempt).
+    /// Records the answers for a contract's invoices in one transaction, and returns how each
+    /// invoice ended (`gave_up` when a transient problem reached the limit; a PDF gives up on its
+    /// own). The payment status is the answer's (`paid` from the caller, who knows the invoice
+    /// was open before); the PDF's columns change only when it was tried.
     pub fn record_answers(
         &mut self,
         contract_id: i64,
         answers: &[InvoiceAnswer],
         attempt: &Attempt,
-    ) -> Result<usize> {
+    ) -> Result<Vec<Recorded>> {
         let tx = self.conn.transaction()?;
-        let mut gave_up = 0;
+        let mut recorded = Vec::with_capacity(answers.len());
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE invoices SET
                     match_outcome = ?2, match_detail = ?3,
                     amount_centavos = CASE WHEN ?2 = 'matched' THEN ?4 ELSE amount_centavos END,
-                    payment_status = CASE
-                        WHEN ?5 IS NOT NULL THEN ?5
-                        WHEN ?2 = 'no_match' AND payment_status = 'open' THEN 'paid'
-                        ELSE payment_status END,
+                    payment_status = COALESCE(?5, payment_status),
                     paid_detected_at = CASE
-                        WHEN (?5 = 'paid' OR (?5 IS NULL AND ?2 = 'no_match' AND payment_status = 'open'))
-                             AND paid_detected_at IS NULL THEN ?14
+                        WHEN ?5 = 'paid' AND paid_detected_at IS NULL THEN ?14
                         ELSE paid_detected_at END,
                     nio_debt_id = COALESCE(?6, nio_debt_id), nio_invoice_id = COALESCE(?7, nio_invoice_id),
                     nio_status = COALESCE(?8, nio_status), reference_month = COALESCE(?9, reference_month),
                     barcode = COALESCE(?10, barcode), pix_code = COALESCE(?11, pix_code),
                     pdf_path = COALESCE(?12, pdf_path), pdf_sha256 = COALESCE(?13, pdf_sha256),
+                    pdf_status = CASE
+                        WHEN ?13 IS NOT NULL THEN 'saved'
+                        WHEN ?21 IS NOT NULL AND pdf_failed_attempts + 1 >= ?19 THEN 'gave_up'
+                        WHEN ?21 IS NOT NULL THEN 'error'
+                        ELSE pdf_status END,
+                    pdf_attempts = pdf_attempts + (?13 IS NOT NULL OR ?21 IS NOT NULL),
+                    pdf_failed_attempts = CASE
+                        WHEN ?13 IS NOT NULL THEN 0
+                        WHEN ?21 IS NOT NULL THEN pdf_failed_attempts + 1
+                        ELSE pdf_failed_attempts END,
+                    pdf_error = CASE WHEN ?13 IS NOT NULL THEN NULL ELSE COALESCE(?21, pdf_error) END,
+                    pdf_error_kind = CASE WHEN ?13 IS NOT NULL THEN NULL ELSE COALESCE(?22, pdf_error_kind) END,
                     attempts = attempts + 1,
                     failed_attempts = CASE WHEN ?15 IS NULL THEN 0 ELSE failed_attempts + 1 END,
                     fetch_status = CASE WHEN ?15 IS NULL THEN 'success'
@@ -453,14 +530,23 @@ impl Store {
                                         ELSE 'partial' END,
                     error_kind = ?16, last_error = ?15,
                     last_attempt_at = ?14, last_duration_ms = ?17, fetch_origin = ?18, last_run_id = ?20
-                 WHERE id = ?1 RETURNING fetch_status",
+                 WHERE id = ?1 RETURNING fetch_status, pdf_status",
             )?;
             for a in answers {
                 let (problem, kind) = match &a.problem {
                     Some((p, k)) => (Some(p.as_str()), Some(*k)),
                     None => (None, None),
                 };
-                let status: String = stmt.query_row(
+                let (pdf_path, pdf_sha256, pdf_error, pdf_kind) = match &a.pdf {
+                    Some(PdfOutcome::Saved { path, sha256 }) => {
+                        (Some(path.as_str()), Some(sha256.as_str()), None, None)
+                    }
+                    Some(PdfOutcome::Failed { error, kind }) => {
+                        (None, None, Some(error.as_str()), Some(*kind))
+                    }
+                    None => (None, None, None, None),
+                };
+                let (fetch_status, pdf_status) = stmt.query_row(
                     params![
                         a.invoice_id,
                         a.outcome,
@@ -473,21 +559,24 @@ impl Store {
                         a.reference_month,
                         a.barcode,
                         a.pix_code,
-                        a.pdf_path,
-                        a.pdf_sha256,
+                        pdf_path,
+                        pdf_sha256,
                         attempt.at,
                         problem,
                         kind,
                         attempt.duration_ms,
                         attempt.origin,
                         attempt.max_attempts,
-                        attempt.run_id
+                        attempt.run_id,
+                        pdf_error,
+                        pdf_kind
                     ],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                if status == "gave_up" {
-                    gave_up += 1;
-                }
+                recorded.push(Recorded {
+                    fetch_status,
+                    pdf_status,
+                });
             }
         }
         tx.execute(
@@ -495,7 +584,7 @@ impl Store {
             params![contract_id, attempt.at],
         )?;
         tx.commit()?;
-        Ok(gave_up)
+        Ok(recorded)
     }
 
     /// Invoices for export, by contract and number.
@@ -509,7 +598,9 @@ impl Store {
                     i.due_date, i.due_date_source, i.amount_centavos, i.payment_status, i.pix_code,
                     i.barcode, i.pdf_path, i.pdf_sha256, i.match_outcome, i.match_detail,
                     i.fetch_status, i.fetch_origin, i.attempts, i.failed_attempts,
-                    i.last_attempt_at, i.last_duration_ms, i.last_error
+                    i.last_attempt_at, i.last_duration_ms, i.last_error, i.nio_debt_id,
+                    i.nio_invoice_id, i.expected_amount_centavos, i.paid_detected_at, i.pdf_status,
+                    i.pdf_attempts, i.pdf_failed_attempts, i.pdf_error
              FROM invoices i JOIN contracts c ON c.id = i.contract_id
              WHERE (?1 IS NULL OR c.safra = ?1) AND (?2 IS NULL OR c.contract_number = ?2)
              ORDER BY c.contract_number, i.number",
@@ -540,6 +631,14 @@ impl Store {
                     last_attempt_at: r.get(20)?,
                     last_duration_ms: r.get(21)?,
                     last_error: r.get(22)?,
+                    nio_debt_id: r.get(23)?,
+                    nio_invoice_id: r.get(24)?,
+                    expected_amount_centavos: r.get(25)?,
+                    paid_detected_at: r.get(26)?,
+                    pdf_status: r.get(27)?,
+                    pdf_attempts: r.get(28)?,
+                    pdf_failed_attempts: r.get(29)?,
+                    pdf_error: r.get(30)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -590,6 +689,46 @@ impl Store {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    /// Counts of invoices by payment status (`open`, `paid`, `unknown`).
+    pub fn invoice_payment_counts(&self) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT payment_status, COUNT(*) FROM invoices GROUP BY payment_status ORDER BY payment_status",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Counts of invoices by PDF status, of those whose PDF was tried.
+    pub fn invoice_pdf_counts(&self) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT pdf_status, COUNT(*) FROM invoices WHERE pdf_status IS NOT NULL
+             GROUP BY pdf_status ORDER BY pdf_status",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The latest run of `fetch-invoices` or `retry` that ended (not interrupted) after looking
+    /// up at least one contract, and how many invoices it found
+    /// newly paid: (job, run id, paid).
+    pub fn newly_paid(&self) -> Result<Option<(String, i64, i64)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT job, id, COALESCE(json_extract(counters, '$.paid'), 0) FROM runs
+                 WHERE job IN ('fetch-invoices', 'retry') AND status IN ('success', 'partial', 'failed')
+                   AND items_total > 0 AND json_valid(counters)
+                 ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
     }
 }
 

@@ -35,6 +35,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../sql/0005_subscriptions.sql")),
         M::up(include_str!("../../sql/0006_operations.sql")),
         M::up(include_str!("../../sql/0007_run_progress.sql")),
+        M::up(include_str!("../../sql/0008_invoice_pdfs_apart.sql")),
     ])
 });
 
@@ -174,5 +175,110 @@ mod tests {
             let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
         }
+    }
+
+    /// 0008 gives back to the lookup the invoices a PDF failure had made `partial` or
+    /// `gave_up`, and moves that failure to the PDF's own columns.
+    #[test]
+    fn migration_0008_frees_invoices_held_by_their_pdf() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        MIGRATIONS.to_version(&mut conn, 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO contracts (id, contract_number, cpf, customer_name, installed_on, safra, created_at, updated_at)
+             VALUES (1, 'C1', '70899057136', 'ANA', '2025-06-05', '2025-06', 'x', 'x');
+             INSERT INTO invoices (contract_id, number, fetch_status, error_kind, failed_attempts, last_error, payment_status)
+             VALUES (1, 1, 'gave_up', 'transient', 3, 'PDF not saved: the PDF of invoice `9` is not a PDF', 'open'),
+                    (1, 2, 'partial', 'permanent', 1, 'barcode not recorded: bad check digit', 'open'),
+                    (1, 3, 'gave_up', 'transient', 3, 'the Nio API answered 503 Service Unavailable', 'unknown');
+             INSERT INTO invoices (contract_id, number, fetch_status, pdf_sha256, expected_amount_centavos)
+             VALUES (1, 4, 'success', 'abc', 9990);",
+        )
+        .unwrap();
+        MIGRATIONS.to_latest(&mut conn).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT number, fetch_status, failed_attempts, last_error, pdf_status, pdf_error,
+                        pdf_error_kind, pdf_failed_attempts, expected_amount_source
+                 FROM invoices ORDER BY number",
+            )
+            .unwrap();
+        type Row = (
+            u32,
+            String,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            i64,
+            Option<String>,
+        );
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    1,
+                    "success".into(),
+                    0,
+                    None,
+                    s("gave_up"),
+                    s("the PDF of invoice `9` is not a PDF"),
+                    s("transient"),
+                    3,
+                    None
+                ),
+                (
+                    2,
+                    "partial".into(),
+                    1,
+                    s("barcode not recorded: bad check digit"),
+                    None,
+                    None,
+                    None,
+                    0,
+                    None
+                ),
+                (
+                    3,
+                    "gave_up".into(),
+                    3,
+                    s("the Nio API answered 503 Service Unavailable"),
+                    None,
+                    None,
+                    None,
+                    0,
+                    None
+                ),
+                (
+                    4,
+                    "success".into(),
+                    0,
+                    None,
+                    s("saved"),
+                    None,
+                    None,
+                    0,
+                    s("invoice")
+                ),
+            ]
+        );
     }
 }

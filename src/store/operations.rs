@@ -155,7 +155,8 @@ impl Store {
                 |r| r.get(0),
             )?,
             "retry" => self.conn.query_row(
-                "SELECT COUNT(*) FROM invoices WHERE fetch_status IN ('error', 'partial') AND error_kind = 'transient'",
+                "SELECT COUNT(*) FROM invoices WHERE (fetch_status IN ('error', 'partial') AND error_kind = 'transient')
+                   OR (pdf_status = 'error' AND pdf_error_kind = 'transient')",
                 [],
                 |r| r.get(0),
             )?,

@@ -95,12 +95,19 @@ impl Store {
         Ok(rows)
     }
 
-    /// Invoices failing again and again: (contract, number, status, failed attempts, last error).
+    /// Invoices (or their PDFs, status `pdf ...`) failing again and again: (contract, number,
+    /// status, failed attempts, last error).
     pub fn persistent_errors(&self) -> Result<Vec<PersistentError>> {
         let mut stmt = self.conn.prepare(
-            "SELECT c.contract_number, i.number, i.fetch_status, i.failed_attempts, COALESCE(i.last_error, '')
-             FROM invoices i JOIN contracts c ON c.id = i.contract_id
-             WHERE i.failed_attempts >= 2 OR i.fetch_status = 'gave_up' ORDER BY i.failed_attempts DESC, 1, 2 LIMIT 50",
+            "SELECT * FROM (
+                SELECT c.contract_number, i.number, i.fetch_status, i.failed_attempts, COALESCE(i.last_error, '')
+                FROM invoices i JOIN contracts c ON c.id = i.contract_id
+                WHERE i.failed_attempts >= 2 OR i.fetch_status = 'gave_up'
+                UNION ALL
+                SELECT c.contract_number, i.number, 'pdf ' || i.pdf_status, i.pdf_failed_attempts, COALESCE(i.pdf_error, '')
+                FROM invoices i JOIN contracts c ON c.id = i.contract_id
+                WHERE i.pdf_failed_attempts >= 2 OR i.pdf_status = 'gave_up')
+             ORDER BY 4 DESC, 1, 2 LIMIT 50",
         )?;
         let rows = stmt
             .query_map([], |r| {

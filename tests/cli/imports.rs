@@ -122,6 +122,183 @@ fn a_file_without_the_needed_columns_is_one_clear_error() {
     );
 }
 
+/// Issue 12: the operator's own sheet (`contrato,os,cpf,nome,data_instalacao,safra,valor,...`):
+/// `os` and `valor` were dropped silently, so a value mismatch was never detected unless the due
+/// dates were imported too.
+#[test]
+fn the_operators_sheet_gives_the_service_order_and_the_expected_amount() {
+    let env = Env::new();
+    let c = cpf(30);
+    let file = env.path("planilha.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "contrato,os,cpf,nome,data_instalacao,safra,valor,vencimentos\n\
+             C30,OS-777,{},ANA,05/06/2025,2025-06,\"R$ 120,00\",30/06/2025\n",
+            c.formatted()
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["import", "contracts", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "imported 1 contract(s) from `{}` (1 new, 0 updated, 10 expected invoices each); 0 row(s) skipped; ignored column(s): vencimentos",
+            file.display()
+        )
+    );
+    let os: String = env.query("SELECT service_order FROM contracts");
+    assert_eq!(os, "OS-777");
+    let amounts: String = env.query(
+        "SELECT group_concat(expected_amount_centavos || '/' || expected_amount_source, ' ')
+         FROM (SELECT * FROM invoices ORDER BY number)",
+    );
+    assert_eq!(amounts, ["12000/contract"; 10].join(" "));
+
+    // An invoice's own `valor` wins, whichever file is imported first.
+    let faturas = env.path("faturas.csv");
+    std::fs::write(
+        &faturas,
+        "contrato,numero,vencimento,valor\nC30,2,30/07/2025,\"99,90\"\n",
+    )
+    .unwrap();
+    let inv = env.run(&["import", "invoices", faturas.to_str().unwrap()]);
+    assert_eq!(inv.code, 0, "{inv:?}");
+    std::fs::write(
+        &file,
+        format!(
+            "contrato,os,cpf,nome,data_instalacao,safra,valor\nC30,OS-777,{},ANA,05/06/2025,2025-06,\"R$ 99,90\"\n",
+            c.formatted()
+        ),
+    )
+    .unwrap();
+    let again = env.run(&["import", "contracts", file.to_str().unwrap()]);
+    assert!(
+        again.stderr.ends_with("0 row(s) skipped\n"),
+        "no column ignored: {again:?}"
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "contrato,os,cpf,nome,data_instalacao,safra,valor\nC30,OS-777,{},ANA,05/06/2025,2025-06,\"R$ 120,00\"\n",
+            c.formatted()
+        ),
+    )
+    .unwrap();
+    env.run(&["import", "contracts", file.to_str().unwrap()]);
+    let amounts: String = env.query(
+        "SELECT group_concat(number || ':' || expected_amount_centavos || '/' || expected_amount_source, ' ')
+         FROM (SELECT * FROM invoices WHERE number <= 3 ORDER BY number)",
+    );
+    assert_eq!(amounts, "1:12000/contract 2:9990/invoice 3:12000/contract");
+
+    // Nio says R$ 99,90: invoice 1's mismatch is now seen; invoice 2 matches its own amount.
+    env.sandbox
+        .nio
+        .set_customer(c.digits(), vec![debt("3000", &[1, 2])]);
+    let fetch = env.run(&["fetch-invoices"]);
+    assert_eq!(fetch.code, 0, "{fetch:?}");
+    assert!(
+        fetch.stderr.contains(
+            "invoice 1: value_mismatch: the spreadsheet says R$ 120,00 but Nio says R$ 99,90 (invoice `300001`); nothing applied"
+        ),
+        "{fetch:?}"
+    );
+    let outcomes: String = env.query(
+        "SELECT group_concat(match_outcome, ' ') FROM (SELECT * FROM invoices WHERE number <= 2 ORDER BY number)",
+    );
+    assert_eq!(outcomes, "value_mismatch matched");
+}
+
+/// Issue 12: `FILE:LINE` is the row's physical line whatever the line endings, blank lines and
+/// quoted fields that span lines; every line after a CRLF row was one short. Lines: 1 header,
+/// 2 A1, 3 blank, 4 A2, 5-8 A3 (two quoted fields over four lines), 9 A4, 10 blank (`\n`), 11
+/// A5, 12 A6 (ends with a lone `\r`), 13 A7.
+#[test]
+fn rejected_rows_name_their_physical_line() {
+    let env = Env::new();
+    let file = env.path("crlf.csv");
+    let text = format!(
+        "contrato;cpf;nome;data_instalacao;obs\r\n\
+         A1;{};ANA;2025-06-05;\r\n\
+         \r\n\
+         A2;123.456.789-00;BIA;2025-06-05;\r\n\
+         A3;{};\"CARLA\r\nDE SOUZA\";2025-06-05;\"linha 1\r\nlinha 2\r\nlinha 3\"\r\n\
+         A4;{};DANI;31/02/2025;\r\n\
+         \n\
+         A5;111.111.111-11;EDU;2025-06-05;\n\
+         A6;{};FABI;2025-06-05;\r\
+         A7;{};;2025-06-05;\r\n",
+        cpf(31).formatted(),
+        cpf(32).formatted(),
+        cpf(33).formatted(),
+        cpf(34).formatted(),
+        cpf(35).formatted(),
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = env.run(&["import", "contracts", file.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let f = file.display();
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("row skipped"))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            format!(
+                " WARN {f}:4: invalid CPF: CPF check digits do not match (a typo?); row skipped"
+            ),
+            format!(
+                " WARN {f}:9: `data_instalacao` = `31/02/2025` is not a date (expected YYYY-MM-DD or DD/MM/YYYY); row skipped"
+            ),
+            format!(" WARN {f}:11: invalid CPF: CPF has all digits equal; row skipped"),
+            format!(" WARN {f}:13: `nome` is empty; row skipped"),
+        ]
+    );
+    assert!(
+        out.stderr
+            .contains("; 4 row(s) skipped; ignored column(s): obs"),
+        "{out:?}"
+    );
+    let names: String = env.query(
+        "SELECT group_concat(customer_name, '|') FROM (SELECT * FROM contracts ORDER BY contract_number)",
+    );
+    assert_eq!(names, "ANA|CARLA\r\nDE SOUZA|FABI");
+}
+
+/// A second column of a name already read, and a column without a name that holds a value, are
+/// named too; an empty unnamed column (a trailing `;`) is not.
+#[test]
+fn repeated_and_unnamed_columns_are_named_in_the_summary() {
+    let env = Env::new();
+    let file = env.path("extra.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "contrato;cpf;nome;data_instalacao;valor;Valor;;\nA1;{};ANA;2025-06-05;99,90;120,00;nota;\n",
+            cpf(36).formatted()
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["--json", "import", "contracts", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr
+            .ends_with("; ignored column(s): Valor (repeated), column 7 (no name)\n"),
+        "{out:?}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        json["ignored_columns"],
+        serde_json::json!(["Valor (repeated)", "column 7 (no name)"])
+    );
+    let amount: i64 = env.query("SELECT expected_amount_centavos FROM invoices WHERE number = 1");
+    assert_eq!(amount, 9_990, "the first `valor` is read");
+}
+
 #[test]
 fn a_csv_cpf_that_lost_any_number_of_leading_zeros_is_padded() {
     let env = Env::new();
