@@ -32,6 +32,11 @@ pub struct QueueArgs {
     /// Write to this file (atomically) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// CSV: leave cells that begin with `=`, `+`, `-`, `@`, a tab or a carriage return as they
+    /// are, for a program that reads the file (by default they get a leading `'`, so that a
+    /// spreadsheet shows them instead of running them as formulas).
+    #[arg(long)]
+    pub raw_cells: bool,
 }
 
 /// Arguments of `export boletos`.
@@ -52,6 +57,11 @@ pub struct BoletoArgs {
     /// Write to this file (atomically) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// CSV: leave cells that begin with `=`, `+`, `-`, `@`, a tab or a carriage return as they
+    /// are, for a program that reads the file (by default they get a leading `'`, so that a
+    /// spreadsheet shows them instead of running them as formulas).
+    #[arg(long)]
+    pub raw_cells: bool,
 }
 
 /// Arguments of `export invoices`.
@@ -69,6 +79,11 @@ pub struct Args {
     /// Write to this file (atomically) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// CSV: leave cells that begin with `=`, `+`, `-`, `@`, a tab or a carriage return as they
+    /// are, for a program that reads the file (by default they get a leading `'`, so that a
+    /// spreadsheet shows them instead of running them as formulas).
+    #[arg(long)]
+    pub raw_cells: bool,
 }
 
 /// Export formats.
@@ -90,6 +105,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 args.out.as_deref(),
                 INVOICE_HEADER,
                 "invoice(s)",
+                args.raw_cells,
             )
         }
         Command::Boletos(args) => {
@@ -105,6 +121,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 args.out.as_deref(),
                 BOLETO_HEADER,
                 "boleto row(s)",
+                args.raw_cells,
             )
         }
         Command::Queue(args) => {
@@ -116,6 +133,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 args.out.as_deref(),
                 QUEUE_HEADER,
                 "queue item(s)",
+                args.raw_cells,
             )
         }
     }
@@ -128,6 +146,7 @@ fn write<T: serde::Serialize>(
     out: Option<&std::path::Path>,
     empty_header: &[&str],
     what: &str,
+    raw_cells: bool,
 ) -> Result<Code> {
     let format = if ctx.global.json {
         Format::Json
@@ -148,7 +167,12 @@ fn write<T: serde::Serialize>(
             if rows.is_empty() {
                 w.write_record(empty_header)?;
             }
-            w.into_inner().context("writing CSV")?
+            let bytes = w.into_inner().context("writing CSV")?;
+            if raw_cells {
+                bytes
+            } else {
+                neutralize_formulas(&bytes)?
+            }
         }
     };
     match out {
@@ -163,6 +187,36 @@ fn write<T: serde::Serialize>(
         None => crate::output::stdout(&bytes),
     }
     Ok(Code::Success)
+}
+
+/// A cell a spreadsheet would run as a formula (OWASP's CSV injection): one that begins with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return.
+fn is_formula(cell: &str) -> bool {
+    cell.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+/// The CSV `bytes` with a `'` before every cell (but the header's) that a spreadsheet would run
+/// as a formula: a customer named `=cmd|' /C calc'!A0` is shown, not run.
+fn neutralize_formulas(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(bytes);
+    let mut w = csv::Writer::from_writer(Vec::with_capacity(bytes.len()));
+    for (i, record) in reader.records().enumerate() {
+        let record = record?;
+        if i == 0 {
+            w.write_record(&record)?;
+            continue;
+        }
+        w.write_record(record.iter().map(|cell| {
+            if is_formula(cell) {
+                format!("'{cell}")
+            } else {
+                cell.to_string()
+            }
+        }))?;
+    }
+    w.into_inner().context("writing CSV")
 }
 
 /// The CSV header when there is no row (serde writes it only with the first row).
@@ -239,3 +293,18 @@ const QUEUE_HEADER: &[&str] = &[
     "created_at",
     "finished_at",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::neutralize_formulas;
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_get_a_quote() {
+        let csv = "name,amount\n=cmd|' /C calc'!A0,1\n+SUM(1+1),-2+3\n@SUM(A1),\"\tx\"\nANA,12\n";
+        let out = String::from_utf8(neutralize_formulas(csv.as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "name,amount\n'=cmd|' /C calc'!A0,1\n'+SUM(1+1),'-2+3\n'@SUM(A1),'\tx\nANA,12\n"
+        );
+    }
+}

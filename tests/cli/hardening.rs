@@ -57,3 +57,30 @@ fn a_config_that_never_ends_is_refused_after_a_megabyte() {
         "{out:?}"
     );
 }
+
+#[test]
+fn csv_exports_neutralize_cells_a_spreadsheet_would_run() {
+    let env = Env::new();
+    let file = env.path("c.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "contrato,cpf,nome,data_instalacao\n\"=cmd|' /C calc'!A0\",{},\"+SUM(1+1)\",2025-06-05\n",
+            cpf(41).digits()
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        env.run(&["import", "contracts", file.to_str().unwrap()])
+            .code,
+        0
+    );
+    let out = env.run(&["export", "invoices"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let first = out.stdout.lines().nth(1).unwrap();
+    assert!(first.starts_with("'=cmd|' /C calc'!A0,"), "{first}");
+    assert!(first.contains(",'+SUM(1+1),"), "{first}");
+    let out = env.run(&["export", "invoices", "--raw-cells"]);
+    let first = out.stdout.lines().nth(1).unwrap();
+    assert!(first.starts_with("=cmd|' /C calc'!A0,"), "{first}");
+}
