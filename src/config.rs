@@ -1046,7 +1046,157 @@ fn validate(config: &Config) -> Result<()> {
             "`[retry] max_attempts` must be at least 1",
         ));
     }
+    for (key, value, min, max) in ranges(config) {
+        if !(min..=max).contains(&value) {
+            return Err(CodedError::config(format!(
+                "`{key}` = {value} is out of range ({min} to {max})"
+            )));
+        }
+    }
     Ok(())
+}
+
+/// Every duration and count of the config with its documented range (README, Configuration),
+/// checked when the config loads: a value `config check` accepts never overflows a date or a
+/// wait in a job (`CRM_JOBS_CLEANUP_SYNC_LOG_DAYS=4294967295` was a panic in cleanup).
+fn ranges(c: &Config) -> Vec<(&'static str, u64, u64, u64)> {
+    const YEAR_DAYS: u64 = 36_500;
+    const DAY_SECS: u64 = 86_400;
+    let u = u64::from;
+    vec![
+        (
+            "[alerts] consecutive_failures",
+            u(c.alerts.consecutive_failures),
+            0,
+            1000,
+        ),
+        (
+            "[alerts] error_rate_percent",
+            u(c.alerts.error_rate_percent),
+            0,
+            100,
+        ),
+        (
+            "[alerts] max_run_minutes",
+            u(c.alerts.max_run_minutes),
+            0,
+            10_080,
+        ),
+        ("[alerts] missed_starts", u(c.alerts.missed_starts), 1, 100),
+        (
+            "[alerts] grace_minutes",
+            u(c.alerts.grace_minutes),
+            0,
+            10_080,
+        ),
+        (
+            "[nio] bootstrap_ttl_minutes",
+            u(c.nio.bootstrap_ttl_minutes),
+            0,
+            1440,
+        ),
+        (
+            "[nio] connect_timeout_secs",
+            c.nio.connect_timeout_secs,
+            1,
+            600,
+        ),
+        ("[nio] timeout_secs", c.nio.timeout_secs, 1, 3600),
+        ("[nio] request_retries", u(c.nio.request_retries), 0, 10),
+        ("[nio] retry_backoff_ms", c.nio.retry_backoff_ms, 0, 60_000),
+        (
+            "[nio] max_retry_after_secs",
+            c.nio.max_retry_after_secs,
+            0,
+            DAY_SECS,
+        ),
+        (
+            "[canopus] user_code_digits",
+            c.canopus.user_code_digits as u64,
+            1,
+            20,
+        ),
+        ("[canopus] timeout_secs", c.canopus.timeout_secs, 1, 3600),
+        (
+            "[crm] rate_limit_per_minute",
+            u(c.crm.rate_limit_per_minute),
+            0,
+            1_000_000,
+        ),
+        ("[crm] timeout_secs", c.crm.timeout_secs, 1, 3600),
+        ("[sync] batch", u(c.sync.batch), 1, 1_000_000),
+        ("[sync] max_attempts", u(c.sync.max_attempts), 1, 100),
+        ("[sync] backoff_secs", c.sync.backoff_secs, 0, DAY_SECS),
+        ("[sync] defer_secs", c.sync.defer_secs, 0, DAY_SECS),
+        (
+            "[sync] max_retry_after_secs",
+            c.sync.max_retry_after_secs,
+            0,
+            DAY_SECS,
+        ),
+        (
+            "[cleanup] sync_log_days",
+            u(c.cleanup.sync_log_days),
+            0,
+            YEAR_DAYS,
+        ),
+        (
+            "[cleanup] queue_done_days",
+            u(c.cleanup.queue_done_days),
+            0,
+            YEAR_DAYS,
+        ),
+        (
+            "[cleanup] queue_failed_days",
+            u(c.cleanup.queue_failed_days),
+            0,
+            YEAR_DAYS,
+        ),
+        ("[cleanup] runs_days", u(c.cleanup.runs_days), 0, YEAR_DAYS),
+        (
+            "[cleanup] email_outbox_days",
+            u(c.cleanup.email_outbox_days),
+            0,
+            YEAR_DAYS,
+        ),
+        (
+            "[cleanup] sessions_days",
+            u(c.cleanup.sessions_days),
+            0,
+            YEAR_DAYS,
+        ),
+        (
+            "[cleanup] pending_payments_days",
+            u(c.cleanup.pending_payments_days),
+            0,
+            YEAR_DAYS,
+        ),
+        (
+            "[cleanup] diagnostics_days",
+            u(c.cleanup.diagnostics_days),
+            0,
+            YEAR_DAYS,
+        ),
+        (
+            "[cleanup] batch_size",
+            u(c.cleanup.batch_size),
+            1,
+            1_000_000,
+        ),
+        ("[stripe] timeout_secs", c.stripe.timeout_secs, 1, 3600),
+        ("[stripe] retries", u(c.stripe.retries), 0, 10),
+        ("[smtp] timeout_secs", c.smtp.timeout_secs, 1, 3600),
+        ("[renew] days", u(c.renew.days), 1, 60),
+        ("[renew] email_batch", u(c.renew.email_batch), 1, 1_000_000),
+        (
+            "[renew] stripe_grace_days",
+            u(c.renew.stripe_grace_days),
+            0,
+            365,
+        ),
+        ("[fetch] limit", u(c.fetch.limit), 1, 1_000_000),
+        ("[retry] max_attempts", u(c.retry.max_attempts), 1, 100),
+    ]
 }
 
 /// A secret: from the environment variable `env`, else from the file `file` (trailing newline

@@ -84,3 +84,42 @@ fn csv_exports_neutralize_cells_a_spreadsheet_would_run() {
     let first = out.stdout.lines().nth(1).unwrap();
     assert!(first.starts_with("=cmd|' /C calc'!A0,"), "{first}");
 }
+
+#[test]
+fn durations_and_counts_out_of_their_range_are_config_errors_not_panics() {
+    let env = Env::new();
+    for (var, value, message) in [
+        (
+            "CRM_JOBS_CLEANUP_SYNC_LOG_DAYS",
+            "4294967295",
+            "`[cleanup] sync_log_days` = 4294967295 is out of range (0 to 36500)",
+        ),
+        (
+            "CRM_JOBS_RENEW_DAYS",
+            "4294967295",
+            "`[renew] days` = 4294967295 is out of range (1 to 60)",
+        ),
+        (
+            "CRM_JOBS_RENEW_STRIPE_GRACE_DAYS",
+            "4294967295",
+            "`[renew] stripe_grace_days` = 4294967295 is out of range (0 to 365)",
+        ),
+        (
+            "CRM_JOBS_SYNC_BACKOFF_SECS",
+            "9223372036854775807",
+            "`[sync] backoff_secs` = 9223372036854775807 is out of range (0 to 86400)",
+        ),
+        (
+            "CRM_JOBS_SYNC_DEFER_SECS",
+            "9223372036854775807",
+            "`[sync] defer_secs` = 9223372036854775807 is out of range (0 to 86400)",
+        ),
+    ] {
+        for args in [&["config", "check"][..], &["cleanup"]] {
+            let o = env.cmd(args).env(var, value).output().unwrap();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(78), "{var} {args:?}: {stderr}");
+            assert!(stderr.contains(message), "{var}: {stderr}");
+        }
+    }
+}
