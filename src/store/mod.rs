@@ -35,6 +35,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../sql/0005_subscriptions.sql")),
         M::up(include_str!("../../sql/0006_operations.sql")),
         M::up(include_str!("../../sql/0007_run_progress.sql")),
+        M::up(include_str!("../../sql/0009_sync_sent_and_pause.sql")),
     ])
 });
 
