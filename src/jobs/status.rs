@@ -111,11 +111,22 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
         );
     }
     // Why a last run failed: the table has no room for it.
-    for s in &states {
-        if let Some(r) = s.last_run.as_ref().filter(|r| r.status == "failed")
-            && let Some(e) = &r.error
-        {
-            println!("{} run #{} failed: {e}", s.job, r.id);
+    let failures: Vec<String> = states
+        .iter()
+        .filter_map(|s| {
+            let r = s.last_run.as_ref().filter(|r| r.status == "failed")?;
+            Some(format!(
+                "{} run #{} failed: {}",
+                s.job,
+                r.id,
+                r.error.as_ref()?
+            ))
+        })
+        .collect();
+    if !failures.is_empty() {
+        println!();
+        for f in failures {
+            println!("{f}");
         }
     }
     let list = |v: &[(String, i64)]| {
