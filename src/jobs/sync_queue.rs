@@ -549,11 +549,6 @@ impl Drain<'_> {
             if wait == 0 {
                 return Ok(true);
             }
-            if wait > self.s.max_pause_secs * 1000 {
-                // A pause stored by a process with a longer `max_retry_after_secs`.
-                self.too_long = Some(wait.div_ceil(1000));
-                return Ok(false);
-            }
             let answer = tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(wait)) => None,
                 Some(done) = self.inflight.join_next(), if !self.inflight.is_empty() => Some(done),
@@ -589,9 +584,11 @@ impl Drain<'_> {
         }
         let client = self.client.clone();
         let clock = self.ctx.clock;
+        // Taken here, not in the task: a request handed out before a pause began was in flight
+        // when it began, however late its task starts.
+        let sent_ms = real_ms();
         self.inflight.spawn(async move {
             let at = clock::to_store(clock.now());
-            let sent_ms = real_ms();
             let started = Instant::now();
             let result = client.send(&p.request).await;
             Sent {
@@ -793,7 +790,7 @@ impl Drain<'_> {
                 self.pause_until = pause.until_ms;
                 // Another process may have paused meanwhile: the store says when it ends.
                 self.last_pause_check = Instant::now();
-                if asked > self.s.max_pause_secs {
+                if asked > self.s.max_pause_secs && pause.from_ms <= sent_ms {
                     self.too_long = Some(asked);
                 }
                 self.run.store.release(&[item.id], &now)?;

@@ -1,5 +1,7 @@
-//! SQL of the CRM outbox: enqueueing, superseding, claiming, outcomes, the CRM ids learned,
-//! the request log, the shared rate limit, and the retention of old rows.
+//! SQL of the CRM outbox: enqueueing, superseding (payloads merged), claiming, which claimed
+//! items were sent, outcomes, failed items sent again and the items they block, the CRM ids
+//! learned, the request log, the shared rate limit and its 429 pause, and the retention of old
+//! rows.
 
 use anyhow::Result;
 use rusqlite::{OptionalExtension, params};
