@@ -783,20 +783,20 @@ impl Drain<'_> {
                 let asked = retry_after.as_secs();
                 let wait = asked.min(self.s.max_pause_secs);
                 let before = self.pause_until;
-                let pause =
+                let (pause, counted) =
                     self.run
                         .store
                         .rate_pause(BUCKET, sent_ms, arrived_ms, wait as i64 * 1000)?;
                 self.pause_until = pause.until_ms;
                 // Another process may have paused meanwhile: the store says when it ends.
                 self.last_pause_check = Instant::now();
-                if asked > self.s.max_pause_secs && pause.from_ms <= sent_ms {
+                if asked > self.s.max_pause_secs && counted {
                     self.too_long = Some(asked);
                 }
                 self.run.store.release(&[item.id], &now)?;
                 self.run.add("rate_limited", 1);
                 self.run.counts.skipped += 1;
-                if pause.from_ms > sent_ms {
+                if !counted {
                     // Sent before the pause began: its answer does not extend it.
                     tracing::debug!(
                         "{what}: the CRM answered 429 to a request in flight when the pause began; the item goes back to the queue"

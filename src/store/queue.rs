@@ -698,14 +698,15 @@ impl Store {
     /// `wait_ms` (already capped by the caller). A pause starts when its 429 arrives and ends at
     /// the later of the current pause's end and `arrived_ms + wait_ms`; the answer to a request
     /// sent before the current pause began (in flight when it began) changes nothing. Returns
-    /// the pause now in force.
+    /// the pause now in force, and whether this 429 started or extended it (`false`: it was in
+    /// flight).
     pub fn rate_pause(
         &mut self,
         name: &str,
         sent_ms: i64,
         arrived_ms: i64,
         wait_ms: i64,
-    ) -> Result<RatePause> {
+    ) -> Result<(RatePause, bool)> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -717,7 +718,8 @@ impl Store {
             )
             .optional()?;
         let (from, until) = row.unwrap_or((0, 0));
-        let pause = if sent_ms < from {
+        let counted = sent_ms >= from;
+        let pause = if !counted {
             RatePause {
                 from_ms: from,
                 until_ms: until,
@@ -740,7 +742,7 @@ impl Store {
             params![name, arrived_ms, pause.until_ms, pause.from_ms],
         )?;
         tx.commit()?;
-        Ok(pause)
+        Ok((pause, counted))
     }
 
     /// The pause of the shared bucket `name`, if one was ever stored.
@@ -843,5 +845,37 @@ impl Store {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_429_in_flight_when_a_pause_began_does_not_extend_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("store.db")).unwrap();
+        let pause = |p: RatePause| (p.from_ms, p.until_ms);
+        // Sent at 1.0 s, answered 429 at 2.0 s, 42 s asked: the pause starts at its arrival.
+        let (p, counted) = store.rate_pause("crm", 1_000, 2_000, 42_000).unwrap();
+        assert!(counted);
+        assert_eq!(pause(p), (2_000, 44_000));
+        // Sent at 1.5 s (in flight when the pause began), answered later: nothing changes.
+        let (p, counted) = store.rate_pause("crm", 1_500, 2_600, 42_000).unwrap();
+        assert!(!counted);
+        assert_eq!(pause(p), (2_000, 44_000));
+        // Sent during the pause (a process that had not seen it yet): the later end wins.
+        let (p, counted) = store.rate_pause("crm", 3_000, 3_100, 42_000).unwrap();
+        assert!(counted);
+        assert_eq!(pause(p), (2_000, 45_100));
+        // After the pause, a new one from its own arrival.
+        let (p, counted) = store.rate_pause("crm", 50_000, 50_100, 1_000).unwrap();
+        assert!(counted);
+        assert_eq!(pause(p), (50_100, 51_100));
+        // Every process waits it out, with or without a limit of its own.
+        assert_eq!(store.rate_acquire("crm", 0, 50_600).unwrap(), 500);
+        assert_eq!(store.rate_acquire("crm", 100, 50_600).unwrap(), 500);
+        assert_eq!(store.rate_acquire("crm", 100, 51_100).unwrap(), 0);
     }
 }
