@@ -202,19 +202,20 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         None,
     )?;
     let now = clock::to_store(ctx.clock.now());
-    let (recovered, untouched) = run.store.recover_in_flight(&now)?;
-    if !recovered.is_empty() {
+    let recovered = run.store.recover_in_flight(&now)?;
+    if !recovered.unknown.is_empty() {
         let m = format!(
             "{} item(s) were in flight when a process died (unknown outcome): resent with the same idempotency key, a create first looked up at the CRM by its natural key",
-            recovered.len()
+            recovered.unknown.len()
         );
         tracing::warn!("{m}");
         run.event("warn", m);
-        run.add("unknown_outcome", recovered.len() as i64);
+        run.add("unknown_outcome", recovered.unknown.len() as i64);
     }
-    if untouched > 0 {
+    if recovered.untouched > 0 {
         tracing::info!(
-            "{untouched} item(s) claimed by a process that died before sending them: back in the queue, untouched"
+            "{} item(s) claimed by a process that died before sending them: back in the queue, untouched",
+            recovered.untouched
         );
     }
     // The ERP's own rows may name entities in the singular.

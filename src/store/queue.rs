@@ -68,6 +68,15 @@ pub struct Blocked {
     pub error: Option<String>,
 }
 
+/// What the recovery of a dead process's items found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Items whose request was in flight: now `pending` and `unknown_outcome`.
+    pub unknown: Vec<i64>,
+    /// Items only claimed, never sent: back to `pending`, untouched.
+    pub untouched: usize,
+}
+
 /// What `sync-queue --retry-failed` did.
 #[derive(Debug, Default)]
 pub struct Retried {
@@ -316,15 +325,14 @@ impl Store {
 
     /// Items left `processing` by a dead process. Those whose request had left (`sent_at`)
     /// have an unknown outcome: back to `pending`, marked, to be sent again with the same
-    /// idempotency key. Those only claimed go back untouched. Returns (the unknown ones with
-    /// the run that held them, how many went back untouched).
-    pub fn recover_in_flight(&mut self, now: &str) -> Result<(Vec<(i64, Option<i64>)>, usize)> {
+    /// idempotency key. Those only claimed go back untouched.
+    pub fn recover_in_flight(&mut self, now: &str) -> Result<Recovered> {
         let tx = self.conn.transaction()?;
-        let ids: Vec<(i64, Option<i64>)> = {
+        let unknown: Vec<i64> = {
             let mut stmt = tx.prepare(
-                "SELECT id, claimed_run FROM sync_queue WHERE status = 'processing' AND sent_at IS NOT NULL",
+                "SELECT id FROM sync_queue WHERE status = 'processing' AND sent_at IS NOT NULL",
             )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            stmt.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
         tx.execute(
@@ -340,7 +348,7 @@ impl Store {
             [now],
         )?;
         tx.commit()?;
-        Ok((ids, untouched))
+        Ok(Recovered { unknown, untouched })
     }
 
     /// Gives pending rows named by a synonym (`cliente`) their entity's name (`clientes`), so
