@@ -2,6 +2,8 @@
 -- `sent_at` is set just before an item's request leaves and cleared when its answer is recorded
 -- (or the item is given back): after a process dies, only the items with `sent_at` had a request
 -- in flight (unknown outcome); the others were claimed but never sent, and go back untouched.
+-- From this version `unknown_outcome` (0004) also marks a create answered a fault that may have
+-- come after the CRM committed it (5xx, timeout, reset); a lookup by natural key clears it.
 -- `paused_from_ms` is when the current 429 pause began (its answer arrived): an answer to a
 -- request sent before that instant was in flight when the pause began, and does not extend it;
 -- and no 429 pauses for more than `[sync] max_retry_after_secs` after its arrival.
