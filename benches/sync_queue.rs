@@ -5,11 +5,14 @@
 //!    `concurrency / latency` items a second);
 //! 3. `sync-queue` under the CRM's limit, scaled down (100 a second instead of 100 a minute):
 //!    the sandbox counts any 429 (target: none) and the achieved rate is set against the limit;
-//! 4. `cleanup` of 1,000,000 old log rows.
+//! 4. `sync-queue` against a CRM whose real limit (30 a minute) is below the configured one
+//!    (100 a minute), so that it answers 429 with `Retry-After`: 60 creates against what the
+//!    real limit allows (target: within 1.3x), and the achieved rate;
+//! 5. `cleanup` of 1,000,000 old log rows.
 //!
 //! `cargo bench --bench sync_queue`; knobs BENCH_ITEMS (10000), BENCH_LATENCY_MS (20),
 //! BENCH_CONCURRENCY (16), BENCH_LIMITED_ITEMS (1000), BENCH_ENQUEUE (100000),
-//! BENCH_CLEANUP (1000000).
+//! BENCH_CLEANUP (1000000), BENCH_429_ITEMS (60), BENCH_429_SCALE (10).
 
 mod common;
 
@@ -153,7 +156,53 @@ fn main() {
         summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
     );
 
-    // 4. Cleanup of old log rows.
+    // 4. The CRM's real limit below the configured one: 30 a minute against 100, time scaled
+    //    down `scale` times. Not 60 times as above: `Retry-After` is whole seconds, and one
+    //    second of rounding would stand for a whole real minute.
+    let items = var("BENCH_429_ITEMS", 60);
+    let scale = var("BENCH_429_SCALE", 10).max(1);
+    let (real, configured) = (30, 100);
+    let window = Duration::from_secs(60) / scale as u32;
+    let b = Bench::new(
+        &sandbox,
+        &format!(
+            "rate_limit_per_minute = {}\nconcurrency = 4",
+            configured * scale
+        ),
+    );
+    b.enqueue(items);
+    sandbox.crm.set_limit(real as usize, window);
+    let rejected = sandbox.crm.rejected_429();
+    // A request answered 429 counts against `--batch`: room for them, as the default batch
+    // (100) leaves for 60 items.
+    let batch = (items * 2).to_string();
+    let (wall, summary) = b.run(&["--quiet", "--json", "sync-queue", "--batch", &batch]);
+    let allowed = allowed_secs(
+        items,
+        real,
+        window.as_secs_f64(),
+        60.0 / (configured * scale) as f64,
+    );
+    // In real minutes: what was achieved, and what the CRM's limit allows from an idle window.
+    let achieved = items as f64 / wall * 60.0 / scale as f64;
+    let allowed_rate = items as f64 / allowed * 60.0 / scale as f64;
+    println!(
+        "sync-queue, CRM limit {real}/min under a configured {configured}/min (time scaled {scale}x): {items} creates in {wall:.2} s | the real limit allows {allowed:.2} s | ratio {:.3} (target 1.3) | {achieved:.1}/min achieved of {allowed_rate:.1}/min allowed (real minutes; {real}/min from an idle window) | 429 answers: {} | done {}",
+        wall / allowed,
+        sandbox.crm.rejected_429() - rejected,
+        summary["counters"]["done"]
+    );
+    assert_eq!(summary["counters"]["done"], items, "every create done");
+    common::row(
+        "sync-queue (CRM limit below config)",
+        &format!("{items} items"),
+        wall,
+        allowed,
+        &format!("rate: {real}/min real, {configured}/min configured, {scale}x"),
+        summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+    );
+
+    // 5. Cleanup of old log rows.
     let b = Bench::new(&sandbox, "");
     b.enqueue(1);
     let db = rusqlite::Connection::open(b.dir.path().join("crm.db")).unwrap();
@@ -170,4 +219,19 @@ fn main() {
         summary["counters"]["sync_log"],
         cleanup_rows as f64 / wall
     );
+}
+
+/// The earliest the last of `items` requests can be sent against a CRM that takes `per_window`
+/// requests in any `window` seconds, by a client that spaces them `spacing` seconds apart: each
+/// goes at the later of its turn and the window's room.
+fn allowed_secs(items: u64, per_window: u64, window: f64, spacing: f64) -> f64 {
+    let mut at: Vec<f64> = Vec::new();
+    for i in 0..items as usize {
+        let turn = at.last().map_or(0.0, |t| t + spacing);
+        let room = i
+            .checked_sub(per_window as usize)
+            .map_or(0.0, |j| at[j] + window);
+        at.push(turn.max(room));
+    }
+    at.last().copied().unwrap_or(0.0)
 }

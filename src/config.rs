@@ -40,6 +40,7 @@ const SECTIONS: &[&str] = &[
     "nio.fields",
     "crm.references",
     "crm.resources",
+    "crm.natural_keys",
     "sync.priorities",
     "cleanup",
     "credentials",
@@ -419,8 +420,56 @@ pub struct CrmConfig {
     /// Path of each entity's resource.
     pub resources: std::collections::BTreeMap<String, String>,
     /// References to translate per entity: `"/json/pointer=entity"`, `*` for every element of a
-    /// list (e.g. `"/produtos/*/produto/id=produtos"`).
+    /// list (e.g. `"/produtos/*/produto/id=produtos"`). Merged with the defaults entity by
+    /// entity.
+    #[serde(deserialize_with = "references_over_defaults")]
     pub references: std::collections::BTreeMap<String, Vec<String>>,
+    /// Natural key per entity, to find a record at the CRM when a create's outcome is unknown:
+    /// `"/json/pointer=filter"` (the payload's value there, asked with that list filter).
+    /// Merged with the defaults entity by entity.
+    #[serde(deserialize_with = "natural_keys_over_defaults")]
+    pub natural_keys: std::collections::BTreeMap<String, String>,
+    /// JSON pointer of the records in a list answer.
+    pub list_pointer: String,
+    /// JSON pointer of a record's id within one record of a list answer.
+    pub list_id_pointer: String,
+}
+
+/// An entity written in the config replaces that entity's default entry; the other defaults
+/// stay (a table written in full would otherwise silently drop them).
+fn over_defaults<V>(
+    mut defaults: std::collections::BTreeMap<String, V>,
+    given: std::collections::BTreeMap<String, V>,
+) -> std::collections::BTreeMap<String, V> {
+    defaults.extend(given);
+    defaults
+}
+
+fn references_over_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, D::Error> {
+    Ok(over_defaults(
+        CrmConfig::default().references,
+        Deserialize::deserialize(d)?,
+    ))
+}
+
+fn natural_keys_over_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    Ok(over_defaults(
+        CrmConfig::default().natural_keys,
+        Deserialize::deserialize(d)?,
+    ))
+}
+
+fn priorities_over_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, i64>, D::Error> {
+    Ok(over_defaults(
+        SyncConfig::default().priorities,
+        Deserialize::deserialize(d)?,
+    ))
 }
 
 impl Default for CrmConfig {
@@ -448,15 +497,25 @@ impl Default for CrmConfig {
                 ("vendas", "/vendas"),
                 ("atividades", "/orcamentos"),
             ]),
-            references: [(
-                "vendas".to_string(),
-                vec![
-                    "/cliente_id=clientes".to_string(),
-                    "/produtos/*/produto/id=produtos".to_string(),
-                ],
-            )]
-            .into_iter()
-            .collect(),
+            // A venda and an atividade (orçamento) name their client and products alike.
+            references: ["vendas", "atividades"]
+                .into_iter()
+                .map(|e| {
+                    (
+                        e.to_string(),
+                        vec![
+                            "/cliente_id=clientes".to_string(),
+                            "/produtos/*/produto/id=produtos".to_string(),
+                        ],
+                    )
+                })
+                .collect(),
+            natural_keys: map(&[
+                ("clientes", "/cpf_cnpj=cpf_cnpj"),
+                ("produtos", "/codigo_barras=codigo_barras"),
+            ]),
+            list_pointer: "/data".into(),
+            list_id_pointer: "/id".into(),
         }
     }
 }
@@ -474,9 +533,11 @@ pub struct SyncConfig {
     /// How long an item waits for a reference that is not synced yet, unless it is synced
     /// sooner in the same run.
     pub defer_secs: u64,
-    /// Longest `Retry-After` honoured by waiting; a longer one ends the run (items untouched).
+    /// Longest `Retry-After` honoured by waiting, and the longest pause kept in the store; a
+    /// longer one ends the run's sending (items untouched).
     pub max_retry_after_secs: u64,
-    /// Priority by entity (higher first).
+    /// Priority by entity (higher first). Merged with the defaults entity by entity.
+    #[serde(deserialize_with = "priorities_over_defaults")]
     pub priorities: std::collections::BTreeMap<String, i64>,
 }
 
@@ -970,6 +1031,19 @@ fn validate(config: &Config) -> Result<()> {
                         "`[crm.references] {entity}` has `{r}`: expected `/json/pointer=entity` with an entity of `[crm.resources]`"
                     )));
                 }
+            }
+        }
+    }
+    for (entity, key) in &crm.natural_keys {
+        match key.split_once('=') {
+            Some((pointer, filter))
+                if pointer.starts_with('/')
+                    && !filter.is_empty()
+                    && crm.resources.contains_key(entity) => {}
+            _ => {
+                return Err(CodedError::config(format!(
+                    "`[crm.natural_keys] {entity}` = `{key}`: expected `/json/pointer=filter` for an entity of `[crm.resources]`"
+                )));
             }
         }
     }

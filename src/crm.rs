@@ -1,5 +1,7 @@
 //! The CRM's REST API (SERVICES.md §3): one request per queue item, classified by what the
-//! caller does next; and the translation of ERP references into CRM ids (pure).
+//! caller does next; and, pure, what shapes the requests: the translation of ERP references into
+//! CRM ids, the lookup of a record by its natural key, the folding of two changes of a record
+//! into one payload, and the entity names the ERP uses.
 
 use std::time::Duration;
 
@@ -23,6 +25,9 @@ pub enum CrmError {
     Transient {
         status: Option<u16>,
         message: String,
+        /// The request may have reached the CRM and been applied (anything but a failure to
+        /// connect): for a create, its outcome is unknown.
+        maybe_applied: bool,
     },
     /// `400`/`422` and other client errors: the item fails with the CRM's message.
     #[error("{message}")]
@@ -34,14 +39,23 @@ pub enum CrmError {
 pub struct Request {
     pub method: Method,
     pub path: String,
+    /// Query parameters (a list's filters).
+    pub query: Vec<(String, String)>,
     pub body: Option<Value>,
     pub idempotency_key: String,
 }
 
 impl Request {
-    /// `POST /clientes`, for logs (never the credentials).
+    /// `POST /clientes`, `GET /clientes?cpf_cnpj=…`, for logs: never the credentials, nor the
+    /// values of a filter (a CPF).
     pub fn summary(&self) -> String {
-        format!("{} {}", self.method, self.path)
+        let mut s = format!("{} {}", self.method, self.path);
+        for (i, (k, _)) in self.query.iter().enumerate() {
+            s.push(if i == 0 { '?' } else { '&' });
+            s.push_str(k);
+            s.push_str("=…");
+        }
+        s
     }
 }
 
@@ -51,6 +65,8 @@ pub struct Answer {
     pub status: u16,
     /// The id at `[crm] id_pointer`, if the answer has one.
     pub external_id: Option<String>,
+    /// The whole answer, for a `GET` (a list).
+    pub body: Option<Value>,
 }
 
 /// The client.
@@ -100,12 +116,17 @@ impl CrmClient {
             .header(self.access.0.clone(), self.access.1.clone())
             .header(self.secret.0.clone(), self.secret.1.clone())
             .header("Idempotency-Key", &req.idempotency_key);
+        if !req.query.is_empty() {
+            builder = builder.query(&req.query);
+        }
         if let Some(body) = &req.body {
             builder = builder.json(body);
         }
         let resp = builder.send().await.map_err(|e| CrmError::Transient {
             status: None,
             message: crate::http::describe_error(&e, "CRM"),
+            // Not connected: the request never left.
+            maybe_applied: !e.is_connect(),
         })?;
         let status = resp.status();
         let retry_after = resp
@@ -116,6 +137,7 @@ impl CrmClient {
         let body = resp.bytes().await.map_err(|e| CrmError::Transient {
             status: Some(status.as_u16()),
             message: crate::http::describe_error(&e, "CRM"),
+            maybe_applied: true,
         })?;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         let message = || {
@@ -134,15 +156,17 @@ impl CrmClient {
                 external_id: json
                     .as_ref()
                     .and_then(|j| j.pointer(&self.id_pointer))
-                    .and_then(|v| match v {
-                        Value::String(s) if !s.is_empty() => Some(s.clone()),
-                        Value::Number(n) => Some(n.to_string()),
-                        _ => None,
-                    }),
+                    .and_then(id_text),
+                body: if req.method == Method::GET {
+                    json.clone()
+                } else {
+                    None
+                },
             }),
             StatusCode::NOT_FOUND if req.method == Method::DELETE => Ok(Answer {
                 status: 404,
                 external_id: None,
+                body: None,
             }),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CrmError::Stop(format!(
                 "the CRM refused the credentials ({status}: {}): check `CRM_JOBS_CRM_ACCESS_TOKEN` and `CRM_JOBS_CRM_SECRET_ACCESS_TOKEN`; the run stopped and left the items untouched",
@@ -154,6 +178,8 @@ impl CrmClient {
             s if s.is_server_error() => Err(CrmError::Transient {
                 status: Some(s.as_u16()),
                 message: format!("the CRM answered {s}"),
+                // A server may fail after it committed the change.
+                maybe_applied: true,
             }),
             s => Err(CrmError::Permanent {
                 status: s.as_u16(),
@@ -161,6 +187,106 @@ impl CrmClient {
             }),
         }
     }
+}
+
+/// An id as text: a non-empty string, or a number.
+fn id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The entity of `[crm.resources]` that `name` stands for: itself, or the entity it is the
+/// singular of (`cliente`, `produto`, `venda`, `atividade`: the ERP's own queue table names
+/// entities in the singular).
+pub fn canonical_entity<'a>(
+    name: &str,
+    resources: &'a std::collections::BTreeMap<String, String>,
+) -> Option<&'a str> {
+    [name.to_string(), format!("{name}s"), format!("{name}es")]
+        .iter()
+        .find_map(|n| resources.get_key_value(n).map(|(k, _)| k.as_str()))
+}
+
+/// Folds a later change of a record over an earlier one: the later's fields win, objects merge
+/// key by key (at every depth), anything else (a list, a text, `null`) is replaced whole.
+pub fn merge(earlier: &mut Value, later: Value) {
+    match (earlier, later) {
+        (Value::Object(e), Value::Object(l)) => {
+            for (k, v) in l {
+                match e.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        e.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, later) => *slot = later,
+    }
+}
+
+/// How a record is found at the CRM by a value of its own (a client's CPF or CNPJ, a
+/// product's barcode): where the value is in the payload, and the list filter that asks for it.
+#[derive(Debug, Clone)]
+pub struct NaturalKey {
+    pub pointer: String,
+    pub filter: String,
+}
+
+impl NaturalKey {
+    /// Parses `"/cpf_cnpj=cpf_cnpj"`.
+    pub fn parse(text: &str) -> Option<NaturalKey> {
+        let (pointer, filter) = text.split_once('=')?;
+        (pointer.starts_with('/') && !filter.is_empty()).then(|| NaturalKey {
+            pointer: pointer.to_string(),
+            filter: filter.to_string(),
+        })
+    }
+
+    /// The payload's value of the key, as text; `None` when it has none.
+    pub fn value(&self, payload: &Value) -> Option<String> {
+        payload
+            .pointer(&self.pointer)
+            .and_then(id_text)
+            .filter(|v| !comparable(v).is_empty())
+    }
+
+    /// The CRM ids of the records of a list answer whose key is `value` (compared by letters
+    /// and digits only: `708.990.571-36` is `70899057136`).
+    pub fn matches(
+        &self,
+        answer: &Value,
+        list_pointer: &str,
+        id_pointer: &str,
+        value: &str,
+    ) -> Vec<String> {
+        let wanted = comparable(value);
+        answer
+            .pointer(list_pointer)
+            .and_then(Value::as_array)
+            .map(|records| {
+                records
+                    .iter()
+                    .filter(|r| {
+                        r.pointer(&self.pointer)
+                            .and_then(id_text)
+                            .is_some_and(|v| comparable(&v) == wanted)
+                    })
+                    .filter_map(|r| r.pointer(id_pointer).and_then(id_text))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn comparable(v: &str) -> String {
+    v.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// A reference of an entity's payload: where (a JSON pointer, `*` for every element of a list)
@@ -243,6 +369,79 @@ fn visit(v: &mut Value, path: &[String], f: &mut dyn FnMut(&mut Value)) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_later_change_folds_over_an_earlier_one_field_by_field() {
+        let mut create = json!({"nome": "Maria", "email": "m@x.com", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "extra": {"a": "1", "b": "2"}});
+        merge(
+            &mut create,
+            json!({"telefone": "62 9999", "nome": "Maria S", "extra": {"b": "3", "c": null}}),
+        );
+        assert_eq!(
+            create,
+            json!({"nome": "Maria S", "email": "m@x.com", "telefone": "62 9999", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "extra": {"a": "1", "b": "3", "c": null}})
+        );
+        // A list is replaced whole, a null wins.
+        let mut venda = json!({"produtos": [{"produto": {"id": "1"}}], "obs": "x"});
+        merge(
+            &mut venda,
+            json!({"produtos": [{"produto": {"id": "2"}}], "obs": null}),
+        );
+        assert_eq!(
+            venda,
+            json!({"produtos": [{"produto": {"id": "2"}}], "obs": null})
+        );
+    }
+
+    #[test]
+    fn singular_names_stand_for_their_entity() {
+        let resources: std::collections::BTreeMap<String, String> =
+            crate::config::CrmConfig::default().resources;
+        for (name, entity) in [
+            ("cliente", Some("clientes")),
+            ("clientes", Some("clientes")),
+            ("produto", Some("produtos")),
+            ("venda", Some("vendas")),
+            ("atividade", Some("atividades")),
+            ("fornecedor", None),
+        ] {
+            assert_eq!(canonical_entity(name, &resources), entity, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_record_is_found_by_its_natural_key() {
+        let key = NaturalKey::parse("/cpf_cnpj=cpf_cnpj").unwrap();
+        assert_eq!(
+            key.value(&json!({"cpf_cnpj": "708.990.571-36"})).as_deref(),
+            Some("708.990.571-36")
+        );
+        assert_eq!(key.value(&json!({"cpf_cnpj": " - "})), None);
+        assert_eq!(key.value(&json!({"nome": "x"})), None);
+        let answer = json!({"code": 200, "data": [
+            {"id": "1001", "cpf_cnpj": "70899057136"},
+            {"id": 1002, "cpf_cnpj": "52395243000"},
+            {"id": "1003"}
+        ]});
+        assert_eq!(
+            key.matches(&answer, "/data", "/id", "708.990.571-36"),
+            vec!["1001"]
+        );
+        assert_eq!(
+            key.matches(&answer, "/data", "/id", "523.952.430-00"),
+            vec!["1002"]
+        );
+        assert!(key.matches(&answer, "/data", "/id", "1").is_empty());
+        assert!(key.matches(&json!({}), "/data", "/id", "1").is_empty());
+        let get = Request {
+            method: Method::GET,
+            path: "/clientes".into(),
+            query: vec![("cpf_cnpj".into(), "70899057136".into())],
+            body: None,
+            idempotency_key: "k".into(),
+        };
+        assert_eq!(get.summary(), "GET /clientes?cpf_cnpj=…");
+    }
 
     #[test]
     fn references_are_translated_or_reported() {

@@ -52,7 +52,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                 cfg.diagnostics_days,
                 true,
             )?;
-            println!("diagnostics\t{n}\tolder than {} days", cfg.diagnostics_days);
+            crate::outln!("diagnostics\t{n}\tolder than {} days", cfg.diagnostics_days);
         }
         ctx.printer.say("dry run: nothing was removed");
         return Ok(Code::Success);

@@ -88,14 +88,15 @@ pub fn parse_line(
             None => Err(format!("`{k}` is missing")),
         }
     };
-    let entity = text("entity")?;
-    if !resources.contains_key(&entity) {
+    let named = text("entity")?;
+    // The ERP's queue table names entities in the singular (`cliente`): a synonym.
+    let Some(entity) = crate::crm::canonical_entity(&named, resources).map(str::to_string) else {
         let known: Vec<&str> = resources.keys().map(String::as_str).collect();
         return Err(format!(
-            "`entity` = `{entity}` is not one of {} (`[crm.resources]`)",
+            "`entity` = `{named}` is not one of {} (`[crm.resources]`)",
             known.join(", ")
         ));
-    }
+    };
     let record_id = text("record_id")?;
     let action = text("action")?;
     if !["create", "update", "delete", "upsert"].contains(&action.as_str()) {

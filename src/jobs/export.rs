@@ -16,7 +16,8 @@ pub enum Command {
     Invoices(Args),
     /// The outcome of every client (and quota) per month, with the saved file.
     Boletos(BoletoArgs),
-    /// The CRM outbox: every item with its status, attempts, CRM id and last error.
+    /// The CRM outbox: every item with its status, attempts, CRM id and last error, and the
+    /// failed item it waits for, if any.
     Queue(QueueArgs),
 }
 
@@ -292,6 +293,8 @@ const QUEUE_HEADER: &[&str] = &[
     "idempotency_key",
     "created_at",
     "finished_at",
+    "blocked_by_item",
+    "blocked_by_error",
 ];
 
 #[cfg(test)]

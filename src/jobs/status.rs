@@ -1,6 +1,7 @@
 //! `crm-jobs status`: at a glance, for every job, the last run, a run in progress, whether it is
-//! paused, failures in a row; and the work waiting in the store, with the invoices newly found
-//! paid by the last invoice run.
+//! paused, failures in a row, why its last run failed; and the work waiting in the store, with
+//! the invoices newly found paid by the last invoice run, the queue items that wait for a failed
+//! one and a pause the CRM asked for.
 
 use anyhow::Result;
 use chrono::Datelike;
@@ -34,6 +35,12 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
     let pdfs = store.invoice_pdf_counts()?;
     let queue = store.queue_counts()?;
     let oldest = store.oldest_pending_item()?;
+    let blocked = store.blocked_items()?;
+    // The CRM's pause runs on the real clock, whatever `CRM_JOBS_NOW` says.
+    let crm_pause = store
+        .rate_pause_of("crm")?
+        .and_then(|p| chrono::DateTime::from_timestamp_millis(p.until_ms))
+        .filter(|until| *until > chrono::Utc::now());
     let emails = store.email_counts()?;
     let boletos = store.boletos_missing(today.year(), today.month())?;
     if ctx.printer.json {
@@ -50,6 +57,8 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
                 "invoice_pdfs": pdfs.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                 "queue": queue.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                 "queue_oldest_pending": oldest,
+                "queue_blocked": blocked,
+                "crm_paused_until": crm_pause.map(crate::clock::to_store),
                 "emails": emails.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                 "boletos_missing_this_month": boletos.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             },
@@ -119,6 +128,25 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
             s.consecutive_failures
         );
     }
+    // Why a last run failed: the table has no room for it.
+    let failures: Vec<String> = states
+        .iter()
+        .filter_map(|s| {
+            let r = s.last_run.as_ref().filter(|r| r.status == "failed")?;
+            Some(format!(
+                "{} run #{} failed: {}",
+                s.job,
+                r.id,
+                r.error.as_ref()?
+            ))
+        })
+        .collect();
+    if !failures.is_empty() {
+        crate::outln!();
+        for f in failures {
+            crate::outln!("{f}");
+        }
+    }
     let list = |v: &[(String, i64)]| {
         if v.is_empty() {
             "none".to_string()
@@ -146,6 +174,37 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
             .map(|o| format!("; oldest pending since {o}"))
             .unwrap_or_default()
     );
+    if !blocked.is_empty() {
+        crate::outln!(
+            "           {} item(s) wait for a failed item (`crm-jobs sync-queue --retry-failed` sends it again):",
+            blocked.len()
+        );
+        for b in blocked.iter().take(10) {
+            crate::outln!(
+                "           #{} ({} {}) waits for {}, item #{} failed: {}",
+                b.id,
+                b.entity,
+                b.record_id,
+                b.waiting_for,
+                b.failed_item,
+                b.error.as_deref().unwrap_or("no message")
+            );
+        }
+        if blocked.len() > 10 {
+            crate::outln!(
+                "           and {} more (`crm-jobs export queue` has them all)",
+                blocked.len() - 10
+            );
+        }
+    }
+    if let Some(until) = crm_pause {
+        crate::outln!(
+            "crm:       paused by a 429 until {} (every sync-queue process waits)",
+            until
+                .with_timezone(&chrono_tz::America::Sao_Paulo)
+                .format("%Y-%m-%d %H:%M:%S")
+        );
+    }
     crate::outln!("emails:    {}", list(&emails));
     crate::outln!(
         "boletos missing for {:02}/{}: {}",

@@ -1,12 +1,19 @@
 //! `crm-jobs sync-queue`: drains the CRM outbox. Items are claimed atomically (priority, then
 //! age; only those due), references are translated to CRM ids (an item whose references are not
-//! synced yet waits for them), requests go out within the rate limit shared by every process
-//! (kept in the store), and every attempt is logged. Transient failures back off exponentially
-//! up to the attempt limit; 4xx fail at once with the CRM's message; 401/403 stop the run and
-//! leave the items untouched; 429 pauses everyone as told. An item in flight when a process died
-//! is resent, at the next start, with the same idempotency key.
+//! synced yet waits for them, and is claimed again in priority order as soon as they are),
+//! requests go out within the rate limit shared by every process (kept in the store), and every
+//! attempt is logged. Transient failures back off exponentially up to the attempt limit; 4xx
+//! fail at once with the CRM's message; 401/403 stop the run and leave the items untouched; a
+//! 429 pauses everyone once, from its arrival, for at most `[sync] max_retry_after_secs`.
+//!
+//! A create whose first outcome is unknown (its process died with the request in flight, or the
+//! CRM answered a fault that may have come after the commit) is looked up by its natural key
+//! before it is sent again, and the record found is adopted: no duplicate even where the CRM
+//! ignores `Idempotency-Key`. Without a natural key it is sent again with the same key and stays
+//! `unknown_outcome`, for an operator. `--retry-failed` sends failed items again, each with its
+//! own key.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,13 +23,17 @@ use serde_json::Value;
 
 use super::Ctx;
 use crate::clock;
-use crate::crm::{self, CrmClient, CrmError, Reference, Request};
+use crate::crm::{self, CrmClient, CrmError, NaturalKey, Reference, Request};
 use crate::exit::{Code, CodedError};
 use crate::lifecycle::JobRun;
 use crate::store::{QueueItem, RequestLog};
 
 /// The shared rate limit's name in the store.
 const BUCKET: &str = "crm";
+
+/// Items claimed at once: small rounds keep the pipeline full without holding many items
+/// `processing`.
+const ROUND: u32 = 64;
 
 /// Arguments of `sync-queue`.
 #[derive(Debug, clap::Args)]
@@ -37,18 +48,47 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: Option<u32>,
     /// List the items this run would send, and stop: no request, no write.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "retry_failed")]
     pub dry_run: bool,
+    /// Send the `failed` items again (all, or those of `--id`), each with its own idempotency
+    /// key and no attempt counted; a create whose outcome is unknown is looked up first.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// With `--retry-failed`: only this item (repeat for more).
+    #[arg(long = "id", value_name = "N", requires = "retry_failed")]
+    pub ids: Vec<i64>,
 }
-
-/// A request that came back: what was sent, the answer, its duration in ms, when it left.
-type Sent = (Prepared, Result<crm::Answer, CrmError>, i64, String);
 
 /// What is sent for an item.
 struct Prepared {
     item: QueueItem,
+    /// `create`, `update`, `delete`, or `lookup` (a create's unknown outcome looked into).
     action: String,
     request: Request,
+    /// For a lookup: what to send once the CRM said whether it has the record.
+    lookup: Option<Box<Lookup>>,
+    /// The second request of an item (after its lookup): sent before anything new.
+    follow_up: bool,
+}
+
+/// A create whose outcome is unknown, looked up by its natural key.
+struct Lookup {
+    key: NaturalKey,
+    value: String,
+    resource: String,
+    payload: Value,
+}
+
+/// A request that came back.
+struct Sent {
+    p: Prepared,
+    result: Result<crm::Answer, CrmError>,
+    ms: i64,
+    /// When it left, on the job's clock (for the log).
+    at: String,
+    /// When it left and when its answer arrived, on the real clock (for the pause).
+    sent_ms: i64,
+    arrived_ms: i64,
 }
 
 enum Prepare {
@@ -58,11 +98,33 @@ enum Prepare {
     Defer(String),
 }
 
+/// What the drain does next.
+enum Next {
+    Send(Box<Prepared>),
+    /// An item was settled without a request: look again.
+    Again,
+    /// Nothing to send now: wait for an answer (or end when none is out).
+    Wait,
+}
+
+/// The configuration a drain works with.
+struct Settings {
+    resources: BTreeMap<String, String>,
+    references: HashMap<String, Vec<Reference>>,
+    natural_keys: HashMap<String, NaturalKey>,
+    list_pointer: String,
+    list_id_pointer: String,
+    max_attempts: u32,
+    backoff_secs: u64,
+    defer_secs: u64,
+    max_pause_secs: u64,
+    per_minute: u32,
+    concurrency: usize,
+}
+
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let cfg = &ctx.loaded.config;
     let batch = args.batch.unwrap_or(cfg.sync.batch);
-    let max_attempts = args.max_attempts.unwrap_or(cfg.sync.max_attempts);
-    let concurrency = args.concurrency.unwrap_or(cfg.crm.concurrency) as usize;
     if args.dry_run {
         let store = ctx.open_store()?;
         let rows = store.export_queue(Some("pending"))?;
@@ -97,18 +159,38 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         "CRM_JOBS_CRM_SECRET_ACCESS_TOKEN",
         cfg.crm.secret_token_file.as_deref(),
     )?;
+    if !args.ids.is_empty() {
+        check_failed(ctx, &args.ids)?;
+    }
     let client = Arc::new(CrmClient::new(&cfg.crm, &base, &access, &secret_token)?);
-    let references: HashMap<String, Vec<Reference>> = cfg
-        .crm
-        .references
-        .iter()
-        .map(|(e, refs)| {
-            (
-                e.clone(),
-                refs.iter().filter_map(|r| Reference::parse(r)).collect(),
-            )
-        })
-        .collect();
+    let settings = Settings {
+        resources: cfg.crm.resources.clone(),
+        references: cfg
+            .crm
+            .references
+            .iter()
+            .map(|(e, refs)| {
+                (
+                    e.clone(),
+                    refs.iter().filter_map(|r| Reference::parse(r)).collect(),
+                )
+            })
+            .collect(),
+        natural_keys: cfg
+            .crm
+            .natural_keys
+            .iter()
+            .filter_map(|(e, k)| Some((e.clone(), NaturalKey::parse(k)?)))
+            .collect(),
+        list_pointer: cfg.crm.list_pointer.clone(),
+        list_id_pointer: cfg.crm.list_id_pointer.clone(),
+        max_attempts: args.max_attempts.unwrap_or(cfg.sync.max_attempts),
+        backoff_secs: cfg.sync.backoff_secs,
+        defer_secs: cfg.sync.defer_secs,
+        max_pause_secs: cfg.sync.max_retry_after_secs,
+        per_minute: cfg.crm.rate_limit_per_minute,
+        concurrency: args.concurrency.unwrap_or(cfg.crm.concurrency) as usize,
+    };
 
     let origin = crate::lifecycle::default_origin();
     let mut run = JobRun::start(
@@ -121,14 +203,51 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     )?;
     let now = clock::to_store(ctx.clock.now());
     let recovered = run.store.recover_in_flight(&now)?;
-    if !recovered.is_empty() {
+    if !recovered.unknown.is_empty() {
         let m = format!(
-            "{} item(s) were in flight when a process died (unknown outcome): resent with the same idempotency key",
-            recovered.len()
+            "{} item(s) were in flight when a process died (unknown outcome): resent with the same idempotency key, a create first looked up at the CRM by its natural key",
+            recovered.unknown.len()
         );
         tracing::warn!("{m}");
         run.event("warn", m);
-        run.add("unknown_outcome", recovered.len() as i64);
+        run.add("unknown_outcome", recovered.unknown.len() as i64);
+    }
+    if recovered.untouched > 0 {
+        tracing::info!(
+            "{} item(s) claimed by a process that died before sending them: back in the queue, untouched",
+            recovered.untouched
+        );
+    }
+    // The ERP's own rows may name entities in the singular.
+    let renames: Vec<(String, String)> = run
+        .store
+        .pending_entities()?
+        .into_iter()
+        .filter(|e| !settings.resources.contains_key(e))
+        .filter_map(|e| {
+            let to = crm::canonical_entity(&e, &settings.resources)?.to_string();
+            Some((e, to))
+        })
+        .collect();
+    run.store.rename_pending_entities(&renames)?;
+    if args.retry_failed {
+        let ids = (!args.ids.is_empty()).then_some(args.ids.as_slice());
+        let retried = run.store.retry_failed(ids, &now)?;
+        for (id, newer) in &retried.stale {
+            let m = format!(
+                "item #{id}: not sent again: item #{newer}, a newer change of its record, was sent since (sending #{id} would undo it)"
+            );
+            tracing::warn!("{m}");
+            run.event("warn", m);
+        }
+        tracing::info!(
+            "{} failed item(s) sent again, each with its own idempotency key",
+            retried.requeued.len()
+        );
+        run.add("retried", retried.requeued.len() as i64);
+        if !retried.stale.is_empty() {
+            run.add("not_retried", retried.stale.len() as i64);
+        }
     }
     let priorities: Vec<(String, i64)> = cfg
         .sync
@@ -142,148 +261,31 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     run.add("cancelled", cancelled as i64);
 
     let bar = ctx.printer.progress(u64::from(batch), "sync");
-    let mut last_pause_check = Instant::now() - Duration::from_secs(1);
-    let mut last_limited = 0;
-    let mut paused: Option<u64> = None;
-    let mut budget = batch;
-    let mut stop: Option<String> = None;
-    let mut inflight: tokio::task::JoinSet<Sent> = tokio::task::JoinSet::new();
-    'rounds: while budget > 0 && stop.is_none() && paused.is_none() && !run.cancel.is_cancelled() {
-        let now = clock::to_store(ctx.clock.now());
-        // Small claims keep the pipeline full without holding many items `processing`.
-        let items = run.store.claim(run.run_id, &now, budget.min(64))?;
-        if items.is_empty() {
-            if inflight.is_empty() {
-                break;
-            }
-            // Answers still out may wake items waiting for a reference: take them, claim again.
-            while let Some(done) = inflight.join_next().await {
-                handle(&mut run, ctx, done?, max_attempts, &mut stop, &bar)?;
-            }
-            continue;
-        }
-        let mut queue = std::collections::VecDeque::from(items);
-        while let Some(item) = queue.pop_front() {
-            if stop.is_some() || run.cancel.is_cancelled() {
-                let mut rest: Vec<i64> = queue.iter().map(|i| i.id).collect();
-                rest.push(item.id);
-                run.store
-                    .release(&rest, &clock::to_store(ctx.clock.now()))?;
-                break 'rounds;
-            }
-            let now = clock::to_store(ctx.clock.now());
-            let prepared = match prepare(&run, &cfg.crm.resources, &references, item.clone()) {
-                Err(e) => {
-                    // A row the tool cannot send (unknown entity, payload not JSON) fails alone;
-                    // the rest of the queue goes on.
-                    let m = format!("{e:#}");
-                    run.store.record_failed(item.id, None, &m, &now)?;
-                    run.add("failed", 1);
-                    run.counts.total += 1;
-                    run.counts.failed += 1;
-                    tracing::warn!("{m}");
-                    continue;
-                }
-                Ok(p) => p,
-            };
-            let prepared = match prepared {
-                Prepare::Defer(waiting) => {
-                    let due = clock::to_store(
-                        ctx.clock.now() + chrono::Duration::seconds(cfg.sync.defer_secs as i64),
-                    );
-                    run.store.defer(item.id, &waiting, &due, &now)?;
-                    run.store.log_request(
-                        item.id,
-                        run.run_id,
-                        &now,
-                        "deferred",
-                        None,
-                        0,
-                        Some(&format!("waiting for {waiting}")),
-                    )?;
-                    run.add("deferred", 1);
-                    run.counts.skipped += 1;
-                    continue;
-                }
-                Prepare::Done(note) => {
-                    let log = RequestLog {
-                        run_id: run.run_id,
-                        at: &now,
-                        request: "none",
-                        status: None,
-                        duration_ms: 0,
-                        error: Some(note),
-                    };
-                    run.store.record_done(&item, "delete", None, &now, &log)?;
-                    run.add("done", 1);
-                    run.counts.total += 1;
-                    run.counts.ok += 1;
-                    budget = budget.saturating_sub(1);
-                    continue;
-                }
-                Prepare::Send(p) => p,
-            };
-            while inflight.len() >= concurrency {
-                if let Some(done) = inflight.join_next().await {
-                    handle(&mut run, ctx, done?, max_attempts, &mut stop, &bar)?;
-                }
-            }
-            // The shared rate limit, and any pause a 429 asked for. Without a limit of our own
-            // the shared pause is looked at after our own 429s and every 200 ms, not before
-            // every request.
-            let unlimited = cfg.crm.rate_limit_per_minute == 0;
-            let limited_now = run
-                .counters
-                .get("rate_limited")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            if !unlimited
-                || limited_now != last_limited
-                || last_pause_check.elapsed() >= Duration::from_millis(200)
-            {
-                last_pause_check = Instant::now();
-                last_limited = limited_now;
-                loop {
-                    let wait =
-                        run.store
-                            .rate_acquire(BUCKET, cfg.crm.rate_limit_per_minute, real_ms())?;
-                    if wait == 0 {
-                        break;
-                    }
-                    if Duration::from_millis(wait)
-                        > Duration::from_secs(cfg.sync.max_retry_after_secs)
-                    {
-                        // Not a failure: the CRM asked everyone to wait; the next run goes on.
-                        paused = Some(wait / 1000);
-                        break;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-                        _ = run.cancel.cancelled() => break,
-                    }
-                }
-                if stop.is_some() || paused.is_some() || run.cancel.is_cancelled() {
-                    let mut rest: Vec<i64> = queue.iter().map(|i| i.id).collect();
-                    rest.push(prepared.item.id);
-                    run.store
-                        .release(&rest, &clock::to_store(ctx.clock.now()))?;
-                    break 'rounds;
-                }
-            }
-            budget = budget.saturating_sub(1);
-            let client = client.clone();
-            let clock_now = ctx.clock;
-            inflight.spawn(async move {
-                let at = clock::to_store(clock_now.now());
-                let started = Instant::now();
-                let result = client.send(&prepared.request).await;
-                (*prepared, result, started.elapsed().as_millis() as i64, at)
-            });
-        }
-    }
-    while let Some(done) = inflight.join_next().await {
-        handle(&mut run, ctx, done?, max_attempts, &mut stop, &bar)?;
-    }
+    let mut drain = Drain {
+        ctx,
+        s: settings,
+        client,
+        inflight: tokio::task::JoinSet::new(),
+        ready: VecDeque::new(),
+        claimed: VecDeque::new(),
+        budget: batch,
+        stop: None,
+        too_long: None,
+        reclaim: false,
+        pause_until: 0,
+        last_pause_check: Instant::now() - Duration::from_secs(1),
+        bar,
+        run,
+    };
+    drain.drain().await?;
+    let Drain {
+        mut run,
+        mut stop,
+        too_long,
+        bar,
+        s,
+        ..
+    } = drain;
     ctx.printer.finish_progress(&bar);
     let n = |k: &str| run.counters.get(k).and_then(Value::as_i64).unwrap_or(0);
     let mut detail = format!(
@@ -302,13 +304,32 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             n("cancelled")
         ));
     }
-    if let Some(secs) = paused {
+    if n("adopted") > 0 {
+        detail.push_str(&format!(
+            "; {} found at the CRM by their natural key",
+            n("adopted")
+        ));
+    }
+    // A run that could send nothing because the CRM kept it waiting says so: it fails, so that
+    // `status`, the failure streak and the alerts show it.
+    let sent_nothing = n("done") == 0 && run.counts.failed == 0 && stop.is_none();
+    if let Some(secs) = too_long {
         let m = format!(
-            "the CRM asked to wait {secs}s (more than `[sync] max_retry_after_secs`): this run stopped sending; the items wait, untouched"
+            "the CRM asked to wait {secs}s (more than `[sync] max_retry_after_secs` = {}s): this run stopped sending; the items wait, untouched, and every process waits {}s",
+            s.max_pause_secs, s.max_pause_secs
         );
-        tracing::warn!("{m}");
-        run.event("warn", m);
-        detail.push_str(&format!("; paused by the CRM for {secs}s"));
+        if sent_nothing {
+            stop = Some(format!("nothing was sent: {m}; the next run tries again"));
+        } else {
+            tracing::warn!("{m}");
+            run.event("warn", m);
+            detail.push_str(&format!("; paused by the CRM for {secs}s"));
+        }
+    } else if sent_nothing && n("rate_limited") > 0 {
+        stop = Some(format!(
+            "nothing was sent: every request of this run ({}) was answered 429 Too Many Requests; the items wait, untouched",
+            n("rate_limited")
+        ));
     }
     let depth: i64 = run
         .store
@@ -321,213 +342,634 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     run.finish(&ctx.printer, stop.map(|m| anyhow!(m)), &detail)
 }
 
+/// `--id N`: each must be a failed item; anything else is a bad command line, and nothing is
+/// changed.
+fn check_failed(ctx: &Ctx, ids: &[i64]) -> Result<()> {
+    let store = ctx.open_store()?;
+    for (id, status) in store.item_statuses(ids)? {
+        let problem = match status.as_deref() {
+            Some("failed") => continue,
+            Some(other) => format!(
+                "item #{id} is `{other}`, not `failed`: `--retry-failed` sends failed items only"
+            ),
+            None => format!("there is no item #{id} in the queue"),
+        };
+        return Err(CodedError {
+            code: Code::Usage,
+            message: format!("{problem}; nothing was changed"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 fn real_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// The request for an item: the action resolved against the CRM ids known, the references
-/// translated.
-fn prepare(
-    run: &JobRun,
-    resources: &std::collections::BTreeMap<String, String>,
-    references: &HashMap<String, Vec<Reference>>,
-    item: QueueItem,
-) -> Result<Prepare> {
-    let Some(resource) = resources.get(&item.entity) else {
-        return Err(anyhow!(
-            "item #{}: entity `{}` has no `[crm.resources]` path",
-            item.id,
-            item.entity
-        ));
-    };
-    let known = run.store.external_id(&item.entity, &item.record_id)?;
-    let action = match (item.action.as_str(), &known) {
-        ("delete", None) => {
-            return Ok(Prepare::Done(
-                "delete of a record the CRM never had: nothing sent",
-            ));
-        }
-        ("upsert" | "update", Some(_)) => "update",
-        ("upsert" | "update" | "create", None) => "create",
-        ("create", Some(_)) => "update",
-        (other, _) => other,
-    }
-    .to_string();
-    let mut payload: Value = serde_json::from_str(&item.payload)
-        .map_err(|e| anyhow!("item #{}: the payload is not JSON: {e}", item.id))?;
-    if let Some(refs) = references.get(&item.entity) {
-        let mut failed = None;
-        let result = crm::translate(&mut payload, refs, |entity, erp| {
-            match run.store.external_id(entity, erp) {
-                Ok(v) => v,
-                Err(e) => {
-                    failed = Some(e);
-                    None
-                }
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        if let Err((entity, erp)) = result {
-            return Ok(Prepare::Defer(format!("{entity}:{erp}")));
-        }
-    }
-    let (method, path, body) = match (action.as_str(), &known) {
-        ("create", _) => (Method::POST, resource.clone(), Some(payload)),
-        ("update", Some(id)) => (Method::PUT, format!("{resource}/{id}"), Some(payload)),
-        ("delete", Some(id)) => (Method::DELETE, format!("{resource}/{id}"), None),
-        _ => {
-            return Err(anyhow!(
-                "item #{}: cannot {action} without a CRM id",
-                item.id
-            ));
-        }
-    };
-    Ok(Prepare::Send(Box::new(Prepared {
-        request: Request {
-            method,
-            path,
-            body,
-            idempotency_key: item.idempotency_key.clone(),
-        },
-        action,
-        item,
-    })))
+/// One run's drain of the queue.
+struct Drain<'a> {
+    ctx: &'a Ctx,
+    run: JobRun,
+    s: Settings,
+    client: Arc<CrmClient>,
+    inflight: tokio::task::JoinSet<Sent>,
+    /// Second requests of items already claimed (after a lookup), sent before anything new.
+    ready: VecDeque<Prepared>,
+    /// Items claimed and not yet looked at.
+    claimed: VecDeque<QueueItem>,
+    /// Items this run may still send.
+    budget: u32,
+    /// Why the run stopped (credentials refused).
+    stop: Option<String>,
+    /// A 429 asked for more than `[sync] max_retry_after_secs` (seconds asked).
+    too_long: Option<u64>,
+    /// Items woke since the last claim: claim again, so that they go out in priority order.
+    reclaim: bool,
+    /// The end of the pause in force, as last known (Unix ms, real clock).
+    pause_until: i64,
+    last_pause_check: Instant,
+    bar: indicatif::ProgressBar,
 }
 
-/// Records one answer.
-#[allow(clippy::too_many_arguments)]
-fn handle(
-    run: &mut JobRun,
-    ctx: &Ctx,
-    (p, result, ms, at_owned): Sent,
-    max_attempts: u32,
-    stop: &mut Option<String>,
-    bar: &indicatif::ProgressBar,
-) -> Result<()> {
-    let at = at_owned.as_str();
-    let now = clock::to_store(ctx.clock.now());
-    let item = &p.item;
-    let what = format!(
-        "item #{} ({} {} {})",
-        item.id, p.action, item.entity, item.record_id
-    );
-    let summary = p.request.summary();
-    bar.inc(1);
-    match result {
-        Ok(answer) => {
-            let ext = answer.external_id.clone().or_else(|| {
-                // An update or a delete answers the record we named.
-                p.request
-                    .path
-                    .rsplit('/')
-                    .next()
-                    .filter(|_| p.action != "create")
-                    .map(str::to_string)
-            });
-            let log = RequestLog {
-                run_id: run.run_id,
-                at,
-                request: &summary,
-                status: Some(answer.status),
-                duration_ms: ms,
-                error: None,
+impl Drain<'_> {
+    fn halted(&self) -> bool {
+        self.stop.is_some() || self.too_long.is_some() || self.run.cancel.is_cancelled()
+    }
+
+    fn now(&self) -> String {
+        clock::to_store(self.ctx.clock.now())
+    }
+
+    async fn drain(&mut self) -> Result<()> {
+        loop {
+            // Answers are taken as soon as they are back: a 429 pauses at once, a synced
+            // record wakes its waiters at once.
+            while let Some(done) = self.inflight.try_join_next() {
+                self.handle(done?)?;
+            }
+            if self.halted() {
+                break;
+            }
+            if self.reclaim {
+                self.give_back_claimed()?;
+                self.reclaim = false;
+            }
+            if self.inflight.len() >= self.s.concurrency {
+                self.wait_answer().await?;
+                continue;
+            }
+            let prepared = match self.next()? {
+                Next::Send(p) => p,
+                Next::Again => continue,
+                Next::Wait if self.inflight.is_empty() => break,
+                Next::Wait => {
+                    // Answers still out may wake items waiting for a reference.
+                    self.wait_answer().await?;
+                    continue;
+                }
             };
-            let woken = run
-                .store
-                .record_done(item, &p.action, ext.as_deref(), &now, &log)?;
-            if woken > 0 {
-                run.add("woken", woken as i64);
-            }
-            run.counts.total += 1;
-            run.counts.ok += 1;
-            run.item_duration(ms);
-            run.add("done", 1);
-            if ctx.printer.item_lines() {
-                tracing::info!("{what}: {summary} -> {} [{ms}ms]", answer.status);
-            }
-        }
-        Err(CrmError::Stop(m)) => {
-            run.store
-                .log_request(item.id, run.run_id, at, &summary, None, ms, Some(&m))?;
-            run.store.release(&[item.id], &now)?;
-            if stop.is_none() {
-                *stop = Some(m);
-            }
-        }
-        Err(CrmError::RateLimited { retry_after }) => {
-            run.store.log_request(
-                item.id,
-                run.run_id,
-                at,
-                &summary,
-                Some(429),
-                ms,
-                Some("429 Too Many Requests"),
-            )?;
-            run.store
-                .rate_pause(BUCKET, real_ms() + retry_after.as_millis() as i64)?;
-            run.store.release(&[item.id], &now)?;
-            run.add("rate_limited", 1);
-            run.counts.skipped += 1;
-            tracing::warn!(
-                "{what}: the CRM answered 429; everyone waits {}s as told, the item goes back to the queue",
-                retry_after.as_secs()
-            );
-        }
-        Err(CrmError::Transient { status, message }) => {
-            run.store.log_request(
-                item.id,
-                run.run_id,
-                at,
-                &summary,
-                status,
-                ms,
-                Some(&message),
-            )?;
-            let backoff = ctx
-                .loaded
-                .config
-                .sync
-                .backoff_secs
-                .saturating_mul(1 << item.attempts.min(16));
-            let due = clock::to_store(ctx.clock.now() + chrono::Duration::seconds(backoff as i64));
-            let failed =
-                run.store
-                    .record_retry(item.id, status, &message, &due, max_attempts, &now)?;
-            run.counts.total += 1;
-            run.counts.failed += 1;
-            run.item_duration(ms);
-            if failed {
-                run.add("failed", 1);
-                tracing::warn!("{what}: {message}; failed after {max_attempts} attempts");
+            if self.wait_turn(&prepared).await? {
+                self.send(*prepared)?;
+            } else if prepared.follow_up {
+                self.ready.push_front(*prepared);
             } else {
-                run.add("retry", 1);
-                tracing::warn!(
-                    "{what}: {message}; retried after {backoff}s (attempt {} of {max_attempts})",
-                    item.attempts + 1
-                );
+                self.claimed.push_front(prepared.item);
             }
         }
-        Err(CrmError::Permanent { status, message }) => {
-            run.store.log_request(
-                item.id,
-                run.run_id,
-                at,
-                &summary,
-                Some(status),
-                ms,
-                Some(&message),
-            )?;
-            run.store
-                .record_failed(item.id, Some(status), &message, &now)?;
-            run.counts.total += 1;
-            run.counts.failed += 1;
-            run.item_duration(ms);
-            run.add("failed", 1);
-            tracing::warn!("{what}: {message}");
+        while let Some(done) = self.inflight.join_next().await {
+            self.handle(done?)?;
+        }
+        let now = self.now();
+        let ready: Vec<i64> = self.ready.drain(..).map(|p| p.item.id).collect();
+        self.run.store.release(&ready, &now)?;
+        self.give_back_claimed()
+    }
+
+    /// Claimed items not sent go back to `pending`, untouched.
+    fn give_back_claimed(&mut self) -> Result<()> {
+        let ids: Vec<i64> = self.claimed.drain(..).map(|i| i.id).collect();
+        if !ids.is_empty() {
+            let now = self.now();
+            self.run.store.release(&ids, &now)?;
+        }
+        Ok(())
+    }
+
+    async fn wait_answer(&mut self) -> Result<()> {
+        if let Some(done) = self.inflight.join_next().await {
+            self.handle(done?)?;
+        }
+        Ok(())
+    }
+
+    /// The next request: a second request of an item first, else the next claimed item
+    /// (settling inline those that need no request).
+    fn next(&mut self) -> Result<Next> {
+        if let Some(p) = self.ready.pop_front() {
+            return Ok(Next::Send(Box::new(p)));
+        }
+        if self.claimed.is_empty() {
+            if self.budget == 0 {
+                return Ok(Next::Wait);
+            }
+            let now = self.now();
+            let run_id = self.run.run_id;
+            self.claimed = self
+                .run
+                .store
+                .claim(run_id, &now, self.budget.min(ROUND))?
+                .into();
+        }
+        let Some(item) = self.claimed.pop_front() else {
+            return Ok(Next::Wait);
+        };
+        let now = self.now();
+        match self.prepare(item.clone()) {
+            Err(e) => {
+                // A row the tool cannot send (unknown entity, payload not JSON) fails alone; the
+                // rest of the queue goes on.
+                let m = format!("{e:#}");
+                self.run.store.record_failed(item.id, None, &m, &now)?;
+                self.run.add("failed", 1);
+                self.run.counts.total += 1;
+                self.run.counts.failed += 1;
+                tracing::warn!("{m}");
+                Ok(Next::Again)
+            }
+            Ok(Prepare::Defer(waiting)) => {
+                let due = clock::to_store(
+                    self.ctx.clock.now() + chrono::Duration::seconds(self.s.defer_secs as i64),
+                );
+                self.run.store.defer(item.id, &waiting, &due, &now)?;
+                let run_id = self.run.run_id;
+                self.run.store.log_request(
+                    item.id,
+                    run_id,
+                    &now,
+                    "deferred",
+                    None,
+                    0,
+                    Some(&format!("waiting for {waiting}")),
+                )?;
+                self.run.add("deferred", 1);
+                self.run.counts.skipped += 1;
+                Ok(Next::Again)
+            }
+            Ok(Prepare::Done(note)) => {
+                let log = RequestLog {
+                    run_id: self.run.run_id,
+                    at: &now,
+                    request: "none",
+                    status: None,
+                    duration_ms: 0,
+                    error: Some(note),
+                };
+                self.run
+                    .store
+                    .record_done(&item, "delete", None, &now, &log)?;
+                self.run.add("done", 1);
+                self.run.counts.total += 1;
+                self.run.counts.ok += 1;
+                self.budget = self.budget.saturating_sub(1);
+                Ok(Next::Again)
+            }
+            Ok(Prepare::Send(p)) => Ok(Next::Send(p)),
         }
     }
-    Ok(())
+
+    /// Waits for the shared rate limit and any pause a 429 asked for, taking the answers that
+    /// come back meanwhile. False when the request must not go now: the run is stopping, or
+    /// items woke that may come before this one.
+    async fn wait_turn(&mut self, p: &Prepared) -> Result<bool> {
+        loop {
+            if self.halted() || (self.reclaim && !p.follow_up) {
+                return Ok(false);
+            }
+            let wait = self.turn()?;
+            if wait == 0 {
+                return Ok(true);
+            }
+            let answer = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => None,
+                Some(done) = self.inflight.join_next(), if !self.inflight.is_empty() => Some(done),
+                _ = self.run.cancel.cancelled() => None,
+            };
+            if let Some(done) = answer {
+                self.handle(done?)?;
+            }
+        }
+    }
+
+    /// Milliseconds to wait before the next request (0: go, a token was taken).
+    fn turn(&mut self) -> Result<u64> {
+        let now = real_ms();
+        if self.s.per_minute > 0 {
+            return self.run.store.rate_acquire(BUCKET, self.s.per_minute, now);
+        }
+        // No limit of our own: the pause this process knows, and every 200 ms the one kept in
+        // the store (another process's 429), not a store write before every request.
+        if self.last_pause_check.elapsed() >= Duration::from_millis(200) {
+            self.last_pause_check = Instant::now();
+            let wait = self.run.store.rate_acquire(BUCKET, 0, now)?;
+            self.pause_until = self.pause_until.max(now + wait as i64);
+        }
+        Ok((self.pause_until - now).max(0) as u64)
+    }
+
+    fn send(&mut self, p: Prepared) -> Result<()> {
+        let now = self.now();
+        self.run.store.mark_sent(p.item.id, &now)?;
+        if !p.follow_up {
+            self.budget = self.budget.saturating_sub(1);
+        }
+        let client = self.client.clone();
+        let clock = self.ctx.clock;
+        // Taken here, not in the task: a request handed out before a pause began was in flight
+        // when it began, however late its task starts.
+        let sent_ms = real_ms();
+        self.inflight.spawn(async move {
+            let at = clock::to_store(clock.now());
+            let started = Instant::now();
+            let result = client.send(&p.request).await;
+            Sent {
+                ms: started.elapsed().as_millis() as i64,
+                arrived_ms: real_ms(),
+                sent_ms,
+                at,
+                result,
+                p,
+            }
+        });
+        Ok(())
+    }
+
+    /// The request for an item: the action resolved against the CRM ids known, the references
+    /// translated; a lookup first for a create whose outcome is unknown.
+    fn prepare(&self, item: QueueItem) -> Result<Prepare> {
+        let store = &self.run.store;
+        let Some(resource) = self.s.resources.get(&item.entity) else {
+            return Err(anyhow!(
+                "item #{}: entity `{}` has no `[crm.resources]` path",
+                item.id,
+                item.entity
+            ));
+        };
+        let known = store.external_id(&item.entity, &item.record_id)?;
+        let action = match (item.action.as_str(), &known) {
+            ("delete", None) => {
+                return Ok(Prepare::Done(
+                    "delete of a record the CRM never had: nothing sent",
+                ));
+            }
+            ("upsert" | "update", Some(_)) => "update",
+            ("upsert" | "update" | "create", None) => "create",
+            ("create", Some(_)) => "update",
+            (other, _) => other,
+        }
+        .to_string();
+        let mut payload: Value = serde_json::from_str(&item.payload)
+            .map_err(|e| anyhow!("item #{}: the payload is not JSON: {e}", item.id))?;
+        if let Some(refs) = self.s.references.get(&item.entity) {
+            let mut failed = None;
+            let result = crm::translate(&mut payload, refs, |entity, erp| {
+                match store.external_id(entity, erp) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if let Err((entity, erp)) = result {
+                return Ok(Prepare::Defer(format!("{entity}:{erp}")));
+            }
+        }
+        let request = |method: Method, path: String, body: Option<Value>| Request {
+            method,
+            path,
+            query: Vec::new(),
+            body,
+            idempotency_key: item.idempotency_key.clone(),
+        };
+        if action == "create"
+            && item.unknown_outcome
+            && let Some(key) = self.s.natural_keys.get(&item.entity)
+            && let Some(value) = key.value(&payload)
+        {
+            let mut get = request(Method::GET, resource.clone(), None);
+            get.query = vec![(key.filter.clone(), value.clone())];
+            return Ok(Prepare::Send(Box::new(Prepared {
+                request: get,
+                action: "lookup".into(),
+                lookup: Some(Box::new(Lookup {
+                    key: key.clone(),
+                    value,
+                    resource: resource.clone(),
+                    payload,
+                })),
+                follow_up: false,
+                item,
+            })));
+        }
+        let request = match (action.as_str(), &known) {
+            ("create", _) => request(Method::POST, resource.clone(), Some(payload)),
+            ("update", Some(id)) => request(Method::PUT, format!("{resource}/{id}"), Some(payload)),
+            ("delete", Some(id)) => request(Method::DELETE, format!("{resource}/{id}"), None),
+            _ => {
+                return Err(anyhow!(
+                    "item #{}: cannot {action} without a CRM id",
+                    item.id
+                ));
+            }
+        };
+        Ok(Prepare::Send(Box::new(Prepared {
+            request,
+            action,
+            lookup: None,
+            follow_up: false,
+            item,
+        })))
+    }
+
+    /// Records one answer.
+    fn handle(&mut self, sent: Sent) -> Result<()> {
+        let Sent {
+            p,
+            result,
+            ms,
+            at,
+            sent_ms,
+            arrived_ms,
+        } = sent;
+        let at = at.as_str();
+        let now = self.now();
+        let run_id = self.run.run_id;
+        let what = format!(
+            "item #{} ({} {} {})",
+            p.item.id, p.action, p.item.entity, p.item.record_id
+        );
+        let summary = p.request.summary();
+        if p.lookup.is_none() {
+            self.bar.inc(1);
+        }
+        if let (Some(lookup), Ok(answer)) = (&p.lookup, &result) {
+            let found = lookup.key.matches(
+                answer.body.as_ref().unwrap_or(&Value::Null),
+                &self.s.list_pointer,
+                &self.s.list_id_pointer,
+                &lookup.value,
+            );
+            let status = answer.status;
+            return self.found(p, found, status, &summary, (at, ms), &what);
+        }
+        let item = &p.item;
+        match result {
+            Ok(answer) => {
+                let ext = answer.external_id.clone().or_else(|| {
+                    // An update or a delete answers the record we named.
+                    p.request
+                        .path
+                        .rsplit('/')
+                        .next()
+                        .filter(|_| p.action != "create")
+                        .map(str::to_string)
+                });
+                let log = RequestLog {
+                    run_id,
+                    at,
+                    request: &summary,
+                    status: Some(answer.status),
+                    duration_ms: ms,
+                    error: None,
+                };
+                let woken =
+                    self.run
+                        .store
+                        .record_done(item, &p.action, ext.as_deref(), &now, &log)?;
+                if woken > 0 {
+                    self.run.add("woken", woken as i64);
+                    self.reclaim = true;
+                }
+                self.run.counts.total += 1;
+                self.run.counts.ok += 1;
+                self.run.item_duration(ms);
+                self.run.add("done", 1);
+                if self.ctx.printer.item_lines() {
+                    tracing::info!("{what}: {summary} -> {} [{ms}ms]", answer.status);
+                }
+            }
+            Err(CrmError::Stop(m)) => {
+                self.run
+                    .store
+                    .log_request(item.id, run_id, at, &summary, None, ms, Some(&m))?;
+                self.run.store.release(&[item.id], &now)?;
+                if self.stop.is_none() {
+                    self.stop = Some(m);
+                }
+            }
+            Err(CrmError::RateLimited { retry_after }) => {
+                self.run.store.log_request(
+                    item.id,
+                    run_id,
+                    at,
+                    &summary,
+                    Some(429),
+                    ms,
+                    Some("429 Too Many Requests"),
+                )?;
+                let asked = retry_after.as_secs();
+                let wait = asked.min(self.s.max_pause_secs);
+                let before = self.pause_until;
+                let (pause, counted) =
+                    self.run
+                        .store
+                        .rate_pause(BUCKET, sent_ms, arrived_ms, wait as i64 * 1000)?;
+                self.pause_until = pause.until_ms;
+                // Another process may have paused meanwhile: the store says when it ends.
+                self.last_pause_check = Instant::now();
+                if asked > self.s.max_pause_secs && counted {
+                    self.too_long = Some(asked);
+                }
+                self.run.store.release(&[item.id], &now)?;
+                self.run.add("rate_limited", 1);
+                self.run.counts.skipped += 1;
+                if !counted {
+                    // Sent before the pause began: its answer does not extend it.
+                    tracing::debug!(
+                        "{what}: the CRM answered 429 to a request in flight when the pause began; the item goes back to the queue"
+                    );
+                } else if pause.until_ms != before {
+                    tracing::warn!(
+                        "{what}: the CRM answered 429; everyone waits {}s from its answer, the item goes back to the queue",
+                        ((pause.until_ms - arrived_ms).max(0) as u64).div_ceil(1000)
+                    );
+                }
+            }
+            Err(CrmError::Transient {
+                status,
+                message,
+                maybe_applied,
+            }) => {
+                let message = match &p.lookup {
+                    Some(l) => format!("looking the record up by `{}`: {message}", l.key.filter),
+                    None => message,
+                };
+                self.run.store.log_request(
+                    item.id,
+                    run_id,
+                    at,
+                    &summary,
+                    status,
+                    ms,
+                    Some(&message),
+                )?;
+                let backoff = self
+                    .s
+                    .backoff_secs
+                    .saturating_mul(1 << item.attempts.min(16));
+                let due = clock::to_store(
+                    self.ctx.clock.now() + chrono::Duration::seconds(backoff as i64),
+                );
+                // A create the CRM may have applied: its outcome is unknown until looked up.
+                let unknown = maybe_applied && p.request.method == Method::POST;
+                let max_attempts = self.s.max_attempts;
+                let failed = self.run.store.record_retry(
+                    item.id,
+                    status,
+                    &message,
+                    &due,
+                    max_attempts,
+                    unknown,
+                    &now,
+                )?;
+                if p.lookup.is_some() {
+                    self.bar.inc(1);
+                }
+                self.run.counts.total += 1;
+                self.run.counts.failed += 1;
+                self.run.item_duration(ms);
+                if failed {
+                    self.run.add("failed", 1);
+                    tracing::warn!("{what}: {message}; failed after {max_attempts} attempts");
+                } else {
+                    self.run.add("retry", 1);
+                    tracing::warn!(
+                        "{what}: {message}; retried after {backoff}s (attempt {} of {max_attempts})",
+                        item.attempts + 1
+                    );
+                }
+            }
+            Err(CrmError::Permanent { status, message }) => {
+                let message = match &p.lookup {
+                    Some(l) => format!(
+                        "looking the record up by `{}` (its create's outcome is unknown): {message}; check `[crm.natural_keys]`",
+                        l.key.filter
+                    ),
+                    None => message,
+                };
+                self.run.store.log_request(
+                    item.id,
+                    run_id,
+                    at,
+                    &summary,
+                    Some(status),
+                    ms,
+                    Some(&message),
+                )?;
+                self.run
+                    .store
+                    .record_failed(item.id, Some(status), &message, &now)?;
+                if p.lookup.is_some() {
+                    self.bar.inc(1);
+                }
+                self.run.counts.total += 1;
+                self.run.counts.failed += 1;
+                self.run.item_duration(ms);
+                self.run.add("failed", 1);
+                tracing::warn!("{what}: {message}");
+            }
+        }
+        Ok(())
+    }
+    /// What a lookup found: nothing (the create goes out), one record (adopted: its id is
+    /// learned by updating it with the payload), several (for an operator: the item fails).
+    fn found(
+        &mut self,
+        p: Prepared,
+        found: Vec<String>,
+        status: u16,
+        summary: &str,
+        (at, ms): (&str, i64),
+        what: &str,
+    ) -> Result<()> {
+        let Prepared {
+            mut item, lookup, ..
+        } = p;
+        let lookup = *lookup.expect("a lookup");
+        let now = self.now();
+        let by = format!("`{}`", lookup.key.filter);
+        let (note, next) = match found.as_slice() {
+            [] => (
+                format!("not found at the CRM by {by}: created"),
+                Some(("create", Method::POST, lookup.resource.clone())),
+            ),
+            [id] => (
+                format!("found at the CRM by {by} as {id}: that record is adopted and updated"),
+                Some(("update", Method::PUT, format!("{}/{id}", lookup.resource))),
+            ),
+            many => (
+                format!(
+                    "a create whose outcome is unknown, and the CRM has {} {} with this {by} (ids {}): which one is this record is for an operator to decide; nothing was sent",
+                    many.len(),
+                    item.entity,
+                    many.join(", ")
+                ),
+                None,
+            ),
+        };
+        let run_id = self.run.run_id;
+        self.run
+            .store
+            .log_request(item.id, run_id, at, summary, Some(status), ms, Some(&note))?;
+        let Some((action, method, path)) = next else {
+            self.run.store.record_failed(item.id, None, &note, &now)?;
+            self.bar.inc(1);
+            self.run.counts.total += 1;
+            self.run.counts.failed += 1;
+            self.run.add("failed", 1);
+            tracing::warn!("{what}: {note}");
+            return Ok(());
+        };
+        // The outcome is known now: created or not. A record found is adopted at once, so that
+        // whatever happens to the update, it is never created again.
+        self.run.store.set_unknown_outcome(item.id, false)?;
+        item.unknown_outcome = false;
+        if let [id] = found.as_slice() {
+            self.run
+                .store
+                .learn_external_id(&item.entity, &item.record_id, id, &now)?;
+            self.run.add("adopted", 1);
+        }
+        if self.ctx.printer.item_lines() {
+            tracing::info!("{what}: {summary} -> {status}: {note}");
+        }
+        self.ready.push_back(Prepared {
+            request: Request {
+                method,
+                path,
+                query: Vec::new(),
+                body: Some(lookup.payload),
+                idempotency_key: item.idempotency_key.clone(),
+            },
+            action: action.to_string(),
+            lookup: None,
+            follow_up: true,
+            item,
+        });
+        Ok(())
+    }
 }

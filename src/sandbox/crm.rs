@@ -1,7 +1,9 @@
 //! The sandbox's CRM REST API (SERVICES.md §3): the two credential headers, the four resources,
 //! the answer envelope, validation errors with the CRM's message, references that must be CRM
-//! ids, idempotency keys (switchable off), and a global limit per window answering `429` with
-//! `Retry-After`. It counts what a test needs: records created per idempotency key.
+//! ids (a venda's and an orçamento's client and products), lists with their filters and pages,
+//! idempotency keys (switchable off), faults after a write is committed (see `faults`), and a
+//! global limit per window answering `429` with `Retry-After`. It counts what a test needs:
+//! records created per idempotency key.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,14 +25,27 @@ pub const SECRET_TOKEN: &str = "sandbox-secret-token";
 
 const RESOURCES: &[&str] = &["clientes", "produtos", "vendas", "orcamentos"];
 
+/// Records per page of a list.
+const PAGE: usize = 20;
+
+/// The filters each list takes; `nome` matches a part of the name, the others the whole value
+/// (`cpf_cnpj` by its digits, with or without punctuation).
+fn filters(resource: &str) -> &'static [&'static str] {
+    match resource {
+        "clientes" => &["nome", "cpf_cnpj", "email"],
+        "produtos" => &["nome", "codigo_barras", "codigo_interno"],
+        _ => &["cliente_id", "codigo"],
+    }
+}
+
 #[derive(Default)]
 struct Data {
     records: HashMap<String, HashMap<String, Value>>,
     next_id: u64,
     idempotency: bool,
     answers: HashMap<String, (u16, Value)>,
-    /// Records created under each idempotency key (more than one is a duplicate).
-    created_by_key: HashMap<String, u32>,
+    /// Records created under each idempotency key, per resource (more than one is a duplicate).
+    created_by_key: HashMap<(String, String), u32>,
     limit: Option<(usize, Duration)>,
     window: VecDeque<Instant>,
     rejected_429: u64,
@@ -94,6 +109,19 @@ impl CrmState {
             .count()
     }
 
+    /// Idempotency keys under which more than one record of `resource` was created, sorted.
+    pub fn duplicate_keys(&self, resource: &str) -> Vec<String> {
+        let d = self.data.lock().unwrap();
+        let mut keys: Vec<String> = d
+            .created_by_key
+            .iter()
+            .filter(|((r, _), n)| r == resource && **n > 1)
+            .map(|((_, k), _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Requests that carried each idempotency key, in total (creates only).
     pub fn creates(&self) -> u32 {
         self.data.lock().unwrap().created_by_key.values().sum()
@@ -102,7 +130,7 @@ impl CrmState {
 
 pub fn routes(state: Arc<CrmState>) -> Router {
     Router::new()
-        .route("/crm/{resource}", post(create))
+        .route("/crm/{resource}", post(create).get(list))
         .route("/crm/{resource}/{id}", get(read).put(update).delete(remove))
         .with_state(state)
 }
@@ -151,7 +179,12 @@ async fn gate(s: &CrmState, headers: &HeaderMap, resource: &str) -> Option<Respo
             );
             r.headers_mut().insert(
                 "retry-after",
-                (wait.as_secs() + 1).to_string().parse().expect("digits"),
+                wait.as_millis()
+                    .div_ceil(1000)
+                    .max(1)
+                    .to_string()
+                    .parse()
+                    .expect("digits"),
             );
             return Some(r);
         }
@@ -177,10 +210,15 @@ fn validate(d: &Data, resource: &str, body: &Value) -> Result<(), String> {
         id.as_str()
             .is_some_and(|i| d.records.get(r).is_some_and(|m| m.contains_key(i)))
     };
-    if resource == "vendas" {
+    if matches!(resource, "vendas" | "orcamentos") {
+        // A venda must name its client; an orçamento may leave it out, but not name one that
+        // is not a CRM id.
         match obj.get("cliente_id") {
             Some(id) if exists("clientes", id) => {}
-            _ => return Err("Cliente não encontrado".into()),
+            None if resource == "orcamentos" => {}
+            Some(Value::String(id)) => return Err(format!("Cliente {id} não encontrado.")),
+            Some(id @ Value::Number(_)) => return Err(format!("Cliente {id} não encontrado.")),
+            _ => return Err("Cliente não encontrado.".into()),
         }
         if let Some(items) = obj.get("produtos").and_then(Value::as_array) {
             for item in items {
@@ -224,12 +262,16 @@ async fn create(
     let mut record = body;
     record["id"] = Value::String(id.clone());
     d.records
-        .entry(resource)
+        .entry(resource.clone())
         .or_default()
         .insert(id, record.clone());
     if let Some(k) = key {
-        *d.created_by_key.entry(k.clone()).or_default() += 1;
+        *d.created_by_key.entry((resource, k.clone())).or_default() += 1;
         d.answers.insert(k, (200, record.clone()));
+    }
+    drop(d);
+    if let Some(r) = s.faults.after_commit(Route::Crm) {
+        return r;
     }
     envelope(StatusCode::OK, record)
 }
@@ -270,6 +312,10 @@ async fn update(
             let mut record = body;
             record["id"] = Value::String(id);
             *r = record.clone();
+            drop(d);
+            if let Some(r) = s.faults.after_commit(Route::Crm) {
+                return r;
+            }
             envelope(StatusCode::OK, record)
         }
         None => error(StatusCode::NOT_FOUND, "Registro não encontrado"),
@@ -286,7 +332,100 @@ async fn remove(
     }
     let mut d = s.data.lock().unwrap();
     match d.records.get_mut(&resource).and_then(|m| m.remove(&id)) {
-        Some(_) => envelope(StatusCode::OK, json!({"id": id})),
+        Some(_) => {
+            drop(d);
+            if let Some(r) = s.faults.after_commit(Route::Crm) {
+                return r;
+            }
+            envelope(StatusCode::OK, json!({"id": id}))
+        }
         None => error(StatusCode::NOT_FOUND, "Registro não encontrado"),
     }
+}
+
+/// Digits of a value, for comparing CPFs and CNPJs written with or without punctuation.
+fn digits(v: &str) -> String {
+    v.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// `GET /{resource}?pagina=N&filter=value...`: 20 records a page, by id, with `meta`.
+async fn list(
+    State(s): State<Arc<CrmState>>,
+    Path(resource): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = gate(&s, &headers, &resource).await {
+        return r;
+    }
+    let page = match query.get("pagina").map(|p| p.parse::<usize>()) {
+        None => 1,
+        Some(Ok(p)) if p >= 1 => p,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "Página inválida"),
+    };
+    let allowed = filters(&resource);
+    let mut wanted = Vec::new();
+    for (k, v) in &query {
+        if k == "pagina" {
+            continue;
+        }
+        if !allowed.contains(&k.as_str()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("Filtro {k} não suportado"),
+            );
+        }
+        wanted.push((k.as_str(), v.as_str()));
+    }
+    let d = s.data.lock().unwrap();
+    let mut found: Vec<&Value> = d
+        .records
+        .get(&resource)
+        .map(|m| m.values().collect())
+        .unwrap_or_default();
+    found.retain(|r| {
+        wanted.iter().all(|(k, v)| {
+            let field = match r.get(*k) {
+                Some(Value::String(f)) => f.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => return false,
+            };
+            match *k {
+                "nome" => field.to_lowercase().contains(&v.to_lowercase()),
+                "cpf_cnpj" => !digits(v).is_empty() && digits(&field) == digits(v),
+                _ => field == *v,
+            }
+        })
+    });
+    let id = |r: &Value| {
+        r["id"]
+            .as_str()
+            .and_then(|i| i.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    found.sort_by_key(|r| id(r));
+    let total = found.len();
+    let pages = total.div_ceil(PAGE).max(1);
+    let data: Vec<Value> = found
+        .into_iter()
+        .skip((page - 1) * PAGE)
+        .take(PAGE)
+        .cloned()
+        .collect();
+    (
+        StatusCode::OK,
+        axum::Json(json!({
+            "code": 200,
+            "status": "success",
+            "meta": {
+                "total_registros": total,
+                "total_paginas": pages,
+                "total_registros_pagina": data.len(),
+                "pagina_atual": page,
+                "limite_por_pagina": PAGE,
+            },
+            "data": data,
+        })),
+    )
+        .into_response()
 }

@@ -1,6 +1,6 @@
 //! Switchable faults shared by every sandbox service: latency (with jitter), queued error
-//! answers, connection resets, holds that keep requests waiting until released, and counters
-//! that tests wait on instead of sleeping.
+//! answers, connection resets, faults *after* a write was committed, holds that keep requests
+//! waiting until released, and counters that tests wait on instead of sleeping.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -45,6 +45,13 @@ pub enum Fault {
     },
     /// Start the answer, then drop the connection.
     Reset,
+    /// Answer this status (with `Retry-After` seconds when given) only `after_ms` later than
+    /// the request would otherwise be answered.
+    Late {
+        status: u16,
+        retry_after: Option<u64>,
+        after_ms: u64,
+    },
 }
 
 #[derive(Default)]
@@ -61,6 +68,12 @@ struct Inner {
     hold_after: HashMap<Route, u64>,
     seen: HashMap<Route, u64>,
     in_flight: HashMap<Route, u64>,
+    /// Statuses answered to the next writes of a route after they were committed.
+    after_commit: HashMap<Route, VecDeque<u16>>,
+    /// Fraction (0..1) of writes answered with 503 after they were committed, at random.
+    after_commit_rate: f64,
+    /// Writes committed and then answered with an error.
+    faulted_after_commit: HashMap<Route, u64>,
 }
 
 /// The fault switchboard.
@@ -97,6 +110,52 @@ impl Faults {
     /// [`Faults::set_error_rate`]).
     pub fn set_reset_rate(&self, rate: f64) {
         self.inner.lock().unwrap().reset_rate = rate;
+    }
+
+    /// Answers the next `times` writes of `route` with `status` *after* committing them: the
+    /// change is made, the client is told it failed.
+    pub fn push_after_commit(&self, route: Route, status: u16, times: usize) {
+        let mut inner = self.inner.lock().unwrap();
+        let q = inner.after_commit.entry(route).or_default();
+        q.extend(std::iter::repeat_n(status, times));
+    }
+
+    /// Answers this fraction of writes with 503 after committing them, at random.
+    pub fn set_after_commit_rate(&self, rate: f64) {
+        self.inner.lock().unwrap().after_commit_rate = rate;
+    }
+
+    /// Writes of `route` committed and then answered with an error, so far.
+    pub fn faulted_after_commit(&self, route: Route) -> u64 {
+        *self
+            .inner
+            .lock()
+            .unwrap()
+            .faulted_after_commit
+            .get(&route)
+            .unwrap_or(&0)
+    }
+
+    /// Called by a handler once its write is committed: the error answer that replaces the
+    /// success, if a fault applies.
+    pub fn after_commit(&self, route: Route) -> Option<Response> {
+        let mut inner = self.inner.lock().unwrap();
+        let mut status = inner
+            .after_commit
+            .get_mut(&route)
+            .and_then(VecDeque::pop_front);
+        if status.is_none()
+            && inner.after_commit_rate > 0.0
+            && fastrand::f64() < inner.after_commit_rate
+        {
+            status = Some(503);
+        }
+        let status = status?;
+        *inner.faulted_after_commit.entry(route).or_default() += 1;
+        Some(answer(Fault::Status {
+            status,
+            retry_after: None,
+        }))
     }
 
     /// Keeps requests of `route` waiting (after they are counted) until [`Faults::release_all`].
@@ -198,8 +257,12 @@ impl Faults {
             let mut inner = self.inner.lock().unwrap();
             *inner.in_flight.entry(route).or_default() -= 1;
         }
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+        let late = match fault {
+            Some(Fault::Late { after_ms, .. }) => after_ms,
+            _ => 0,
+        };
+        if delay + late > 0 {
+            tokio::time::sleep(Duration::from_millis(delay + late)).await;
         }
         fault.map(answer)
     }
@@ -210,6 +273,11 @@ fn answer(fault: Fault) -> Response {
         Fault::Status {
             status,
             retry_after,
+        }
+        | Fault::Late {
+            status,
+            retry_after,
+            ..
         } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut resp = (

@@ -1,5 +1,7 @@
-//! SQL of the CRM outbox: enqueueing, superseding, claiming, outcomes, the CRM ids learned,
-//! the request log, the shared rate limit, and the retention of old rows.
+//! SQL of the CRM outbox: enqueueing, superseding (payloads merged), claiming, which claimed
+//! items were sent, outcomes, failed items sent again and the items they block, the CRM ids
+//! learned, the request log, the shared rate limit and its 429 pause, and the retention of old
+//! rows.
 
 use anyhow::Result;
 use rusqlite::{OptionalExtension, params};
@@ -48,7 +50,59 @@ pub struct QueueExport {
     pub idempotency_key: Option<String>,
     pub created_at: String,
     pub finished_at: Option<String>,
+    /// The failed item this one waits for (its `waiting_for` record's last change failed and
+    /// nothing newer of that record is on its way).
+    pub blocked_by_item: Option<i64>,
+    /// That failed item's error.
+    pub blocked_by_error: Option<String>,
 }
+
+/// A pending item that waits for a record whose last change failed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Blocked {
+    pub id: i64,
+    pub entity: String,
+    pub record_id: String,
+    pub waiting_for: String,
+    pub failed_item: i64,
+    pub error: Option<String>,
+}
+
+/// What the recovery of a dead process's items found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Items whose request was in flight: now `pending` and `unknown_outcome`.
+    pub unknown: Vec<i64>,
+    /// Items only claimed, never sent: back to `pending`, untouched.
+    pub untouched: usize,
+}
+
+/// What `sync-queue --retry-failed` did.
+#[derive(Debug, Default)]
+pub struct Retried {
+    /// Failed items now pending again.
+    pub requeued: Vec<i64>,
+    /// Failed items left failed, each with the newer change of its record already done.
+    pub stale: Vec<(i64, i64)>,
+}
+
+/// The shared pause of a rate limit: from when (the 429's arrival) until when, Unix ms.
+#[derive(Debug, Clone, Copy)]
+pub struct RatePause {
+    pub from_ms: i64,
+    pub until_ms: i64,
+}
+
+/// The failed item a pending item waits for (`q` the waiting item): its record's newest failed
+/// change, when no change of that record is pending, processing or done after it.
+const BLOCKED_BY: &str = "SELECT f.id FROM sync_queue f
+     WHERE q.status = 'pending' AND q.waiting_for IS NOT NULL
+       AND f.entity = substr(q.waiting_for, 1, instr(q.waiting_for, ':') - 1)
+       AND f.record_id = substr(q.waiting_for, instr(q.waiting_for, ':') + 1)
+       AND f.status = 'failed'
+       AND NOT EXISTS (SELECT 1 FROM sync_queue o WHERE o.entity = f.entity AND o.record_id = f.record_id
+                         AND o.id > f.id AND o.status IN ('pending', 'processing', 'done'))
+     ORDER BY f.id DESC LIMIT 1";
 
 /// A request as logged in `sync_log`.
 pub struct RequestLog<'a> {
@@ -64,6 +118,7 @@ pub struct RequestLog<'a> {
 struct Pending {
     id: i64,
     action: String,
+    payload: String,
     attempts: i64,
     unknown: bool,
 }
@@ -132,8 +187,11 @@ impl Store {
     }
 
     /// Folds several pending, never-sent changes of one record into the newest: returns
-    /// (superseded, cancelled). A create is kept as a create; a create never sent followed by a
-    /// delete cancels both. Changes that may have reached the CRM are never folded.
+    /// (superseded, cancelled). The payloads merge, the later's fields over the earlier's
+    /// (objects key by key; after a delete, only the changes since it): no field is lost. A
+    /// create is kept as a create; a create never sent followed by a delete cancels both.
+    /// Changes that may have reached the CRM are never folded, nor a group with a payload that
+    /// is not a JSON object (each goes out, and that one fails with its reason).
     pub fn supersede(&mut self, now: &str) -> Result<(usize, usize)> {
         let tx = self.conn.transaction()?;
         let groups: Vec<(String, String)> = {
@@ -148,15 +206,16 @@ impl Store {
         for (entity, record) in groups {
             let items: Vec<Pending> = {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT id, action, attempts, unknown_outcome FROM sync_queue
+                    "SELECT id, action, payload, attempts, unknown_outcome FROM sync_queue
                      WHERE status = 'pending' AND entity = ?1 AND record_id = ?2 ORDER BY id",
                 )?;
                 stmt.query_map(params![entity, record], |r| {
                     Ok(Pending {
                         id: r.get(0)?,
                         action: r.get(1)?,
-                        attempts: r.get(2)?,
-                        unknown: r.get(3)?,
+                        payload: r.get(2)?,
+                        attempts: r.get(3)?,
+                        unknown: r.get(4)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?
@@ -173,6 +232,27 @@ impl Store {
                 continue;
             }
             let newest = &items[items.len() - 1];
+            // The payload sent: every change since the last delete, merged in order.
+            let since_delete = items[..items.len() - 1]
+                .iter()
+                .rposition(|p| p.action == "delete")
+                .map_or(0, |k| k + 1);
+            let mut merged: Option<serde_json::Value> = None;
+            let mut foldable = true;
+            if newest.action != "delete" {
+                for p in &items[since_delete..] {
+                    match serde_json::from_str::<serde_json::Value>(&p.payload) {
+                        Ok(v @ serde_json::Value::Object(_)) => match merged.as_mut() {
+                            Some(m) => crate::crm::merge(m, v),
+                            None => merged = Some(v),
+                        },
+                        _ => foldable = false,
+                    }
+                }
+            }
+            if !foldable {
+                continue;
+            }
             let had_create = items[..items.len() - 1]
                 .iter()
                 .any(|p| p.action == "create");
@@ -202,9 +282,10 @@ impl Store {
             }
             match action {
                 Some(a) => {
+                    let payload = merged.map_or_else(|| newest.payload.clone(), |m| m.to_string());
                     tx.execute(
-                        "UPDATE sync_queue SET action = ?2, updated_at = ?3 WHERE id = ?1",
-                        params![newest.id, a, now],
+                        "UPDATE sync_queue SET action = ?2, payload = ?3, updated_at = ?4 WHERE id = ?1",
+                        params![newest.id, a, payload, now],
                     )?;
                 }
                 None => {
@@ -242,25 +323,146 @@ impl Store {
         Ok(())
     }
 
-    /// Items left `processing` by a dead process: their request's outcome is unknown. They go
-    /// back to `pending`, marked, to be resent with the same idempotency key.
-    pub fn recover_in_flight(&mut self, now: &str) -> Result<Vec<(i64, Option<i64>)>> {
+    /// Items left `processing` by a dead process. Those whose request had left (`sent_at`)
+    /// have an unknown outcome: back to `pending`, marked, to be sent again with the same
+    /// idempotency key. Those only claimed go back untouched.
+    pub fn recover_in_flight(&mut self, now: &str) -> Result<Recovered> {
         let tx = self.conn.transaction()?;
-        let ids: Vec<(i64, Option<i64>)> = {
-            let mut stmt =
-                tx.prepare("SELECT id, claimed_run FROM sync_queue WHERE status = 'processing'")?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let unknown: Vec<i64> = {
+            let mut stmt = tx.prepare(
+                "SELECT id FROM sync_queue WHERE status = 'processing' AND sent_at IS NOT NULL",
+            )?;
+            stmt.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
         tx.execute(
-            "UPDATE sync_queue SET status = 'pending', unknown_outcome = 1, claimed_run = NULL, updated_at = ?1,
+            "UPDATE sync_queue SET status = 'pending', unknown_outcome = 1, claimed_run = NULL, sent_at = NULL, updated_at = ?1,
                     last_error = 'unknown outcome: a request was in flight when run #' || COALESCE(claimed_run, '?') ||
                                  ' stopped; resent with the same idempotency key'
+             WHERE status = 'processing' AND sent_at IS NOT NULL",
+            [now],
+        )?;
+        let untouched = tx.execute(
+            "UPDATE sync_queue SET status = 'pending', claimed_run = NULL, updated_at = ?1
              WHERE status = 'processing'",
             [now],
         )?;
         tx.commit()?;
-        Ok(ids)
+        Ok(Recovered { unknown, untouched })
+    }
+
+    /// Gives pending rows named by a synonym (`cliente`) their entity's name (`clientes`), so
+    /// that a record's changes fold and follow one another whatever name each row used.
+    pub fn rename_pending_entities(&mut self, renames: &[(String, String)]) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        for (from, to) in renames {
+            n += tx.execute(
+                "UPDATE sync_queue SET entity = ?2 WHERE entity = ?1 AND status = 'pending'",
+                params![from, to],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// The entity names of the pending rows.
+    pub fn pending_entities(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT entity FROM sync_queue WHERE status = 'pending'")?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The status of each item named (`None`: no such item).
+    pub fn item_statuses(&self, ids: &[i64]) -> Result<Vec<(i64, Option<String>)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT status FROM sync_queue WHERE id = ?1")?;
+        ids.iter()
+            .map(|id| Ok((*id, stmt.query_row([id], |r| r.get(0)).optional()?)))
+            .collect()
+    }
+
+    /// Makes failed items (all, or those of `ids`) pending again, due now, with no attempt
+    /// counted, keeping their idempotency key and their `unknown_outcome`. An item whose
+    /// record had a newer change done since is left failed: sending it would undo that change.
+    pub fn retry_failed(&mut self, ids: Option<&[i64]>, now: &str) -> Result<Retried> {
+        let tx = self.conn.transaction()?;
+        let failed: Vec<(i64, Option<i64>)> = {
+            let mut stmt = tx.prepare(
+                "SELECT q.id, (SELECT MAX(n.id) FROM sync_queue n WHERE n.entity = q.entity
+                                 AND n.record_id = q.record_id AND n.id > q.id AND n.status = 'done')
+                 FROM sync_queue q WHERE q.status = 'failed' ORDER BY q.id",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Retried::default();
+        for (id, newer) in failed {
+            if ids.is_some_and(|ids| !ids.contains(&id)) {
+                continue;
+            }
+            if let Some(newer) = newer {
+                out.stale.push((id, newer));
+                continue;
+            }
+            tx.execute(
+                "UPDATE sync_queue SET status = 'pending', attempts = 0, due_at = NULL, finished_at = NULL,
+                        claimed_run = NULL, sent_at = NULL, updated_at = ?2
+                 WHERE id = ?1",
+                params![id, now],
+            )?;
+            out.requeued.push(id);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Pending items that wait for a record whose last change failed (they would wait for
+    /// ever), with that failure, oldest first.
+    pub fn blocked_items(&self) -> Result<Vec<Blocked>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT q.id, q.entity, q.record_id, q.waiting_for, b.id, b.last_error
+             FROM sync_queue q
+             JOIN sync_queue b ON b.id = ({BLOCKED_BY})
+             WHERE q.waiting_for IS NOT NULL AND q.status = 'pending' ORDER BY q.id"
+        ))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Blocked {
+                    id: r.get(0)?,
+                    entity: r.get(1)?,
+                    record_id: r.get(2)?,
+                    waiting_for: r.get(3)?,
+                    failed_item: r.get(4)?,
+                    error: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Marks an item's request as leaving now: from here its outcome is unknown until its
+    /// answer is recorded.
+    pub fn mark_sent(&mut self, id: i64, at: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE sync_queue SET sent_at = ?2 WHERE id = ?1")?
+            .execute(params![id, at])?;
+        Ok(())
+    }
+
+    /// Sets or clears an item's `unknown_outcome` (cleared once a lookup at the CRM settled
+    /// it).
+    pub fn set_unknown_outcome(&mut self, id: i64, unknown: bool) -> Result<()> {
+        self.conn.execute(
+            "UPDATE sync_queue SET unknown_outcome = ?2 WHERE id = ?1",
+            params![id, unknown],
+        )?;
+        Ok(())
     }
 
     /// Claims up to `limit` due items atomically (priority, then age). Items inserted since
@@ -307,7 +509,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         for id in ids {
             tx.execute(
-                "UPDATE sync_queue SET status = 'pending', claimed_run = NULL, updated_at = ?2 WHERE id = ?1 AND status = 'processing'",
+                "UPDATE sync_queue SET status = 'pending', claimed_run = NULL, sent_at = NULL, updated_at = ?2 WHERE id = ?1 AND status = 'processing'",
                 params![id, now],
             )?;
         }
@@ -326,10 +528,27 @@ impl Store {
             .optional()?)
     }
 
+    /// Learns a record's CRM id found at the CRM (a lookup by natural key), before the item is
+    /// done: whatever happens next, the record is never created again.
+    pub fn learn_external_id(
+        &mut self,
+        entity: &str,
+        record_id: &str,
+        external_id: &str,
+        now: &str,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO external_ids (entity, record_id, external_id, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (entity, record_id) DO UPDATE SET external_id = excluded.external_id, updated_at = excluded.updated_at",
+            params![entity, record_id, external_id, now],
+        )?;
+        Ok(())
+    }
+
     /// Defers an item until a referenced record has a CRM id (no attempt is counted).
     pub fn defer(&mut self, id: i64, waiting_for: &str, due_at: &str, now: &str) -> Result<()> {
         self.conn.execute(
-            "UPDATE sync_queue SET status = 'pending', claimed_run = NULL, waiting_for = ?2, due_at = ?3, updated_at = ?4,
+            "UPDATE sync_queue SET status = 'pending', claimed_run = NULL, sent_at = NULL, waiting_for = ?2, due_at = ?3, updated_at = ?4,
                     last_error = 'waiting for ' || ?2 || ' to be synced first'
              WHERE id = ?1",
             params![id, waiting_for, due_at, now],
@@ -350,7 +569,8 @@ impl Store {
         let tx = self.conn.transaction()?;
         tx.execute(
             "UPDATE sync_queue SET status = 'done', external_id = COALESCE(?2, external_id), last_status = ?3,
-                    last_error = NULL, waiting_for = NULL, finished_at = ?4, updated_at = ?4, claimed_run = NULL
+                    last_error = NULL, waiting_for = NULL, finished_at = ?4, updated_at = ?4, claimed_run = NULL,
+                    sent_at = NULL
              WHERE id = ?1",
             params![item.id, external_id, log.status, now],
         )?;
@@ -390,15 +610,17 @@ impl Store {
     ) -> Result<()> {
         self.conn.execute(
             "UPDATE sync_queue SET status = 'failed', last_status = ?2, last_error = ?3, finished_at = ?4,
-                    updated_at = ?4, claimed_run = NULL
+                    updated_at = ?4, claimed_run = NULL, sent_at = NULL
              WHERE id = ?1",
             params![id, status, error, now],
         )?;
         Ok(())
     }
 
-    /// Records a transient failure: due again at `due_at`, or `failed` at the attempt limit.
+    /// Records a transient failure: due again at `due_at`, or `failed` at the attempt limit;
+    /// `unknown`: the request may have been applied (a create's outcome is then unknown).
     /// Returns whether it failed for good.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_retry(
         &mut self,
         id: i64,
@@ -406,16 +628,17 @@ impl Store {
         error: &str,
         due_at: &str,
         max_attempts: u32,
+        unknown: bool,
         now: &str,
     ) -> Result<bool> {
         let failed: bool = self.conn.query_row(
             "UPDATE sync_queue SET attempts = attempts + 1, last_status = ?2, last_error = ?3, claimed_run = NULL,
-                    updated_at = ?6,
+                    updated_at = ?6, sent_at = NULL, unknown_outcome = unknown_outcome OR ?7,
                     status = CASE WHEN attempts + 1 >= ?5 THEN 'failed' ELSE 'pending' END,
                     finished_at = CASE WHEN attempts + 1 >= ?5 THEN ?6 ELSE NULL END,
                     due_at = CASE WHEN attempts + 1 >= ?5 THEN due_at ELSE ?4 END
              WHERE id = ?1 RETURNING status = 'failed'",
-            params![id, status, error, due_at, max_attempts, now],
+            params![id, status, error, due_at, max_attempts, now, unknown],
             |r| r.get(0),
         )?;
         Ok(failed)
@@ -479,14 +702,72 @@ impl Store {
         Ok(wait)
     }
 
-    /// Pauses the shared bucket `name` until `until_ms` (a 429's Retry-After).
-    pub fn rate_pause(&mut self, name: &str, until_ms: i64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO rate_limits (name, tokens, updated_ms, paused_until_ms) VALUES (?1, 0, ?2, ?2)
-             ON CONFLICT (name) DO UPDATE SET paused_until_ms = MAX(paused_until_ms, excluded.paused_until_ms)",
-            params![name, until_ms],
+    /// Records a 429 answered at `arrived_ms` to a request sent at `sent_ms`, asking to wait
+    /// `wait_ms` (already capped by the caller). A pause starts when its 429 arrives and ends at
+    /// the later of the current pause's end and `arrived_ms + wait_ms`; the answer to a request
+    /// sent before the current pause began (in flight when it began) changes nothing. Returns
+    /// the pause now in force, and whether this 429 started or extended it (`false`: it was in
+    /// flight).
+    pub fn rate_pause(
+        &mut self,
+        name: &str,
+        sent_ms: i64,
+        arrived_ms: i64,
+        wait_ms: i64,
+    ) -> Result<(RatePause, bool)> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT paused_from_ms, paused_until_ms FROM rate_limits WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (from, until) = row.unwrap_or((0, 0));
+        let counted = sent_ms >= from;
+        let pause = if !counted {
+            RatePause {
+                from_ms: from,
+                until_ms: until,
+            }
+        } else if arrived_ms >= until {
+            RatePause {
+                from_ms: arrived_ms,
+                until_ms: arrived_ms + wait_ms,
+            }
+        } else {
+            RatePause {
+                from_ms: from,
+                until_ms: until.max(arrived_ms + wait_ms),
+            }
+        };
+        tx.execute(
+            "INSERT INTO rate_limits (name, tokens, updated_ms, paused_until_ms, paused_from_ms) VALUES (?1, 0, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET paused_until_ms = excluded.paused_until_ms,
+                    paused_from_ms = excluded.paused_from_ms",
+            params![name, arrived_ms, pause.until_ms, pause.from_ms],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok((pause, counted))
+    }
+
+    /// The pause of the shared bucket `name`, if one was ever stored.
+    pub fn rate_pause_of(&self, name: &str) -> Result<Option<RatePause>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT paused_from_ms, paused_until_ms FROM rate_limits WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(RatePause {
+                        from_ms: r.get(0)?,
+                        until_ms: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// Queue depth by status.
@@ -502,11 +783,13 @@ impl Store {
 
     /// Queue rows for export, oldest first.
     pub fn export_queue(&self, status: Option<&str>) -> Result<Vec<QueueExport>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, entity, record_id, action, status, priority, attempts, external_id, unknown_outcome,
-                    waiting_for, due_at, last_status, last_error, idempotency_key, created_at, finished_at
-             FROM sync_queue WHERE (?1 IS NULL OR status = ?1) ORDER BY id",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT q.id, q.entity, q.record_id, q.action, q.status, q.priority, q.attempts, q.external_id,
+                    q.unknown_outcome, q.waiting_for, q.due_at, q.last_status, q.last_error, q.idempotency_key,
+                    q.created_at, q.finished_at, b.id, b.last_error
+             FROM sync_queue q LEFT JOIN sync_queue b ON b.id = ({BLOCKED_BY})
+             WHERE (?1 IS NULL OR q.status = ?1) ORDER BY q.id"
+        ))?;
         let rows = stmt
             .query_map([status], |r| {
                 Ok(QueueExport {
@@ -526,6 +809,8 @@ impl Store {
                     idempotency_key: r.get(13)?,
                     created_at: r.get(14)?,
                     finished_at: r.get(15)?,
+                    blocked_by_item: r.get(16)?,
+                    blocked_by_error: r.get(17)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -568,5 +853,37 @@ impl Store {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_429_in_flight_when_a_pause_began_does_not_extend_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("store.db")).unwrap();
+        let pause = |p: RatePause| (p.from_ms, p.until_ms);
+        // Sent at 1.0 s, answered 429 at 2.0 s, 42 s asked: the pause starts at its arrival.
+        let (p, counted) = store.rate_pause("crm", 1_000, 2_000, 42_000).unwrap();
+        assert!(counted);
+        assert_eq!(pause(p), (2_000, 44_000));
+        // Sent at 1.5 s (in flight when the pause began), answered later: nothing changes.
+        let (p, counted) = store.rate_pause("crm", 1_500, 2_600, 42_000).unwrap();
+        assert!(!counted);
+        assert_eq!(pause(p), (2_000, 44_000));
+        // Sent during the pause (a process that had not seen it yet): the later end wins.
+        let (p, counted) = store.rate_pause("crm", 3_000, 3_100, 42_000).unwrap();
+        assert!(counted);
+        assert_eq!(pause(p), (2_000, 45_100));
+        // After the pause, a new one from its own arrival.
+        let (p, counted) = store.rate_pause("crm", 50_000, 50_100, 1_000).unwrap();
+        assert!(counted);
+        assert_eq!(pause(p), (50_100, 51_100));
+        // Every process waits it out, with or without a limit of its own.
+        assert_eq!(store.rate_acquire("crm", 0, 50_600).unwrap(), 500);
+        assert_eq!(store.rate_acquire("crm", 100, 50_600).unwrap(), 500);
+        assert_eq!(store.rate_acquire("crm", 100, 51_100).unwrap(), 0);
     }
 }

@@ -847,3 +847,101 @@ fn crash_retry_at_every_store_commit() {
     );
     assert!(crossed >= 3, "{crossed} commit points crossed");
 }
+
+/// Issue 13, 5: with the CRM ignoring `Idempotency-Key` and 30% of writes answered with a fault
+/// after they were committed, crm-jobs created 18 duplicates and flagged none. Clients and
+/// products are looked up by their natural key before a create is sent again: none is created
+/// twice. Sales and atividades have no natural key: each one sent again is `unknown_outcome`,
+/// for an operator, and only those can have a duplicate.
+#[test]
+fn with_keys_ignored_and_faults_after_commit_no_client_or_product_is_created_twice() {
+    let env = Env::new();
+    with_crm(&env, "[crm]\nrate_limit_per_minute = 0\nconcurrency = 4\n");
+    crate::sync::with_sync(&env, "max_attempts = 30");
+    env.sandbox.crm.set_idempotency(false);
+    let n = 12;
+    let mut lines = Vec::new();
+    for i in 1..=n {
+        lines.push(format!(
+            r#"{{"entity": "clientes", "record_id": "C{i}", "action": "create", "payload": {{"nome": "Cliente {i}", "cpf_cnpj": "{}", "email": "c{i}@example.com"}}}}"#,
+            cpf(i).formatted()
+        ));
+        lines.push(format!(
+            r#"{{"entity": "produtos", "record_id": "P{i}", "action": "upsert", "payload": {{"nome": "Produto {i}", "codigo_barras": "789{i:010}"}}}}"#
+        ));
+        lines.push(format!(
+            r#"{{"entity": "vendas", "record_id": "V{i}", "action": "create", "payload": {{"cliente_id": "C{i}", "produtos": [{{"produto": {{"id": "P{i}", "quantidade": "1"}}}}]}}}}"#
+        ));
+        lines.push(format!(
+            r#"{{"entity": "atividades", "record_id": "A{i}", "action": "create", "payload": {{"cliente_id": "C{i}", "descricao": "visita {i}"}}}}"#
+        ));
+    }
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    assert_eq!(enqueue(&env, &refs).code, 0);
+    env.sandbox.faults.set_after_commit_rate(0.3);
+    // Each round is a later hour, past every backoff.
+    for round in 0..40 {
+        let now = format!(
+            "2025-11-{:02}T{:02}:00:00-03:00",
+            10 + round / 24,
+            round % 24
+        );
+        let o = env
+            .cmd(&["sync-queue"])
+            .env("CRM_JOBS_NOW", &now)
+            .output()
+            .unwrap();
+        assert!(
+            matches!(o.status.code(), Some(0) | Some(1) | Some(3)),
+            "{o:?}"
+        );
+        let left: i64 = env.query(
+            "SELECT COUNT(*) FROM sync_queue WHERE status <> 'done' AND status <> 'superseded'",
+        );
+        if left == 0 {
+            break;
+        }
+    }
+    env.sandbox.faults.set_after_commit_rate(0.0);
+    assert!(
+        env.sandbox.faults.faulted_after_commit(Route::Crm) >= 10,
+        "the suite met faults after commit"
+    );
+    let done: i64 = env.query("SELECT COUNT(*) FROM sync_queue WHERE status = 'done'");
+    assert_eq!(done, 4 * i64::from(n), "every item done");
+    assert_eq!(
+        env.sandbox.crm.duplicate_keys("clientes"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        env.sandbox.crm.duplicate_keys("produtos"),
+        Vec::<String>::new()
+    );
+    let clientes = env.sandbox.crm.records("clientes");
+    assert_eq!(clientes.len(), n as usize);
+    for i in 1..=n {
+        let c = clientes
+            .iter()
+            .find(|(_, r)| r["nome"] == format!("Cliente {i}"))
+            .unwrap();
+        assert_eq!(
+            c.1,
+            serde_json::json!({"id": c.0, "nome": format!("Cliente {i}"), "cpf_cnpj": cpf(i).formatted(), "email": format!("c{i}@example.com")})
+        );
+    }
+    assert_eq!(env.sandbox.crm.records("produtos").len(), n as usize);
+    // A duplicate sale or atividade is one an operator was told of.
+    for resource in ["vendas", "orcamentos"] {
+        for key in env.sandbox.crm.duplicate_keys(resource) {
+            let unknown: bool = env.query(&format!(
+                "SELECT unknown_outcome FROM sync_queue WHERE idempotency_key = '{key}'"
+            ));
+            assert!(unknown, "{resource}: {key} was created twice unflagged");
+        }
+    }
+    // Every sale names CRM records that exist.
+    let ids: Vec<String> = clientes.iter().map(|(id, _)| id.clone()).collect();
+    for (_, venda) in env.sandbox.crm.records("vendas") {
+        assert!(ids.contains(&venda["cliente_id"].as_str().unwrap().to_string()));
+    }
+}

@@ -59,16 +59,18 @@ fn priorities_references_and_external_ids() {
     assert!(out.stderr.contains("enqueued 4 change(s)"), "{out:?}");
     let out = env.run(&["sync-queue", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
-    // The sale goes first by priority, waits for its client, and is sent once the client and
-    // the product have CRM ids.
+    // The sale goes first by priority and waits for its client; woken when the client is
+    // synced, it is claimed again before the lower-priority items, waits for its product, and
+    // goes out as soon as the product has a CRM id, before the atividade (priority 2).
     assert_eq!(
         log_requests(&env),
         vec![
             "deferred",
             "POST /clientes",
+            "deferred",
             "POST /produtos",
-            "POST /orcamentos",
-            "POST /vendas"
+            "POST /vendas",
+            "POST /orcamentos"
         ]
     );
     let clientes = env.sandbox.crm.records("clientes");
@@ -549,4 +551,480 @@ fn a_change_after_an_unknown_outcome_waits_for_it_and_is_applied() {
     let records = env.sandbox.crm.records("clientes");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].1["nome"], "Depois");
+}
+
+/// Items of `entity` `prefix1..=prefixN`, one JSON line each, from `payload(n)`.
+fn lines(
+    entity: &str,
+    action: &str,
+    ids: std::ops::RangeInclusive<u32>,
+    payload: impl Fn(u32) -> String,
+) -> Vec<String> {
+    ids.map(|n| {
+        format!(
+            r#"{{"entity": "{entity}", "record_id": "{n}", "action": "{action}", "payload": {}}}"#,
+            payload(n)
+        )
+    })
+    .collect()
+}
+
+fn enqueue_all(env: &Env, groups: &[Vec<String>]) {
+    let all: Vec<&str> = groups.iter().flatten().map(String::as_str).collect();
+    let out = enqueue(env, &all);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// One column of one queue item.
+fn item_field<T: rusqlite::types::FromSql>(env: &Env, id: i64, column: &str) -> T {
+    env.query(&format!("SELECT {column} FROM sync_queue WHERE id = {id}"))
+}
+
+/// Appends `text` to the config file.
+fn append_config(env: &Env, text: &str) {
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(env.path("config.toml"), format!("{config}\n{text}")).unwrap();
+}
+
+/// Puts `[sync]` keys in the config.
+pub(crate) fn with_sync(env: &Env, keys: &str) {
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!("[sync]\n{keys}\n\n{config}"),
+    )
+    .unwrap();
+}
+
+// Issue 13, 1: `POST /orcamentos` went out with the ERP's `cliente_id` and failed for good with
+// `422 Cliente 7 não encontrado.`, under the README's quick-start config (whose
+// `[crm.references]` lists vendas only, which dropped the other defaults).
+#[test]
+fn atividades_carry_references_and_config_tables_merge_with_the_defaults() {
+    let env = Env::new();
+    with_crm(&env, NO_LIMIT);
+    append_config(
+        &env,
+        "[crm.references]\nvendas = [\"/cliente_id=clientes\", \"/produtos/*/produto/id=produtos\"]\n\n[sync.priorities]\nvendas = 9\n",
+    );
+    let check = env.run(&["--json", "config", "check"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    let config: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
+    assert_eq!(
+        config["config"]["crm"]["references"]["atividades"],
+        serde_json::json!(["/cliente_id=clientes", "/produtos/*/produto/id=produtos"]),
+        "the default of an entity the file does not name stays"
+    );
+    assert_eq!(
+        config["config"]["sync"]["priorities"],
+        serde_json::json!({"atividades": 2, "clientes": 3, "produtos": 3, "vendas": 9})
+    );
+    enqueue(
+        &env,
+        &[
+            r#"{"entity": "clientes", "record_id": 7, "action": "upsert", "payload": {"nome": "Maria", "cpf_cnpj": "708.990.571-36"}}"#,
+            r#"{"entity": "produtos", "record_id": "P1", "action": "upsert", "payload": {"nome": "Fibra 500", "codigo_barras": "7891000100103"}}"#,
+            r#"{"entity": "atividades", "record_id": "A1", "action": "create", "payload": {"cliente_id": 7, "descricao": "instalar", "produtos": [{"produto": {"id": "P1", "quantidade": "2"}}]}}"#,
+        ],
+    );
+    let out = env.run(&["sync-queue"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let cliente = &env.sandbox.crm.records("clientes")[0].0;
+    let produto = &env.sandbox.crm.records("produtos")[0].0;
+    let orcamentos = env.sandbox.crm.records("orcamentos");
+    assert_eq!(orcamentos.len(), 1);
+    assert_eq!(
+        orcamentos[0].1,
+        serde_json::json!({"id": orcamentos[0].0, "cliente_id": cliente, "descricao": "instalar", "produtos": [{"produto": {"id": produto, "quantidade": "2"}}]})
+    );
+
+    // An entity's own entry replaces its default: without references the CRM refuses the
+    // ERP's id, as the real one did.
+    let env = Env::new();
+    with_crm(&env, NO_LIMIT);
+    append_config(&env, "[crm.references]\natividades = []\n");
+    enqueue(
+        &env,
+        &[
+            r#"{"entity": "clientes", "record_id": 7, "action": "upsert", "payload": {"nome": "Maria"}}"#,
+            r#"{"entity": "atividades", "record_id": "A1", "action": "create", "payload": {"cliente_id": "7"}}"#,
+        ],
+    );
+    let out = env.run(&["sync-queue"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "item #2 (create atividades A1): the CRM answered 422: Cliente 7 não encontrado."
+        ),
+        "{out:?}"
+    );
+}
+
+// Issue 13, 2: four 429s each restarted a 42 s pause. Here four requests are out at once; the
+// first answer, a 429, starts the pause; the three others, 429s too, come 300 ms later: they
+// answer requests that were in flight when the pause began, and do not extend it.
+#[test]
+fn a_429_pauses_everyone_once_from_its_arrival() {
+    let env = Env::new();
+    with_crm(&env, "[crm]\nrate_limit_per_minute = 0\nconcurrency = 4\n");
+    enqueue_all(
+        &env,
+        &[lines("produtos", "create", 1..=4, |n| {
+            format!(r#"{{"nome": "P{n}"}}"#)
+        })],
+    );
+    env.sandbox.faults.push(
+        Route::Crm,
+        Fault::Status {
+            status: 429,
+            retry_after: Some(1),
+        },
+        1,
+    );
+    env.sandbox.faults.push(
+        Route::Crm,
+        Fault::Late {
+            status: 429,
+            retry_after: Some(1),
+            after_ms: 300,
+        },
+        3,
+    );
+    env.sandbox.faults.hold(Route::Crm);
+    let child = env.spawn(&["sync-queue"]);
+    assert_eq!(env.sandbox.faults.wait_held(Route::Crm, 4, WAIT), 4);
+    let released = std::time::Instant::now();
+    env.sandbox.faults.release_all();
+    let out = child.wait_with_output().unwrap();
+    let took = released.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let (from, until): (i64, i64) = env
+        .db()
+        .query_row(
+            "SELECT paused_from_ms, paused_until_ms FROM rate_limits WHERE name = 'crm'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        until - from,
+        1000,
+        "one pause, Retry-After long from the first 429's arrival"
+    );
+    // Four pauses one after the other would take 4 s.
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    assert_eq!(env.sandbox.crm.records("produtos").len(), 4);
+    let counters: String = env.query("SELECT counters FROM runs");
+    let counters: serde_json::Value = serde_json::from_str(&counters).unwrap();
+    assert_eq!(counters["rate_limited"], 4);
+    assert_eq!(counters["done"], 4);
+}
+
+// Issue 13, 2: one answer of `Retry-After: 86400000` stalled every later run, each reporting
+// `success`.
+#[test]
+fn a_pause_is_capped_and_a_run_that_could_send_nothing_says_so() {
+    let env = Env::new();
+    with_crm(&env, NO_LIMIT);
+    with_sync(&env, "max_retry_after_secs = 1");
+    enqueue_all(
+        &env,
+        &[lines("produtos", "create", 1..=1, |_| {
+            r#"{"nome": "P1"}"#.into()
+        })],
+    );
+    env.sandbox.faults.push(
+        Route::Crm,
+        Fault::Status {
+            status: 429,
+            retry_after: Some(86_400_000),
+        },
+        1,
+    );
+    let out = env.run(&["sync-queue"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let message = "nothing was sent: the CRM asked to wait 86400000s (more than `[sync] max_retry_after_secs` = 1s): this run stopped sending; the items wait, untouched, and every process waits 1s; the next run tries again";
+    assert!(out.stderr.contains(&format!("error: {message}")), "{out:?}");
+    let (from, until): (i64, i64) = env
+        .db()
+        .query_row(
+            "SELECT paused_from_ms, paused_until_ms FROM rate_limits",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(until - from, 1000, "the stored pause is capped");
+    assert_eq!(item_field::<String>(&env, 1, "status"), "pending");
+    assert_eq!(item_field::<i64>(&env, 1, "attempts"), 0);
+    let status = env.run(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("sync-queue run #1 failed: {message}")),
+        "{status:?}"
+    );
+    let json = env.run(&["--json", "status"]);
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let job = json["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "sync-queue")
+        .unwrap();
+    assert_eq!(job["consecutive_failures"], 1, "a failure streak starts");
+
+    // The next run waits out what is left of the capped pause, and sends.
+    let out = env.run(&["sync-queue"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(env.sandbox.crm.records("produtos").len(), 1);
+}
+
+// Issue 13, 3: a create and a later partial update were folded into one create carrying only
+// the update's fields: clientes reached the CRM without e-mail, phone, addresses.
+#[test]
+fn folding_changes_keeps_every_field() {
+    let env = Env::new();
+    with_crm(&env, NO_LIMIT);
+    enqueue(
+        &env,
+        &[
+            r#"{"entity": "clientes", "record_id": "21", "action": "create", "payload": {"nome": "Ana", "email": "ana@example.com", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "contato": {"nome": "Bia", "cargo": "mãe"}}}"#,
+            r#"{"entity": "clientes", "record_id": "21", "action": "update", "payload": {"telefone": "62 99999-0000", "contato": {"cargo": "irmã"}}}"#,
+            r#"{"entity": "clientes", "record_id": "22", "action": "create", "payload": {"nome": "Caio"}}"#,
+        ],
+    );
+    assert_eq!(env.run(&["sync-queue"]).code, 0);
+    let records = env.sandbox.crm.records("clientes");
+    let ana = records.iter().find(|(_, r)| r["nome"] == "Ana").unwrap();
+    assert_eq!(
+        ana.1,
+        serde_json::json!({"id": ana.0, "nome": "Ana", "email": "ana@example.com", "telefone": "62 99999-0000", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "contato": {"nome": "Bia", "cargo": "irmã"}})
+    );
+    // Update + update of a synced record: one PUT with both.
+    enqueue(
+        &env,
+        &[
+            r#"{"entity": "clientes", "record_id": "22", "action": "update", "payload": {"nome": "Caio", "email": "caio@example.com"}}"#,
+            r#"{"entity": "clientes", "record_id": "22", "action": "update", "payload": {"telefone": "11 3333-4444"}}"#,
+        ],
+    );
+    assert_eq!(env.run(&["sync-queue"]).code, 0);
+    let caio = env
+        .sandbox
+        .crm
+        .records("clientes")
+        .into_iter()
+        .find(|(_, r)| r["nome"] == "Caio")
+        .unwrap();
+    assert_eq!(
+        caio.1,
+        serde_json::json!({"id": caio.0, "nome": "Caio", "email": "caio@example.com", "telefone": "11 3333-4444"})
+    );
+    assert_eq!(
+        log_requests(&env),
+        vec![
+            "POST /clientes".to_string(),
+            "POST /clientes".to_string(),
+            format!("PUT /clientes/{}", caio.0)
+        ]
+    );
+}
+
+// Issue 13, 4 and 5: a failed item could only be enqueued again, which made a duplicate when
+// its first request had reached the CRM; and the records waiting for it waited for ever.
+#[test]
+fn a_failed_item_is_sent_again_safely_and_its_waiters_are_shown() {
+    let env = Env::new();
+    with_crm(&env, NO_LIMIT);
+    env.sandbox.crm.set_idempotency(false);
+    enqueue(
+        &env,
+        &[
+            r#"{"entity": "clientes", "record_id": "31", "action": "create", "payload": {"nome": "Bia", "cpf_cnpj": "708.990.571-36"}}"#,
+            r#"{"entity": "vendas", "record_id": "V31", "action": "create", "payload": {"cliente_id": "31", "valor_total": "99.90"}}"#,
+        ],
+    );
+    // The CRM creates the client, then answers 503.
+    env.sandbox.faults.push_after_commit(Route::Crm, 503, 1);
+    let out = env.run(&["sync-queue", "--max-attempts", "1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(env.sandbox.faults.faulted_after_commit(Route::Crm), 1);
+    assert_eq!(env.sandbox.crm.records("clientes").len(), 1);
+    assert_eq!(item_field::<String>(&env, 1, "status"), "failed");
+    assert!(item_field::<bool>(&env, 1, "unknown_outcome"));
+
+    let status = env.run(&["status"]);
+    assert!(
+        status.stdout.contains(
+            "1 item(s) wait for a failed item (`crm-jobs sync-queue --retry-failed` sends it again):\n           #2 (vendas V31) waits for clientes:31, item #1 failed: the CRM answered 503 Service Unavailable"
+        ),
+        "{status:?}"
+    );
+    let export = env.run(&["export", "queue", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&export.stdout).unwrap();
+    assert_eq!(rows[1]["blocked_by_item"], 1);
+    assert_eq!(
+        rows[1]["blocked_by_error"],
+        "the CRM answered 503 Service Unavailable"
+    );
+    assert_eq!(rows[0]["blocked_by_item"], serde_json::Value::Null);
+
+    for (args, message) in [
+        (
+            vec!["sync-queue", "--retry-failed", "--id", "2"],
+            "error: item #2 is `pending`, not `failed`: `--retry-failed` sends failed items only; nothing was changed",
+        ),
+        (
+            vec!["sync-queue", "--retry-failed", "--id", "99"],
+            "error: there is no item #99 in the queue; nothing was changed",
+        ),
+    ] {
+        let out = env.run(&args);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(out.stderr.contains(message), "{out:?}");
+    }
+
+    let out = env.run(&["sync-queue", "--retry-failed", "--id", "1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let clientes = env.sandbox.crm.records("clientes");
+    assert_eq!(clientes.len(), 1, "the client the CRM had is adopted");
+    assert!(env.sandbox.crm.duplicate_keys("clientes").is_empty());
+    let id = &clientes[0].0;
+    assert_eq!(
+        log_requests(&env)[2..],
+        [
+            "GET /clientes?cpf_cnpj=…".to_string(),
+            format!("PUT /clientes/{id}"),
+            "POST /vendas".to_string()
+        ]
+    );
+    assert_eq!(
+        env.sandbox.crm.records("vendas")[0].1["cliente_id"],
+        id.as_str()
+    );
+    assert_eq!(item_field::<String>(&env, 1, "status"), "done");
+    assert_eq!(
+        item_field::<String>(&env, 1, "idempotency_key"),
+        "crm-jobs-1"
+    );
+    assert!(
+        !item_field::<bool>(&env, 1, "unknown_outcome"),
+        "settled by the lookup"
+    );
+    let note: String =
+        env.query("SELECT error FROM sync_log WHERE request LIKE 'GET %' ORDER BY id DESC");
+    assert_eq!(
+        note,
+        format!("found at the CRM by `cpf_cnpj` as {id}: that record is adopted and updated")
+    );
+}
+
+// Issue 13, 6: after a killed run, 14 items were flagged `unknown_outcome` where 4 requests were
+// in flight.
+#[test]
+fn after_a_kill_only_the_requests_in_flight_are_unknown() {
+    let env = Env::new();
+    with_crm(&env, "[crm]\nrate_limit_per_minute = 0\nconcurrency = 4\n");
+    enqueue_all(
+        &env,
+        &[lines("produtos", "create", 1..=20, |n| {
+            format!(r#"{{"nome": "P{n}"}}"#)
+        })],
+    );
+    env.sandbox.faults.hold_after(Route::Crm, 2);
+    let mut child = env.spawn(&["sync-queue"]);
+    assert_eq!(env.sandbox.faults.wait_held(Route::Crm, 4, WAIT), 4);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    env.sandbox.faults.release_all();
+    let processing: i64 = env.query("SELECT COUNT(*) FROM sync_queue WHERE status = 'processing'");
+    assert_eq!(processing, 18, "claimed in one round");
+
+    let out = env.run(&["sync-queue"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("4 item(s) were in flight when a process died (unknown outcome)"),
+        "{out:?}"
+    );
+    let unknown: i64 = env.query("SELECT COUNT(*) FROM sync_queue WHERE unknown_outcome = 1");
+    assert_eq!(unknown, 4);
+    let done: i64 = env.query("SELECT COUNT(*) FROM sync_queue WHERE status = 'done'");
+    assert_eq!(done, 20);
+    assert_eq!(env.sandbox.crm.records("produtos").len(), 20);
+    assert_eq!(env.sandbox.crm.duplicates(), 0);
+}
+
+// Issue 13, 6: an item woken because its reference was just synced went out after the
+// lower-priority items claimed with it.
+#[test]
+fn a_woken_item_goes_out_in_priority_order() {
+    let env = Env::new();
+    with_crm(&env, NO_LIMIT);
+    enqueue_all(
+        &env,
+        &[
+            lines("vendas", "create", 1..=1, |_| {
+                r#"{"cliente_id": "C1"}"#.into()
+            }),
+            vec![
+                r#"{"entity": "clientes", "record_id": "C1", "action": "create", "payload": {"nome": "Ana"}}"#.into(),
+            ],
+            lines("atividades", "create", 1..=3, |n| {
+                format!(r#"{{"descricao": "tarefa {n}"}}"#)
+            }),
+        ],
+    );
+    assert_eq!(env.run(&["sync-queue"]).code, 0);
+    assert_eq!(
+        log_requests(&env),
+        vec![
+            "deferred",
+            "POST /clientes",
+            "POST /vendas",
+            "POST /orcamentos",
+            "POST /orcamentos",
+            "POST /orcamentos"
+        ]
+    );
+}
+
+// Issue 13, 6: the ERP's queue table names entities in the singular.
+#[test]
+fn singular_entity_names_are_synonyms() {
+    let env = Env::new();
+    with_crm(&env, NO_LIMIT);
+    let out = enqueue(
+        &env,
+        &[
+            r#"{"entity": "cliente", "record_id": "40", "action": "create", "payload": {"nome": "Rui", "email": "rui@example.com"}}"#,
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    env.db()
+        .execute_batch(
+            "INSERT INTO sync_queue (entity, record_id, action, payload) VALUES ('clientes', '40', 'update', '{\"telefone\": \"1\"}');
+             INSERT INTO sync_queue (entity, record_id, action, payload) VALUES ('venda', 'V40', 'create', '{\"cliente_id\": \"40\"}');
+             INSERT INTO sync_queue (entity, record_id, action, payload) VALUES ('atividade', 'A40', 'create', '{\"descricao\": \"ligar\"}');",
+        )
+        .unwrap();
+    let out = env.run(&["sync-queue"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let entities: String = env.query(
+        "SELECT group_concat(entity || ':' || status, ' ') FROM (SELECT entity, status FROM sync_queue ORDER BY id)",
+    );
+    assert_eq!(
+        entities,
+        "clientes:superseded clientes:done vendas:done atividades:done"
+    );
+    let cliente = &env.sandbox.crm.records("clientes")[0];
+    assert_eq!(
+        cliente.1,
+        serde_json::json!({"id": cliente.0, "nome": "Rui", "email": "rui@example.com", "telefone": "1"})
+    );
+    assert_eq!(
+        env.sandbox.crm.records("vendas")[0].1["cliente_id"],
+        cliente.0.as_str()
+    );
+    assert_eq!(env.sandbox.crm.records("orcamentos").len(), 1);
 }
