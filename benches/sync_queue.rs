@@ -8,7 +8,8 @@
 //! 4. `sync-queue` against a CRM whose real limit (30 a minute) is below the configured one
 //!    (100 a minute), so that it answers 429 with `Retry-After`: 60 creates against what the
 //!    real limit allows (target: within 1.3x), and the achieved rate;
-//! 5. `cleanup` of 1,000,000 old log rows.
+//! 5. `cleanup` of 1,000,000 old log rows interleaved with 1,000,000 recent ones, and the
+//!    file's size before and after.
 //!
 //! `cargo bench --bench sync_queue`; knobs BENCH_ITEMS (10000), BENCH_LATENCY_MS (20),
 //! BENCH_CONCURRENCY (16), BENCH_LIMITED_ITEMS (1000), BENCH_ENQUEUE (100000),
@@ -202,22 +203,33 @@ fn main() {
         summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
     );
 
-    // 5. Cleanup of old log rows.
+    // 5. Cleanup of old log rows, interleaved with as many recent ones (kept), then the file
+    // gives its free pages back.
     let b = Bench::new(&sandbox, "");
     b.enqueue(1);
-    let db = rusqlite::Connection::open(b.dir.path().join("crm.db")).unwrap();
+    let path = b.dir.path().join("crm.db");
+    let db = rusqlite::Connection::open(&path).unwrap();
     db.execute_batch(&format!(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {cleanup_rows})
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {})
          INSERT INTO sync_log (item_id, at, request, status, duration_ms)
-         SELECT 1, '2020-01-01T00:00:00.000Z', 'POST /produtos', 200, 20 FROM n;"
+         SELECT 1, CASE i % 2 WHEN 0 THEN '2020-01-01T00:00:00.000Z' ELSE '2099-01-01T00:00:00.000Z' END,
+                'POST /produtos', 200, 20 FROM n;",
+        cleanup_rows * 2
     ))
     .unwrap();
     drop(db);
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let before = size(&path);
     let (wall, summary) = b.run(&["--quiet", "--json", "cleanup"]);
+    let after = size(&path);
     println!(
-        "cleanup: {} rows in {wall:.2} s ({:.0} rows/s), batches of 1000",
+        "cleanup: {} of {} interleaved rows in {wall:.2} s ({:.0} rows/s), batches of 1000; file {:.1} MB -> {:.1} MB ({} bytes given back)",
         summary["counters"]["sync_log"],
-        cleanup_rows as f64 / wall
+        cleanup_rows * 2,
+        cleanup_rows as f64 / wall,
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        summary["counters"]["bytes_given_back"]
     );
 }
 

@@ -70,16 +70,18 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     for rule in RETENTION.iter().filter(|r| wanted(r.name)) {
         let cut = cutoff(rule.name);
         let mut removed = 0usize;
+        let mut after = 0i64;
         loop {
             if run.cancel.is_cancelled() {
                 break;
             }
             // One short transaction per batch: the jobs running meanwhile wait milliseconds.
-            let n = run.store.retention_delete(rule, &cut, cfg.batch_size)?;
+            let (n, last) = run
+                .store
+                .retention_delete(rule, &cut, cfg.batch_size, after)?;
             removed += n;
-            if n < cfg.batch_size as usize {
-                break;
-            }
+            let Some(last) = last else { break };
+            after = last;
             tokio::task::yield_now().await;
         }
         run.add(rule.name, removed as i64);
@@ -129,6 +131,20 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         run.counts.total += n as i64;
         run.counts.ok += n as i64;
         parts.push(format!("{n} saved page(s)"));
+    }
+    // The file gives back the pages the removals freed.
+    if !run.cancel.is_cancelled() {
+        let (bytes, converted) = run.store.give_back_free_pages()?;
+        run.add("bytes_given_back", bytes);
+        parts.push(format!(
+            "{:.1} MB given back to the disk{}",
+            bytes as f64 / 1_000_000.0,
+            if converted {
+                " (the store was converted to incremental vacuum, once)"
+            } else {
+                ""
+            }
+        ));
     }
     let (busy, log, moved) = run.store.checkpoint()?;
     if busy != 0 {

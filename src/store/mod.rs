@@ -77,6 +77,12 @@ impl Store {
         // for it; a deferred one that reads first could not upgrade when another process wrote
         // meanwhile, and would fail at once with "database is locked".
         conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+        // A new store gives its free pages back after cleanup (`incremental_vacuum`); this
+        // must be set before the first table exists. Older stores are converted by cleanup.
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        if pages == 0 {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .with_context(|| format!("cannot switch the store `{}` to WAL", path.display()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

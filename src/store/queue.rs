@@ -829,21 +829,64 @@ impl Store {
         )?)
     }
 
-    /// Removes at most `batch` rows of a retention rule in one short transaction.
+    /// Removes at most `batch` rows of a retention rule, of rowid above `after`, in one short
+    /// transaction; returns how many and the last rowid looked at (`None` when no row was
+    /// left). The rows go in rowid order, so that a batch frees neighbouring rows (a few pages)
+    /// rather than rows spread over the whole table, and the whole rule reads the table once.
     pub fn retention_delete(
         &mut self,
         rule: &Retention,
         cutoff: &str,
         batch: u32,
-    ) -> Result<usize> {
-        Ok(self.conn.execute(
+        after: i64,
+    ) -> Result<(usize, Option<i64>)> {
+        let tx = self.conn.transaction()?;
+        // NOT INDEXED: walk the table by rowid, not the retention column's index in its order.
+        let last: Option<i64> = tx.query_row(
             &format!(
-                "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {c} LIMIT ?2)",
+                "SELECT max(rowid) FROM (SELECT rowid FROM {t} NOT INDEXED WHERE rowid > ?3 AND {c} ORDER BY rowid LIMIT ?2)",
                 t = rule.table,
                 c = rule.condition
             ),
-            params![cutoff, batch],
-        )?)
+            params![cutoff, batch, after],
+            |r| r.get(0),
+        )?;
+        let Some(last) = last else {
+            return Ok((0, None));
+        };
+        let n = tx.execute(
+            &format!(
+                "DELETE FROM {t} WHERE rowid > ?2 AND rowid <= ?3 AND {c}",
+                t = rule.table,
+                c = rule.condition
+            ),
+            params![cutoff, after, last],
+        )?;
+        tx.commit()?;
+        Ok((n, Some(last)))
+    }
+
+    /// Gives the free pages back to the file system (`auto_vacuum = INCREMENTAL`); a store made
+    /// before it is converted once, by a VACUUM. Returns the bytes given back and whether the
+    /// store was converted.
+    pub fn give_back_free_pages(&mut self) -> Result<(i64, bool)> {
+        let pragma = |conn: &rusqlite::Connection, p: &str| -> Result<i64> {
+            Ok(conn.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))?)
+        };
+        let page_size = pragma(&self.conn, "page_size")?;
+        let before = pragma(&self.conn, "page_count")?;
+        let converted = pragma(&self.conn, "auto_vacuum")? != 2;
+        if converted {
+            self.conn
+                .execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+        } else {
+            // Each step of the pragma frees one page: step it to the end.
+            let mut stmt = self.conn.prepare("PRAGMA incremental_vacuum")?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
+        }
+        let after = pragma(&self.conn, "page_count")?;
+        Ok(((before - after).max(0) * page_size, converted))
     }
 
     /// Moves the WAL back into the database file and truncates it.

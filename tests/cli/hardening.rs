@@ -123,3 +123,64 @@ fn durations_and_counts_out_of_their_range_are_config_errors_not_panics() {
         }
     }
 }
+
+#[test]
+fn cleanup_gives_the_freed_pages_back_and_converts_an_older_store_once() {
+    let env = Env::new();
+    // A store made before incremental vacuum: the file exists (auto_vacuum NONE) when the
+    // schema is first laid.
+    std::fs::create_dir_all(env.path("store")).unwrap();
+    rusqlite::Connection::open(env.path("store/crm.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE legacy (x); DROP TABLE legacy;")
+        .unwrap();
+    assert_eq!(env.run(&["status"]).code, 0);
+    let db = env.db();
+    let mode: i64 = db
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 0);
+    db.execute_batch(
+        "INSERT INTO sync_queue (id, entity, record_id, action, payload, priority) VALUES (1, 'produtos', '1', 'create', '{}', 3);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+         INSERT INTO sync_log (item_id, at, request, status, duration_ms)
+         SELECT 1, CASE i % 2 WHEN 0 THEN '2020-01-01T00:00:00.000Z' ELSE '2099-01-01T00:00:00.000Z' END,
+                'POST /produtos ' || hex(randomblob(40)), 200, 20 FROM n;",
+    )
+    .unwrap();
+    drop(db);
+    let out = env.run(&["cleanup", "--only", "sync_log"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("removed 10000 sync_log, "), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "MB given back to the disk (the store was converted to incremental vacuum, once)"
+        ),
+        "{out:?}"
+    );
+    let db = env.db();
+    let mode: i64 = db
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 2, "incremental from now on");
+    let free: i64 = db
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(free, 0, "no free page left in the file");
+    let left: i64 = db
+        .query_row("SELECT COUNT(*) FROM sync_log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 10000, "the recent half is kept");
+    // Removing the rest now frees pages incrementally, without another conversion.
+    db.execute_batch("UPDATE sync_log SET at = '2020-01-01T00:00:00.000Z'")
+        .unwrap();
+    drop(db);
+    let out = env.run(&["--json", "cleanup", "--only", "sync_log"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stderr.contains("converted"), "{out:?}");
+    let summary: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(
+        summary["counters"]["bytes_given_back"].as_i64().unwrap() > 500_000,
+        "{summary}"
+    );
+}
