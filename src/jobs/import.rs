@@ -261,6 +261,12 @@ impl Sheet {
     }
 }
 
+/// The context of an import that failed after it began writing: its rows were written in one
+/// transaction, rolled back.
+fn nothing_imported(file: &str) -> String {
+    format!("nothing of `{file}` was imported (the store is as it was)")
+}
+
 fn parse_date(text: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .or_else(|_| NaiveDate::parse_from_str(text, "%d/%m/%Y"))
@@ -295,6 +301,9 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
     )?;
     let mut store = ctx.open_store()?;
     let now = clock::to_store(ctx.clock.now());
+    // Every good row in one transaction: all of them are imported, or none.
+    let (report, new) = store
+        .in_one_transaction(|store| {
     let mut report = Report { ok: 0, bad: 0 };
     let mut new = 0;
     for (line, row) in &sheet.rows {
@@ -376,6 +385,9 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
         new += usize::from(is_new);
         report.ok += 1;
     }
+    Ok((report, new))
+        })
+        .with_context(|| nothing_imported(&sheet.name))?;
     if ctx.printer.json {
         ctx.printer.json_out(&serde_json::json!({
             "file": sheet.name, "imported": report.ok, "new": new,
@@ -398,6 +410,8 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
 fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
     let sheet = Sheet::read(file, &["contrato", "numero", "vencimento"], &["valor"])?;
     let mut store = ctx.open_store()?;
+    let report = store
+        .in_one_transaction(|store| {
     let mut report = Report { ok: 0, bad: 0 };
     for (line, row) in &sheet.rows {
         if let Some(m) = Sheet::malformed(row) {
@@ -451,6 +465,9 @@ fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
         store.import_due_date(contract, number, due, available, amount)?;
         report.ok += 1;
     }
+    Ok(report)
+        })
+        .with_context(|| nothing_imported(&sheet.name))?;
     if ctx.printer.json {
         ctx.printer.json_out(&serde_json::json!({
             "file": sheet.name, "imported": report.ok, "skipped": report.bad,
@@ -484,12 +501,14 @@ fn clients(ctx: &Ctx, file: &Path, consultant: &str, default_point: Option<&str>
     let sheet = crate::spreadsheet::read_clients(file)?;
     let mut store = ctx.open_store()?;
     let now = clock::to_store(ctx.clock.now());
+    let name = file.display().to_string();
+    let (ok, bad, new) = store
+        .in_one_transaction(|store| {
     let consultant_id = store.ensure_consultant(
         &consultant,
         &crate::boleto_files::folder_name(&consultant),
         &now,
     )?;
-    let name = file.display().to_string();
     let (mut ok, mut bad, mut new) = (0usize, 0usize, 0usize);
     for row in &sheet.rows {
         let row = match row {
@@ -538,6 +557,9 @@ fn clients(ctx: &Ctx, file: &Path, consultant: &str, default_point: Option<&str>
         new += usize::from(is_new);
         ok += 1;
     }
+    Ok((ok, bad, new))
+        })
+        .with_context(|| nothing_imported(&name))?;
     if ctx.printer.json {
         ctx.printer.json_out(&serde_json::json!({
             "file": name, "sheet": sheet.sheet_name, "header_row": sheet.header_row,

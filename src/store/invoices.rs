@@ -177,7 +177,7 @@ impl Store {
         expected: &[ExpectedInvoice],
         now: &str,
     ) -> Result<bool> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let existing: Option<i64> = tx
             .query_row(
                 "SELECT id FROM contracts WHERE contract_number = ?1",

@@ -40,6 +40,33 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     ])
 });
 
+/// A write made of several statements: a transaction, or a savepoint when the caller already
+/// holds one ([`Store::in_one_transaction`]).
+pub(crate) enum WriteTx<'a> {
+    Own(rusqlite::Transaction<'a>),
+    Nested(rusqlite::Savepoint<'a>),
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            WriteTx::Own(t) => t,
+            WriteTx::Nested(s) => s,
+        }
+    }
+}
+
+impl WriteTx<'_> {
+    pub(crate) fn commit(self) -> rusqlite::Result<()> {
+        match self {
+            WriteTx::Own(t) => t.commit(),
+            WriteTx::Nested(s) => s.commit(),
+        }
+    }
+}
+
 /// An open store.
 pub struct Store {
     conn: Connection,
@@ -107,6 +134,33 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+        })
+    }
+
+    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`): everything `f` writes is
+    /// committed together when it returns `Ok`, and nothing of it when it fails or the process
+    /// dies (SQLite rolls an unfinished transaction back). Imports write their rows this way:
+    /// all of them or none, and fast (one commit for the file, not one per row).
+    pub fn in_one_transaction<T>(&mut self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.conn.execute_batch("ROLLBACK").ok();
+                Err(e)
+            }
+        }
+    }
+
+    /// A write transaction of its own, or a savepoint inside [`Store::in_one_transaction`].
+    pub(crate) fn write_tx(&mut self) -> rusqlite::Result<WriteTx<'_>> {
+        Ok(if self.conn.is_autocommit() {
+            WriteTx::Own(self.conn.transaction()?)
+        } else {
+            WriteTx::Nested(self.conn.savepoint()?)
         })
     }
 

@@ -184,3 +184,37 @@ fn cleanup_gives_the_freed_pages_back_and_converts_an_older_store_once() {
         "{summary}"
     );
 }
+
+#[test]
+fn an_import_that_fails_half_way_leaves_the_store_as_it_was() {
+    let env = Env::new();
+    assert_eq!(env.run(&["status"]).code, 0);
+    // The store refuses the third row, as a full disk would.
+    env.db()
+        .execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON contracts WHEN NEW.contract_number = 'C3'
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full (simulated)'); END;",
+        )
+        .unwrap();
+    let file = env.path("c.csv");
+    let rows: String = (1..=5)
+        .map(|i| format!("C{i},{},ANA,2025-06-05\n", cpf(60 + i).digits()))
+        .collect();
+    std::fs::write(&file, format!("contrato,cpf,nome,data_instalacao\n{rows}")).unwrap();
+    let out = env.run(&["import", "contracts", file.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "error: nothing of `{}` was imported (the store is as it was)",
+            file.display()
+        )) && out.stderr.contains("database or disk is full (simulated)"),
+        "{out:?}"
+    );
+    let contracts: i64 = env.query("SELECT COUNT(*) FROM contracts");
+    let invoices: i64 = env.query("SELECT COUNT(*) FROM invoices");
+    assert_eq!(
+        (contracts, invoices),
+        (0, 0),
+        "not the first two rows either"
+    );
+}
