@@ -25,12 +25,18 @@ pub enum Command {
     Contracts {
         /// The CSV file.
         file: PathBuf,
+        /// Also write every rejected row, with its place and reason, to this CSV file.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
     },
     /// Due dates from the operator's spreadsheet: `contrato,numero,vencimento` (+ optional
     /// `valor`). They win over the computed ones.
     Invoices {
         /// The CSV file.
         file: PathBuf,
+        /// Also write every rejected row, with its place and reason, to this CSV file.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
     },
     /// A consultant's spreadsheet (.xlsx): the header row and columns are found by name (`CPF`,
     /// `Concorciado`/`Cliente`/`Nome`, `G/C`, `SITUAÇÃO`, `P.V`, `Valor`). Sales points and
@@ -44,6 +50,9 @@ pub enum Command {
         /// Sales point of rows without a `P.V` column or value.
         #[arg(long = "ponto-venda", value_name = "CODE")]
         ponto_venda: Option<String>,
+        /// Also write every rejected row, with its place and reason, to this CSV file.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
     },
     /// Users, plans, subscriptions, sessions and payments: JSON lines with a `type` (`plan`,
     /// `user`, `subscription`, `session`, `payment`) and the host's `id`; upserted by that id.
@@ -55,13 +64,20 @@ pub enum Command {
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
     match command {
-        Command::Contracts { file } => contracts(ctx, &file),
-        Command::Invoices { file } => invoices(ctx, &file),
+        Command::Contracts { file, rejects } => contracts(ctx, &file, rejects.as_deref()),
+        Command::Invoices { file, rejects } => invoices(ctx, &file, rejects.as_deref()),
         Command::Clients {
             file,
             consultor,
             ponto_venda,
-        } => clients(ctx, &file, &consultor, ponto_venda.as_deref()),
+            rejects,
+        } => clients(
+            ctx,
+            &file,
+            &consultor,
+            ponto_venda.as_deref(),
+            rejects.as_deref(),
+        ),
         Command::Subscriptions { file } => subscriptions(ctx, &file),
     }
 }
@@ -273,15 +289,102 @@ fn parse_date(text: &str) -> Option<NaiveDate> {
         .ok()
 }
 
+/// How many rejected rows a file prints; the rest are counted in one line (and all of them
+/// are in `--rejects FILE` when asked).
+const SHOWN_REJECTS: usize = 20;
+
+/// The good and bad rows of one file.
 struct Report {
     ok: usize,
     bad: usize,
+    /// `--rejects FILE`: every rejected row with its place and reason.
+    rejects: Option<(PathBuf, csv::Writer<std::fs::File>)>,
+    /// The first failure to write the rejects file, reported at the end.
+    rejects_error: Option<String>,
 }
 
 impl Report {
+    fn new(rejects: Option<&Path>) -> Result<Report> {
+        let rejects = match rejects {
+            Some(path) => {
+                let w = csv::WriterBuilder::new()
+                    .flexible(true)
+                    .from_path(path)
+                    .with_context(|| {
+                        format!("cannot create `--rejects` file `{}`", path.display())
+                    })?;
+                Some((path.to_path_buf(), w))
+            }
+            None => None,
+        };
+        let mut report = Report {
+            ok: 0,
+            bad: 0,
+            rejects,
+            rejects_error: None,
+        };
+        report.write_reject(&["place", "reason", "row..."]);
+        Ok(report)
+    }
+
+    /// A bad row of a CSV file, at its physical line.
     fn bad(&mut self, sheet: &Sheet, line: u64, reason: &str) {
+        let fields = sheet
+            .rows
+            .binary_search_by_key(&line, |(l, _)| *l)
+            .map(|i| sheet.rows[i].1.clone())
+            .unwrap_or_default();
+        self.bad_at(&format!("{}:{line}", sheet.name), reason, &fields);
+    }
+
+    /// A bad row at `place` (`FILE:LINE`, or a sheet's row), with the row's own fields.
+    fn bad_at(&mut self, place: &str, reason: &str, fields: &[String]) {
         self.bad += 1;
-        tracing::warn!("{}:{line}: {reason}; row skipped", sheet.name);
+        if self.bad <= SHOWN_REJECTS {
+            tracing::warn!("{place}: {reason}; row skipped");
+        }
+        let mut record = vec![place.to_string(), reason.to_string()];
+        record.extend(fields.iter().cloned());
+        self.write_reject(&record);
+    }
+
+    fn write_reject<S: AsRef<[u8]>>(&mut self, record: &[S]) {
+        if let Some((path, w)) = &mut self.rejects
+            && let Err(e) = w.write_record(record)
+            && self.rejects_error.is_none()
+        {
+            self.rejects_error = Some(format!(
+                "cannot write `--rejects` file `{}`: {e}",
+                path.display()
+            ));
+        }
+    }
+
+    /// Says how many rejected rows were not printed, and finishes the rejects file.
+    fn finish(&mut self, file: &str) -> Result<()> {
+        if self.bad > SHOWN_REJECTS {
+            tracing::warn!(
+                "{file}: {} more row(s) skipped, not shown{}",
+                self.bad - SHOWN_REJECTS,
+                match &self.rejects {
+                    Some((path, _)) => format!(" (all of them are in `{}`)", path.display()),
+                    None => " (`--rejects FILE` lists them all)".to_string(),
+                }
+            );
+        }
+        if let Some((path, w)) = &mut self.rejects
+            && let Err(e) = w.flush()
+            && self.rejects_error.is_none()
+        {
+            self.rejects_error = Some(format!(
+                "cannot write `--rejects` file `{}`: {e}",
+                path.display()
+            ));
+        }
+        match self.rejects_error.take() {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => Ok(()),
+        }
     }
 
     fn code(&self) -> Code {
@@ -293,7 +396,7 @@ impl Report {
     }
 }
 
-fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
+fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
     let sheet = Sheet::read(
         file,
         &["contrato", "cpf", "nome", "data_instalacao"],
@@ -304,7 +407,7 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
     // Every good row in one transaction: all of them are imported, or none.
     let (report, new) = store
         .in_one_transaction(|store| {
-    let mut report = Report { ok: 0, bad: 0 };
+    let mut report = Report::new(rejects)?;
     let mut new = 0;
     for (line, row) in &sheet.rows {
         if let Some(m) = Sheet::malformed(row) {
@@ -388,6 +491,8 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
     Ok((report, new))
         })
         .with_context(|| nothing_imported(&sheet.name))?;
+    let mut report = report;
+    report.finish(&sheet.name)?;
     if ctx.printer.json {
         ctx.printer.json_out(&serde_json::json!({
             "file": sheet.name, "imported": report.ok, "new": new,
@@ -407,12 +512,12 @@ fn contracts(ctx: &Ctx, file: &Path) -> Result<Code> {
     Ok(report.code())
 }
 
-fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
+fn invoices(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
     let sheet = Sheet::read(file, &["contrato", "numero", "vencimento"], &["valor"])?;
     let mut store = ctx.open_store()?;
     let report = store
         .in_one_transaction(|store| {
-    let mut report = Report { ok: 0, bad: 0 };
+    let mut report = Report::new(rejects)?;
     for (line, row) in &sheet.rows {
         if let Some(m) = Sheet::malformed(row) {
             report.bad(&sheet, *line, &m);
@@ -468,6 +573,8 @@ fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
     Ok(report)
         })
         .with_context(|| nothing_imported(&sheet.name))?;
+    let mut report = report;
+    report.finish(&sheet.name)?;
     if ctx.printer.json {
         ctx.printer.json_out(&serde_json::json!({
             "file": sheet.name, "imported": report.ok, "skipped": report.bad,
@@ -484,7 +591,13 @@ fn invoices(ctx: &Ctx, file: &Path) -> Result<Code> {
     Ok(report.code())
 }
 
-fn clients(ctx: &Ctx, file: &Path, consultant: &str, default_point: Option<&str>) -> Result<Code> {
+fn clients(
+    ctx: &Ctx,
+    file: &Path,
+    consultant: &str,
+    default_point: Option<&str>,
+    rejects: Option<&Path>,
+) -> Result<Code> {
     let consultant = consultant.trim().to_uppercase();
     if consultant.is_empty() {
         bail!("`--consultor` is empty");
@@ -502,64 +615,65 @@ fn clients(ctx: &Ctx, file: &Path, consultant: &str, default_point: Option<&str>
     let mut store = ctx.open_store()?;
     let now = clock::to_store(ctx.clock.now());
     let name = file.display().to_string();
-    let (ok, bad, new) = store
+    let (ok, report, new) = store
         .in_one_transaction(|store| {
-    let consultant_id = store.ensure_consultant(
-        &consultant,
-        &crate::boleto_files::folder_name(&consultant),
-        &now,
-    )?;
-    let (mut ok, mut bad, mut new) = (0usize, 0usize, 0usize);
-    for row in &sheet.rows {
-        let row = match row {
-            Ok(r) => r,
-            Err(e) => {
-                bad += 1;
-                tracing::warn!(
-                    "{name}: sheet `{}`, row {}: {}; row skipped",
-                    sheet.sheet_name,
-                    e.row,
-                    e.reason
-                );
-                continue;
+            let consultant_id = store.ensure_consultant(
+                &consultant,
+                &crate::boleto_files::folder_name(&consultant),
+                &now,
+            )?;
+            let (mut ok, mut new) = (0usize, 0usize);
+            let mut report = Report::new(rejects)?;
+            for row in &sheet.rows {
+                let row = match row {
+                    Ok(r) => r,
+                    Err(e) => {
+                        report.bad_at(
+                            &format!("{name}: sheet `{}`, row {}", sheet.sheet_name, e.row),
+                            &e.reason,
+                            &[],
+                        );
+                        continue;
+                    }
+                };
+                let point = row
+                    .sales_point
+                    .as_deref()
+                    .and_then(super::credentials::sales_point_code)
+                    .or_else(|| default_point.clone());
+                let Some(point) = point else {
+                    report.bad_at(
+                        &format!("{name}: sheet `{}`, row {}", sheet.sheet_name, row.row),
+                        "no sales point (no `P.V` value and no `--ponto-venda`)",
+                        &[],
+                    );
+                    continue;
+                };
+                let point_id = store.ensure_sales_point(&point, &now)?;
+                let source = format!("{name}:{}", row.row);
+                let is_new = store.upsert_client(
+                    &crate::store::ClientImport {
+                        cpf: row.cpf.digits(),
+                        name: &row.name,
+                        raw_name: &row.raw_name,
+                        consultant_id,
+                        sales_point_id: Some(point_id),
+                        quota: row.quota.as_deref(),
+                        situacao: row.situacao.as_ref().map(|s| s.as_str()),
+                        value_centavos: row.value_centavos,
+                        source: &source,
+                    },
+                    &now,
+                )?;
+                new += usize::from(is_new);
+                ok += 1;
             }
-        };
-        let point = row
-            .sales_point
-            .as_deref()
-            .and_then(super::credentials::sales_point_code)
-            .or_else(|| default_point.clone());
-        let Some(point) = point else {
-            bad += 1;
-            tracing::warn!(
-                "{name}: sheet `{}`, row {}: no sales point (no `P.V` value and no `--ponto-venda`); row skipped",
-                sheet.sheet_name,
-                row.row
-            );
-            continue;
-        };
-        let point_id = store.ensure_sales_point(&point, &now)?;
-        let source = format!("{name}:{}", row.row);
-        let is_new = store.upsert_client(
-            &crate::store::ClientImport {
-                cpf: row.cpf.digits(),
-                name: &row.name,
-                raw_name: &row.raw_name,
-                consultant_id,
-                sales_point_id: Some(point_id),
-                quota: row.quota.as_deref(),
-                situacao: row.situacao.as_ref().map(|s| s.as_str()),
-                value_centavos: row.value_centavos,
-                source: &source,
-            },
-            &now,
-        )?;
-        new += usize::from(is_new);
-        ok += 1;
-    }
-    Ok((ok, bad, new))
+            Ok((ok, report, new))
         })
         .with_context(|| nothing_imported(&name))?;
+    let mut report = report;
+    report.finish(&name)?;
+    let bad = report.bad;
     if ctx.printer.json {
         ctx.printer.json_out(&serde_json::json!({
             "file": name, "sheet": sheet.sheet_name, "header_row": sheet.header_row,

@@ -218,3 +218,50 @@ fn an_import_that_fails_half_way_leaves_the_store_as_it_was() {
         "not the first two rows either"
     );
 }
+
+#[test]
+fn many_bad_rows_print_twenty_lines_and_all_go_to_the_rejects_file() {
+    let env = Env::new();
+    let file = env.path("c.csv");
+    let mut csv = String::from("contrato,cpf,nome,data_instalacao\n");
+    csv.push_str(&format!("OK1,{},ANA,2025-06-05\n", cpf(70).digits()));
+    for i in 0..25 {
+        csv.push_str(&format!("B{i},123,BRUNO,2025-06-05\n"));
+    }
+    std::fs::write(&file, csv).unwrap();
+    let rejects = env.path("rejeitadas.csv");
+    let out = env.run(&[
+        "-q",
+        "import",
+        "contracts",
+        file.to_str().unwrap(),
+        "--rejects",
+        rejects.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(
+        out.stderr.matches("; row skipped").count(),
+        20,
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{}: 5 more row(s) skipped, not shown (all of them are in `{}`)",
+            file.display(),
+            rejects.display()
+        )),
+        "{out:?}"
+    );
+    let written = std::fs::read_to_string(&rejects).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), 26, "{written}");
+    assert_eq!(lines[0], "place,reason,row...");
+    assert!(
+        lines[25].starts_with(&format!("{}:27,", file.display()))
+            && lines[25].ends_with(",B24,123,BRUNO,2025-06-05"),
+        "{}",
+        lines[25]
+    );
+    let contracts: i64 = env.query("SELECT COUNT(*) FROM contracts");
+    assert_eq!(contracts, 1);
+}
