@@ -178,51 +178,48 @@ impl Store {
         now: &str,
     ) -> Result<bool> {
         let tx = self.write_tx()?;
+        // Cached statements: an import of 100,000 contracts runs these 1.1 million times.
         let existing: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM contracts WHERE contract_number = ?1",
-                [c.contract_number],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT id FROM contracts WHERE contract_number = ?1")?
+            .query_row([c.contract_number], |r| r.get(0))
             .optional()?;
         let id = match existing {
             Some(id) => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE contracts SET service_order = ?2, cpf = ?3, customer_name = ?4,
                             installed_on = ?5, safra = ?6, updated_at = ?7 WHERE id = ?1",
-                    params![
-                        id,
-                        c.service_order,
-                        c.cpf,
-                        c.customer_name,
-                        date_text(c.installed_on),
-                        c.safra,
-                        now
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    id,
+                    c.service_order,
+                    c.cpf,
+                    c.customer_name,
+                    date_text(c.installed_on),
+                    c.safra,
+                    now
+                ])?;
                 id
             }
             None => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO contracts (contract_number, service_order, cpf, customer_name,
                             installed_on, safra, created_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                    params![
-                        c.contract_number,
-                        c.service_order,
-                        c.cpf,
-                        c.customer_name,
-                        date_text(c.installed_on),
-                        c.safra,
-                        now
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    c.contract_number,
+                    c.service_order,
+                    c.cpf,
+                    c.customer_name,
+                    date_text(c.installed_on),
+                    c.safra,
+                    now
+                ])?;
                 tx.last_insert_rowid()
             }
         };
-        for e in expected {
-            tx.execute(
-                "INSERT INTO invoices (contract_id, number, due_date, available_from,
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO invoices (contract_id, number, due_date, available_from,
                         expected_amount_centavos, expected_amount_source)
                  VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?5 IS NOT NULL THEN 'contract' END)
                  ON CONFLICT (contract_id, number) DO UPDATE SET
@@ -238,15 +235,17 @@ impl Store {
                         WHEN ?5 IS NOT NULL AND (expected_amount_source = 'contract'
                                                  OR expected_amount_centavos IS NULL)
                         THEN ?5 ELSE expected_amount_centavos END",
-                params![
-                    id,
-                    e.number,
-                    date_text(e.due_date),
-                    date_text(e.available_from),
-                    c.expected_amount_centavos
-                ],
-            )?;
+        )?;
+        for e in expected {
+            insert.execute(params![
+                id,
+                e.number,
+                date_text(e.due_date),
+                date_text(e.available_from),
+                c.expected_amount_centavos
+            ])?;
         }
+        drop(insert);
         tx.commit()?;
         Ok(existing.is_none())
     }

@@ -40,11 +40,12 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     ])
 });
 
-/// A write made of several statements: a transaction, or a savepoint when the caller already
-/// holds one ([`Store::in_one_transaction`]).
+/// A write made of several statements: a transaction of its own, or, inside
+/// [`Store::in_one_transaction`], the caller's (an error there rolls the whole of it back, so
+/// no savepoint is needed, nor its statement journal per call).
 pub(crate) enum WriteTx<'a> {
     Own(rusqlite::Transaction<'a>),
-    Nested(rusqlite::Savepoint<'a>),
+    Nested(&'a Connection),
 }
 
 impl std::ops::Deref for WriteTx<'_> {
@@ -53,7 +54,7 @@ impl std::ops::Deref for WriteTx<'_> {
     fn deref(&self) -> &Connection {
         match self {
             WriteTx::Own(t) => t,
-            WriteTx::Nested(s) => s,
+            WriteTx::Nested(c) => c,
         }
     }
 }
@@ -62,7 +63,7 @@ impl WriteTx<'_> {
     pub(crate) fn commit(self) -> rusqlite::Result<()> {
         match self {
             WriteTx::Own(t) => t.commit(),
-            WriteTx::Nested(s) => s.commit(),
+            WriteTx::Nested(_) => Ok(()),
         }
     }
 }
@@ -155,12 +156,12 @@ impl Store {
         }
     }
 
-    /// A write transaction of its own, or a savepoint inside [`Store::in_one_transaction`].
+    /// A write transaction of its own, or the caller's inside [`Store::in_one_transaction`].
     pub(crate) fn write_tx(&mut self) -> rusqlite::Result<WriteTx<'_>> {
         Ok(if self.conn.is_autocommit() {
             WriteTx::Own(self.conn.transaction()?)
         } else {
-            WriteTx::Nested(self.conn.savepoint()?)
+            WriteTx::Nested(&self.conn)
         })
     }
 

@@ -239,11 +239,7 @@ fn many_bad_rows_print_twenty_lines_and_all_go_to_the_rejects_file() {
         rejects.to_str().unwrap(),
     ]);
     assert_eq!(out.code, 3, "{out:?}");
-    assert_eq!(
-        out.stderr.matches("; row skipped").count(),
-        20,
-        "{out:?}"
-    );
+    assert_eq!(out.stderr.matches("; row skipped").count(), 20, "{out:?}");
     assert!(
         out.stderr.contains(&format!(
             "{}: 5 more row(s) skipped, not shown (all of them are in `{}`)",
