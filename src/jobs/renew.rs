@@ -428,7 +428,8 @@ fn record_stripe(
     let cfg = &ctx.loaded.config.renew;
     let now = clock::to_store(ctx.clock.now());
     let current_end = instant(&sub.current_period_end)?;
-    let renewable = matches!(s.status.as_str(), "active" | "trialing");
+    // Only `active` renews: `trialing` (and the rest) is not a paid period (DOMAIN.md).
+    let renewable = s.status == "active";
     match s.period {
         Some((start, end)) if renewable && end > current_end => {
             let (start_s, end_s) = (clock::to_store(start), clock::to_store(end));
@@ -460,7 +461,7 @@ fn record_stripe(
             }
         }
         _ if !renewable => {
-            // past_due, canceled, unpaid...: not a renewal; `expired` handles the end.
+            // trialing, past_due, canceled, unpaid...: not a renewal; `expired` handles the end.
             run.store.audit(
                 &Audit {
                     entity: "subscription",

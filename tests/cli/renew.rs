@@ -567,3 +567,40 @@ fn a_stripe_subscription_is_not_expired_before_stripe_had_its_say() {
     let end: String = env.query("SELECT current_period_end FROM subscriptions");
     assert_eq!(end, "2025-12-09T18:00:00.000Z");
 }
+
+/// Issue 14, point 2: a Stripe subscription in `trialing` whose period advanced is not a
+/// renewal: an audit row, no change, no email.
+#[test]
+fn trialing_is_not_a_renewal() {
+    let env = Env::new();
+    subscriptions(
+        &env,
+        &[(
+            "trial",
+            "active",
+            "2025-11-10T20:00:00Z",
+            r#", "gateway": "stripe", "gateway_subscription_id": "sub_trial""#,
+        )],
+    );
+    env.sandbox.stripe.set(
+        "sub_trial",
+        "trialing",
+        ts("2025-11-10T20:00:00Z"),
+        ts("2025-12-10T20:00:00Z"),
+    );
+    let out = env.run(&["renew", "--step", "stripe", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let summary: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(summary["counters"]["not_renewed"], 1, "{out:?}");
+    assert!(summary["counters"].get("renewed").is_none(), "{out:?}");
+    let end: String = env.query("SELECT current_period_end FROM subscriptions");
+    assert_eq!(end, "2025-11-10T20:00:00.000Z", "the period is not moved");
+    let trail: String = env.query("SELECT action || ': ' || reason FROM audit_log");
+    assert_eq!(trail, "not_renewed: Stripe says `trialing`: not a renewal");
+    assert!(outbox(&env).is_empty(), "no email");
+    assert!(
+        out.stderr
+            .contains("subscription `trial` (trial@example.com): Stripe says `trialing`; not renewed"),
+        "{out:?}"
+    );
+}
