@@ -41,6 +41,23 @@ pub fn builder() -> reqwest::ClientBuilder {
     }
 }
 
+/// Everything but the unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`) is encoded in a
+/// path segment: `/`, `?`, `#` and `%` above all, so that an id can never leave its segment.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// An id made into one URL path segment, percent-encoded; `None` for an empty id, `.` or `..`
+/// (which a URL parser would turn into a step up the path).
+pub fn path_segment(id: &str) -> Option<String> {
+    if matches!(id, "" | "." | "..") {
+        return None;
+    }
+    Some(percent_encoding::utf8_percent_encode(id, SEGMENT).to_string())
+}
+
 /// Whether a failed request failed on the server's certificate.
 fn certificate_problem(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
@@ -68,4 +85,34 @@ pub fn describe_error(e: &reqwest::Error, service: &str) -> String {
         );
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_stays_in_its_path_segment() {
+        assert_eq!(
+            path_segment("../../v1/customers?x=1#").as_deref(),
+            Some("..%2F..%2Fv1%2Fcustomers%3Fx%3D1%23")
+        );
+        assert_eq!(path_segment("sub_1QxYz").as_deref(), Some("sub_1QxYz"));
+        assert_eq!(path_segment("a b%2F").as_deref(), Some("a%20b%252F"));
+        assert_eq!(path_segment("ção").as_deref(), Some("%C3%A7%C3%A3o"));
+        for bad in ["", ".", ".."] {
+            assert_eq!(path_segment(bad), None, "{bad:?}");
+        }
+        // What reqwest sends: the path as encoded, one segment.
+        let url = reqwest::Url::parse(&format!(
+            "http://127.0.0.1/v1/subscriptions/{}",
+            path_segment("../../v1/customers?x=1#").unwrap()
+        ))
+        .unwrap();
+        assert_eq!(
+            url.path(),
+            "/v1/subscriptions/..%2F..%2Fv1%2Fcustomers%3Fx%3D1%23"
+        );
+        assert_eq!((url.query(), url.fragment()), (None, None));
+    }
 }

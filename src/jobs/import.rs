@@ -540,6 +540,15 @@ fn subscription_line(
             if end <= start {
                 return Err("`current_period_end` is not after `current_period_start`".into());
             }
+            let gateway = one_of(
+                "gateway",
+                opt("gateway").unwrap_or_else(|| "stripe".into()),
+                &["stripe", "mercadopago", "paypal", "manual"],
+            )?;
+            let gateway_id = opt("gateway_subscription_id");
+            if let Some(id) = &gateway_id {
+                gateway_id_is_valid(&gateway, id)?;
+            }
             store
                 .upsert_subscription(
                     &text("id")?,
@@ -554,12 +563,8 @@ fn subscription_line(
                     v.get("cancel_at_period_end")
                         .and_then(Value::as_bool)
                         .unwrap_or(false),
-                    &one_of(
-                        "gateway",
-                        opt("gateway").unwrap_or_else(|| "stripe".into()),
-                        &["stripe", "mercadopago", "paypal", "manual"],
-                    )?,
-                    opt("gateway_subscription_id").as_deref(),
+                    &gateway,
+                    gateway_id.as_deref(),
                 )
                 .map_err(err)
         }
@@ -582,6 +587,29 @@ fn subscription_line(
             .map_err(err),
         other => Err(format!(
             "`type` = `{other}` is not one of plan, user, subscription, session, payment"
+        )),
+    }
+}
+
+/// A gateway's subscription id is an id, never a path: Stripe's are `sub_` followed by letters
+/// and digits; the other gateways' are letters, digits, `-` and `_`; at most 255 characters.
+fn gateway_id_is_valid(gateway: &str, id: &str) -> std::result::Result<(), String> {
+    let ok = id.len() <= 255
+        && match gateway {
+            "stripe" => id
+                .strip_prefix("sub_")
+                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric())),
+            _ => id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        };
+    match (ok, gateway) {
+        (true, _) => Ok(()),
+        (false, "stripe") => Err(format!(
+            "`gateway_subscription_id` = `{id}` is not a Stripe subscription id (`sub_` followed by letters and digits, e.g. `sub_1QxYzAbCdEfGh`)"
+        )),
+        (false, _) => Err(format!(
+            "`gateway_subscription_id` = `{id}` is not a `{gateway}` subscription id (letters, digits, `-` and `_`, at most 255)"
         )),
     }
 }

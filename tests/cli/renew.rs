@@ -604,3 +604,66 @@ fn trialing_is_not_a_renewal() {
         "{out:?}"
     );
 }
+
+/// Issue 14, point 6: a gateway id is validated on import, and an id that reached the store
+/// anyway (a host inserting rows) stays one path segment of the Stripe request.
+#[test]
+fn a_stripe_id_is_an_id() {
+    let env = Env::new();
+    let file = env.path("ids.jsonl");
+    let line = |id: &str, gateway: &str, gid: &str| {
+        format!(
+            r#"{{"type": "subscription", "id": "{id}", "user": "u1", "plan": "pro", "status": "active", "current_period_start": "2025-10-10T20:00:00Z", "current_period_end": "2025-11-10T20:00:00Z", "gateway": "{gateway}", "gateway_subscription_id": "{gid}"}}"#
+        )
+    };
+    std::fs::write(
+        &file,
+        [
+            r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#.to_string(),
+            r#"{"type": "user", "id": "u1", "name": "Ana", "email": "ana@example.com"}"#.to_string(),
+            line("s1", "stripe", "../../v1/customers?x=1#"),
+            line("s2", "stripe", "sub_"),
+            line("s3", "paypal", "I-BW452/GLLEP1G"),
+            line("s4", "stripe", "sub_1QxYzAbC"),
+            line("s5", "paypal", "I-BW452GLLEP1G"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = env.run(&["import", "subscriptions", file.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let f = file.display();
+    for expected in [
+        format!(
+            "{f}:3: `gateway_subscription_id` = `../../v1/customers?x=1#` is not a Stripe subscription id (`sub_` followed by letters and digits, e.g. `sub_1QxYzAbCdEfGh`); line skipped"
+        ),
+        format!(
+            "{f}:4: `gateway_subscription_id` = `sub_` is not a Stripe subscription id (`sub_` followed by letters and digits, e.g. `sub_1QxYzAbCdEfGh`); line skipped"
+        ),
+        format!(
+            "{f}:5: `gateway_subscription_id` = `I-BW452/GLLEP1G` is not a `paypal` subscription id (letters, digits, `-` and `_`, at most 255); line skipped"
+        ),
+    ] {
+        assert!(out.stderr.contains(&expected), "missing `{expected}` in {out:?}");
+    }
+    let imported: String = env.query("SELECT group_concat(external_id) FROM subscriptions");
+    assert_eq!(imported, "s4,s5");
+
+    // A row a host wrote directly: the client encodes the id into one segment.
+    env.db()
+        .execute(
+            "UPDATE subscriptions SET gateway_subscription_id = '../../v1/customers?x=1#' WHERE external_id = 's4'",
+            [],
+        )
+        .unwrap();
+    let out = env.run(&["renew", "--step", "stripe"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        env.sandbox.stripe.requests(),
+        vec!["/stripe/v1/subscriptions/..%2F..%2Fv1%2Fcustomers%3Fx%3D1%23".to_string()]
+    );
+    assert!(
+        out.stderr.contains("Stripe answered 404 Not Found for `../../v1/customers?x=1#` (resource_missing: No such subscription: '../../v1/customers?x=1#')"),
+        "{out:?}"
+    );
+}
