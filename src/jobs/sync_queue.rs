@@ -373,10 +373,16 @@ fn prepare(
             return Ok(Prepare::Defer(format!("{entity}:{erp}")));
         }
     }
+    // A CRM id is one path segment whatever it holds (percent-encoded).
+    let at = |id: &str| {
+        crate::http::path_segment(id)
+            .map(|segment| format!("{resource}/{segment}"))
+            .ok_or_else(|| anyhow!("item #{}: the CRM id `{id}` is empty or a dot", item.id))
+    };
     let (method, path, body) = match (action.as_str(), &known) {
         ("create", _) => (Method::POST, resource.clone(), Some(payload)),
-        ("update", Some(id)) => (Method::PUT, format!("{resource}/{id}"), Some(payload)),
-        ("delete", Some(id)) => (Method::DELETE, format!("{resource}/{id}"), None),
+        ("update", Some(id)) => (Method::PUT, at(id)?, Some(payload)),
+        ("delete", Some(id)) => (Method::DELETE, at(id)?, None),
         _ => {
             return Err(anyhow!(
                 "item #{}: cannot {action} without a CRM id",
