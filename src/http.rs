@@ -1,43 +1,35 @@
-//! What the HTTP clients share: the client builder (with the CAs of `[tls] ca_file`) and how a
-//! failed request is described to an operator.
+//! What the HTTP clients share: the client builder (trusting the system's CAs and those of
+//! `[tls] ca_file`, a certificate of which a server may also present as its own: see
+//! [`crate::tls`]) and how a failed request is described to an operator.
 
 use std::sync::OnceLock;
 
 use anyhow::Result;
 
-static EXTRA_CAS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
+static TLS: OnceLock<tokio_rustls::rustls::ClientConfig> = OnceLock::new();
 
-/// Reads `[tls] ca_file` once per process; its certificates are trusted by every client made
-/// with [`builder`], besides the system's.
+/// Reads `[tls] ca_file` once per process; every client made with [`builder`] trusts its
+/// certificates, besides the system's.
 pub fn configure(tls: &crate::config::TlsConfig) -> Result<()> {
-    let mut certs = Vec::new();
-    if let Some(path) = &tls.ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            crate::exit::CodedError::config(format!(
-                "cannot read `[tls] ca_file` `{}`: {e}",
-                path.display()
-            ))
-        })?;
-        certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .ok()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| {
-                crate::exit::CodedError::config(format!(
-                    "`[tls] ca_file` `{}` holds no PEM certificate",
-                    path.display()
-                ))
-            })?;
-    }
-    EXTRA_CAS.set(certs).ok();
+    let certs = match &tls.ca_file {
+        Some(path) => crate::tls::read_pem(path, "[tls] ca_file")
+            .map_err(|e| crate::exit::CodedError::config(format!("{e:#}")))?,
+        None => Vec::new(),
+    };
+    let config = crate::tls::PinningVerifier::new(certs, true)
+        .and_then(crate::tls::PinningVerifier::client_config)
+        .map_err(|e| crate::exit::CodedError::config(format!("{e:#}")))?;
+    TLS.set(config).ok();
     Ok(())
 }
 
-/// A client builder that trusts the system's CAs and those of `[tls] ca_file`.
+/// A client builder that trusts the system's CAs and those of `[tls] ca_file` (once
+/// [`configure`]d; before, reqwest's defaults).
 pub fn builder() -> reqwest::ClientBuilder {
     let b = reqwest::Client::builder();
-    match EXTRA_CAS.get() {
-        Some(certs) if !certs.is_empty() => b.tls_certs_merge(certs.iter().cloned()),
-        _ => b,
+    match TLS.get() {
+        Some(config) => b.tls_backend_preconfigured(config.clone()),
+        None => b,
     }
 }
 

@@ -667,3 +667,76 @@ fn a_stripe_id_is_an_id() {
         "{out:?}"
     );
 }
+
+/// Issue 14, point 1: over HTTPS, a certificate listed in `[tls] ca_file` is trusted, both as
+/// the server's own self-signed `CA:TRUE` certificate (`openssl req -x509`) and as the CA that
+/// signed the server's; without it, refused. `renew` and `doctor`, both ways.
+#[test]
+fn stripe_over_https_trusts_a_pinned_self_signed_certificate_and_a_test_ca() {
+    for self_signed in [true, false] {
+        let env = Env::new();
+        let (url, pem) = if self_signed {
+            (
+                env.sandbox.tls_self_signed_url("stripe"),
+                env.sandbox.tls_self_signed_pem().to_string(),
+            )
+        } else {
+            (
+                env.sandbox.tls_url("stripe"),
+                env.sandbox.tls_ca_pem().to_string(),
+            )
+        };
+        set_key(&env, "stripe", "base_url", &format!("\"{url}\""));
+        subscriptions(
+            &env,
+            &[(
+                "renews",
+                "active",
+                "2025-11-10T20:00:00Z",
+                r#", "gateway": "stripe", "gateway_subscription_id": "sub_1""#,
+            )],
+        );
+        env.sandbox.stripe.set(
+            "sub_1",
+            "active",
+            ts("2025-11-10T20:00:00Z"),
+            ts("2025-12-10T20:00:00Z"),
+        );
+        // Not trusted yet: refused, nothing changed.
+        let refused = env.run(&["renew", "--step", "stripe"]);
+        assert_eq!(refused.code, 1, "{refused:?}");
+        assert!(
+            refused.stderr.contains("the server's TLS certificate is not trusted"),
+            "{refused:?}"
+        );
+        let doctor = env.run(&["doctor"]);
+        assert!(
+            doctor
+                .stdout
+                .contains("fail  stripe       request to the stripe service could not connect"),
+            "{doctor:?}"
+        );
+        // Trusted through `[tls] ca_file`.
+        std::fs::write(env.path("ca.pem"), &pem).unwrap();
+        let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+        std::fs::write(
+            env.path("config.toml"),
+            format!(
+                "[tls]\nca_file = \"{}\"\n\n{config}",
+                env.path("ca.pem").display()
+            ),
+        )
+        .unwrap();
+        let doctor = env.run(&["doctor"]);
+        assert!(
+            doctor
+                .stdout
+                .contains(&format!("ok    stripe       `{url}` answers (404 Not Found)")),
+            "self-signed {self_signed}: {doctor:?}"
+        );
+        let out = env.run(&["renew", "--step", "stripe"]);
+        assert_eq!(out.code, 0, "self-signed {self_signed}: {out:?}");
+        let end: String = env.query("SELECT current_period_end FROM subscriptions");
+        assert_eq!(end, "2025-12-10T20:00:00.000Z");
+    }
+}
