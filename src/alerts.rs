@@ -236,7 +236,7 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return Ok(());
     };
-    let mailer = Mailer::new(&s.smtp, s.password.clone())?;
+    let mut mailer = Mailer::new(&s.smtp, s.password.clone())?;
     for e in store
         .pending_emails(1000)?
         .into_iter()
@@ -247,7 +247,7 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
         let outcome = tokio::task::block_in_place(|| handle.block_on(mailer.send(&e)));
         let (status, error) = match outcome {
             Outcome::Sent => ("sent", None),
-            Outcome::Retry(m) => ("pending", Some(m)),
+            Outcome::Retry(m) | Outcome::NotSent(m) => ("pending", Some(m)),
             Outcome::Failed(m) => ("failed", Some(m)),
             Outcome::Unknown(m) => ("unknown", Some(m)),
         };
@@ -258,5 +258,6 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
             &crate::clock::to_store(Utc::now()),
         )?;
     }
+    tokio::task::block_in_place(|| handle.block_on(mailer.close()));
     Ok(())
 }

@@ -740,3 +740,172 @@ fn stripe_over_https_trusts_a_pinned_self_signed_certificate_and_a_test_ca() {
         assert_eq!(end, "2025-12-10T20:00:00.000Z");
     }
 }
+
+/// The statuses of the outbox, by recipient.
+fn statuses(env: &Env) -> Vec<(String, String)> {
+    outbox(env).into_iter().map(|(_, to, st)| (to, st)).collect()
+}
+
+/// Issue 14, point 3: the emails of a run go over one connection, one TLS handshake and one
+/// AUTH, MAIL, RCPT and DATA pipelined: two round trips per message once the connection is up.
+#[test]
+fn the_emails_of_a_run_share_one_connection() {
+    let env = Env::new();
+    let subs: Vec<(String, &str, &str, &str)> = (1..=5)
+        .map(|i| (format!("e{i}"), "active", "2025-11-12T15:00:00Z", ""))
+        .collect();
+    let subs: Vec<(&str, &str, &str, &str)> =
+        subs.iter().map(|(a, b, c, d)| (a.as_str(), *b, *c, *d)).collect();
+    subscriptions(&env, &subs);
+    let out = env.run(&["renew"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let got = env.sandbox.smtp.received();
+    let to: Vec<String> = got.iter().map(|m| m.to[0].clone()).collect();
+    assert_eq!(
+        to,
+        (1..=5).map(|i| format!("e{i}@example.com")).collect::<Vec<_>>()
+    );
+    assert!(got.iter().all(|m| m.connection == 1), "one connection");
+    assert_eq!(env.sandbox.smtp.connections(), 1);
+    assert_eq!(env.sandbox.smtp.logins(), 1);
+    // Greeting, EHLO, AUTH, then 2 per message (MAIL+RCPT+DATA, the data); QUIT's answer goes
+    // out with the hang-up.
+    assert_eq!(env.sandbox.smtp.flushes(), 3 + 2 * 5);
+}
+
+/// Issue 14, point 3: after an error the connection is opened again; a message whose outcome is
+/// unknown is not sent again, one the server deferred waits, and one that never reached the
+/// server (it hung up at MAIL) goes at once over a new connection.
+#[test]
+fn after_an_smtp_error_the_connection_is_opened_again_and_nothing_is_sent_twice() {
+    let env = Env::new();
+    subscriptions(
+        &env,
+        &[
+            ("a", "active", "2025-11-12T15:00:00Z", ""),
+            ("b", "active", "2025-11-12T15:00:01Z", ""),
+            ("c", "active", "2025-11-12T15:00:02Z", ""),
+            ("d", "active", "2025-11-12T15:00:03Z", ""),
+            ("e", "active", "2025-11-12T15:00:04Z", ""),
+        ],
+    );
+    let smtp = &env.sandbox.smtp;
+    // MAIL faults go to the next MAILs in order, data faults to the next final dots: a gets
+    // 451 at MAIL; the server hangs up at b's MAIL (connection 1), b goes at once over
+    // connection 2, where the server drops it after its data; c, d and e go over connection 3.
+    smtp.push_fault(SmtpFault::RejectMail {
+        code: 451,
+        text: "4.3.0 Try again later".into(),
+    });
+    smtp.push_fault(SmtpFault::DropAfterData);
+    smtp.push_fault(SmtpFault::HangUpAtMail);
+    let out = env.run(&["renew"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(
+        statuses(&env),
+        vec![
+            ("a@example.com".into(), "pending".into()),
+            ("b@example.com".into(), "unknown".into()),
+            ("c@example.com".into(), "sent".into()),
+            ("d@example.com".into(), "sent".into()),
+            ("e@example.com".into(), "sent".into()),
+        ]
+    );
+    let got: Vec<(String, u64)> = smtp
+        .received()
+        .iter()
+        .map(|m| (m.to[0].clone(), m.connection))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("b@example.com".into(), 2),
+            ("c@example.com".into(), 3),
+            ("d@example.com".into(), 3),
+            ("e@example.com".into(), 3),
+        ]
+    );
+    assert_eq!(smtp.connections(), 3);
+    assert!(
+        out.stderr.contains("email #1 to a@example.com: the SMTP server deferred it: transient error (451): 4.3.0 Try again later; it waits for the next run"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("email #2 to b@example.com: the SMTP conversation broke without an answer (the server closed the connection): the message may have been delivered; not resent"),
+        "{out:?}"
+    );
+    // The next run sends the deferred one only.
+    assert_eq!(env.run(&["renew", "--step", "emails"]).code, 0);
+    let to: Vec<String> = smtp.received().iter().map(|m| m.to[0].clone()).collect();
+    assert_eq!(
+        to,
+        ["b", "c", "d", "e", "a"].map(|x| format!("{x}@example.com"))
+    );
+}
+
+/// Issue 14, point 1: the SMTP server's certificate, made either way (self-signed `CA:TRUE` as
+/// `openssl req -x509` makes it, or a leaf signed by a test CA), is trusted when `[smtp] ca_file`
+/// holds it (or its CA), over STARTTLS and implicit TLS, for the right name only; `doctor` says
+/// the same as `renew`.
+#[test]
+fn smtp_tls_trusts_a_pinned_self_signed_certificate_and_a_test_ca() {
+    use crm_jobs::sandbox::smtp::CertStyle;
+    for style in [CertStyle::SelfSigned, CertStyle::SignedByTestCa] {
+        for mode in ["starttls", "tls"] {
+            let env = Env::new();
+            let smtp = &env.sandbox.smtp;
+            smtp.set_certificate(style).unwrap();
+            smtp.set_require_tls(true);
+            smtp.set_implicit_tls(mode == "tls");
+            set_key(&env, "smtp", "tls", &format!("\"{mode}\""));
+            subscriptions(&env, &[("ended", "active", "2025-11-10T14:00:00Z", "")]);
+            let case = format!("{style:?} over {mode}");
+            // The system's CAs do not know it.
+            let refused = env.run(&["renew"]);
+            assert_eq!(refused.code, 3, "{case}: {refused:?}");
+            assert!(
+                refused.stderr.contains("the SMTP server `127.0.0.1` cannot be used: the TLS handshake failed: invalid peer certificate"),
+                "{case}: {refused:?}"
+            );
+            // Pinned (or its CA) in `[smtp] ca_file`, but for another name: refused.
+            std::fs::write(env.path("smtp.pem"), smtp.certificate_pem()).unwrap();
+            let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+            let with = |name: &str| {
+                config.replacen(
+                    "[smtp]\n",
+                    &format!(
+                        "[smtp]\nca_file = \"{}\"\ntls_server_name = \"{name}\"\n",
+                        env.path("smtp.pem").display()
+                    ),
+                    1,
+                )
+            };
+            std::fs::write(env.path("config.toml"), with("mail.example.com")).unwrap();
+            let wrong = env.run(&["renew", "--step", "emails"]);
+            assert_eq!(wrong.code, 3, "{case}: {wrong:?}");
+            let not_for_name = r#"the SMTP server `127.0.0.1` cannot be used: the TLS handshake failed: invalid peer certificate: certificate not valid for name "mail.example.com"; certificate is only valid for IpAddress(127.0.0.1) or DnsName("localhost")"#;
+            assert!(wrong.stderr.contains(not_for_name), "{case}: {wrong:?}");
+            let doctor = env.run(&["doctor"]);
+            assert!(
+                doctor.stdout.contains(&format!("fail  smtp         {not_for_name}")),
+                "{case}: {doctor:?}"
+            );
+            assert!(smtp.received().is_empty());
+            // The right name: doctor says so, and the email goes, under TLS.
+            std::fs::write(env.path("config.toml"), with("localhost")).unwrap();
+            let doctor = env.run(&["doctor"]);
+            assert!(
+                doctor.stdout.contains(&format!(
+                    "ok    smtp         `127.0.0.1:{}` answers (EHLO, TLS `{mode}`, AUTH when a user is set)",
+                    smtp.addr().port()
+                )),
+                "{case}: {doctor:?}"
+            );
+            let out = env.run(&["renew", "--step", "emails"]);
+            assert_eq!(out.code, 0, "{case}: {out:?}");
+            let got = smtp.received();
+            assert_eq!(got.len(), 1, "{case}");
+            assert!(got[0].tls, "{case}");
+        }
+    }
+}
