@@ -52,6 +52,8 @@ pub struct RunFacts<'a> {
     /// `Some(Some(n))`: the run did nothing while `n` items waited; `Some(None)`: it did work or
     /// nothing waited; `None`: not known (the run failed or was interrupted).
     pub idle_with_work: Option<Option<i64>>,
+    /// Credentials services accepted (`None`) or refused (`Some(why)`), by incident kind.
+    pub credentials: &'a [(&'static str, Option<String>)],
 }
 
 /// Looks at the job's incidents after a run; never fails the job.
@@ -91,6 +93,11 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
             "idle",
             idle.map(|n| format!("the last run did nothing while {n} item(s) were waiting for it")),
         ));
+    }
+    // Refused credentials do not wait for failures to add up: nothing works until they are
+    // fixed. Only a service the run talked to says anything.
+    for (kind, refused) in f.credentials {
+        checks.push((kind, refused.clone()));
     }
     let mut checks: Vec<(&str, &str, Option<String>)> =
         checks.into_iter().map(|(k, p)| (f.job, k, p)).collect();

@@ -169,6 +169,11 @@ impl Mailer {
         }
     }
 
+    /// Whether the server is asked to check credentials (AUTH).
+    pub fn authenticates(&self) -> bool {
+        matches!(self, Mailer::Smtp { settings, .. } if settings.credentials.is_some())
+    }
+
     /// Says QUIT on the open connection, if any.
     pub async fn close(&mut self) {
         if let Mailer::Smtp { connection, .. } = self

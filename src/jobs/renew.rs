@@ -396,9 +396,17 @@ async fn stripe_step(
         };
         let (sub, answer) = done?;
         bar.inc(1);
+        // An answer about the subscription says the key was taken.
+        if matches!(answer, Ok(_) | Err(StripeError::Permanent(_))) {
+            run.credentials_checked("stripe_credentials", None);
+        }
         match answer {
             Ok(s) => record_stripe(ctx, run, &sub, &s)?,
             Err(StripeError::Stop(m)) => {
+                run.credentials_checked(
+                    "stripe_credentials",
+                    Some("Stripe refused the secret key".into()),
+                );
                 if stop.is_none() {
                     stop = Some(m);
                 }
@@ -414,7 +422,8 @@ async fn stripe_step(
     }
     ctx.printer.finish_progress(&bar);
     match stop {
-        Some(m) => Err(anyhow!(m)),
+        // Refused credentials are a configuration failure (exit 78), whatever else went well.
+        Some(m) => Err(CodedError::config(m)),
         None => Ok(()),
     }
 }
@@ -504,12 +513,23 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &mut Mailer) -> Result<()> 
         }
         // One connection for the run: opened for the first email, again after an error. When
         // it cannot be opened, nothing is handed over and this email and the rest wait.
-        if let Err(why) = mailer.connect().await {
+        let connected = mailer.connect().await;
+        match &connected {
+            Ok(()) if mailer.authenticates() => run.credentials_checked("smtp_credentials", None),
+            Err(Unusable::Credentials(_)) => run.credentials_checked(
+                "smtp_credentials",
+                Some("the SMTP server refused the credentials of `[smtp] user`".into()),
+            ),
+            _ => {}
+        }
+        if let Err(why) = connected {
             let left = total - i;
             let m = format!("{why}; {left} email(s) wait for the next run (the state changes stand)");
             run.add("emails_waiting", left as i64);
             mailer.close().await;
             return match why {
+                // Nothing is marked: every email stays `pending`, sent once the password is
+                // fixed.
                 Unusable::Credentials(_) => Err(CodedError::config(m)),
                 Unusable::Unavailable(_) => {
                     tracing::warn!("{m}");

@@ -251,7 +251,7 @@ fn a_refused_stripe_key_stops_the_step() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains(
             "error: Stripe refused the secret key (401 Unauthorized: Invalid API Key provided"
@@ -908,4 +908,102 @@ fn smtp_tls_trusts_a_pinned_self_signed_certificate_and_a_test_ca() {
             assert!(got[0].tls, "{case}");
         }
     }
+}
+
+/// The kinds of the open incidents.
+fn open_incidents(env: &Env) -> Vec<String> {
+    let db = env.db();
+    let mut stmt = db
+        .prepare("SELECT job || ':' || kind FROM incidents WHERE cleared_at IS NULL ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Issue 14, point 5: credentials refused by the SMTP server or by Stripe are a configuration
+/// failure: exit 78 for both (not 3, which the systemd units count as success), the run
+/// `failed`, an alert at once, and the outbox kept for when they are fixed.
+#[test]
+fn refused_credentials_are_a_configuration_failure_with_an_alert_and_the_outbox_kept() {
+    let env = Env::new();
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!("[alerts]\nto = \"ops@example.com\"\n\n{config}"),
+    )
+    .unwrap();
+    subscriptions(&env, &[("ended", "active", "2025-11-10T14:00:00Z", "")]);
+    let out = env
+        .cmd(&["renew"])
+        .env("CRM_JOBS_SMTP_PASSWORD", "errada")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("error: the SMTP server `127.0.0.1` refused the credentials of `[smtp] user` `sandbox` (permanent error (535): 5.7.8 Authentication credentials invalid): check `CRM_JOBS_SMTP_PASSWORD` (or `[smtp] password_file`) and `[smtp] user`; 1 email(s) wait for the next run (the state changes stand)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("errada"), "the password is never shown");
+    let status: String = env.query("SELECT status FROM runs WHERE job = 'renew' ORDER BY id DESC LIMIT 1");
+    assert_eq!(status, "failed");
+    assert_eq!(open_incidents(&env), vec!["renew:smtp_credentials".to_string()]);
+    // The expiry stands; its email and the alert wait (the alert cannot go either).
+    let subscription: String = env.query("SELECT status FROM subscriptions");
+    assert_eq!(subscription, "inactive");
+    assert_eq!(
+        outbox(&env),
+        vec![
+            ("expired".into(), "ended@example.com".into(), "pending".into()),
+            ("alert".into(), "ops@example.com".into(), "pending".into()),
+        ]
+    );
+    assert!(env.sandbox.smtp.received().is_empty());
+    // Fixed: everything queued goes, and the alert clears.
+    let out = env.run(&["renew", "--step", "emails"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(open_incidents(&env).is_empty());
+    let subjects: Vec<String> = env
+        .sandbox
+        .smtp
+        .received()
+        .iter()
+        .map(|m| m.to[0].clone())
+        .collect();
+    assert_eq!(
+        subjects,
+        ["ended@example.com", "ops@example.com", "ops@example.com"],
+        "the expiry, the alert, its clearing"
+    );
+
+    // Stripe refusing the key: the same exit, its own alert, sent at once.
+    let env = Env::new();
+    let config = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!("[alerts]\nto = \"ops@example.com\"\n\n{config}"),
+    )
+    .unwrap();
+    subscriptions(
+        &env,
+        &[(
+            "renews",
+            "active",
+            "2025-11-10T20:00:00Z",
+            r#", "gateway": "stripe", "gateway_subscription_id": "sub_1""#,
+        )],
+    );
+    let out = env
+        .cmd(&["renew"])
+        .env("CRM_JOBS_STRIPE_SECRET_KEY", "sk_wrong")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert_eq!(open_incidents(&env), vec!["renew:stripe_credentials".to_string()]);
+    let alert = env.sandbox.smtp.received();
+    assert_eq!(alert.len(), 1, "{stderr}");
+    assert_eq!(alert[0].to, vec!["ops@example.com".to_string()]);
 }
