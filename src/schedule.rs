@@ -546,8 +546,8 @@ const CRONTAB_HEADER: &str = r#"#
 #
 # Exit codes (in the mail and in the store's `runs` table): 0 done or nothing due; 3 partial
 # (some items failed, recorded and retried later); 75 already running (the start did nothing);
-# 1 the run failed (read the mail); 78 bad configuration, a missing secret, or credentials a
-# service refused (`crm-jobs config check`, `crm-jobs doctor`). See the README, "Exit codes".
+# 1 the run failed (read the mail); 78 bad configuration or a missing secret
+# (`crm-jobs config check`). See the README, "Exit codes".
 "#;
 
 /// systemd's calendar form of a crontab expression (one line per `OnCalendar=`; two when day of
