@@ -35,6 +35,8 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../sql/0005_subscriptions.sql")),
         M::up(include_str!("../../sql/0006_operations.sql")),
         M::up(include_str!("../../sql/0007_run_progress.sql")),
+        // 0008 and 0009 are other branches' (merged before this one).
+        M::up(include_str!("../../sql/0010_app_data.sql")),
     ])
 });
 

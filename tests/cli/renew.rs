@@ -1007,3 +1007,130 @@ fn refused_credentials_are_a_configuration_failure_with_an_alert_and_the_outbox_
     assert_eq!(alert.len(), 1, "{stderr}");
     assert_eq!(alert[0].to, vec!["ops@example.com".to_string()]);
 }
+
+/// Every row of the subscription app's tables, as text.
+fn app_rows(env: &Env) -> Vec<String> {
+    let db = env.db();
+    let mut rows = Vec::new();
+    for table in ["plans", "users", "subscriptions", "sessions", "payments"] {
+        let mut stmt = db
+            .prepare(&format!("SELECT * FROM {table} ORDER BY id"))
+            .unwrap();
+        let n = stmt.column_count();
+        let mut q = stmt.query([]).unwrap();
+        while let Some(r) = q.next().unwrap() {
+            let values: Vec<String> = (0..n)
+                .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                .collect();
+            rows.push(format!("{table}: {}", values.join(", ")));
+        }
+    }
+    rows
+}
+
+/// Imports the app's `mongoexport` files, one collection each, in the order they name each
+/// other.
+fn import_mongoexport(env: &Env) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mongo");
+    for (collection, n) in [
+        ("plans", 2),
+        ("users", 11),
+        ("subscriptions", 11),
+        ("sessions", 2),
+        ("payments", 5),
+    ] {
+        let file = dir.join(format!("{collection}.json"));
+        let out = env.run(&[
+            "import",
+            "subscriptions",
+            file.to_str().unwrap(),
+            "--collection",
+            collection,
+        ]);
+        assert_eq!(out.code, 0, "{collection}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "imported {n} record(s) from `{}`; 0 line(s) skipped",
+                file.display()
+            )),
+            "{out:?}"
+        );
+    }
+}
+
+/// Issue 14, point 4: the app's data as `mongoexport` writes it (Extended JSON, one collection
+/// per file) imports as it is; what the app had warned (`expiration_warning_sent`) or deleted
+/// (`flag_del`) is not warned nor touched, a `failed` payment is a payment, and importing the
+/// same export again changes nothing.
+#[test]
+fn the_apps_mongoexport_imports_as_it_is_and_only_the_due_are_warned() {
+    let env = Env::new();
+    import_mongoexport(&env);
+    let price: i64 = env.query("SELECT price_centavos FROM plans WHERE external_id = '65f100010000000000000001'");
+    assert_eq!(price, 4990, "`{{\"$numberDecimal\": \"49.90\"}}` is R$ 49,90");
+    let (end, warned): (String, Option<String>) = env
+        .db()
+        .query_row(
+            "SELECT current_period_end, warned_period_end FROM subscriptions WHERE external_id = '65f100030000000000000003'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(warned.as_deref(), Some(end.as_str()), "warned by the app for this period");
+    let failed: String = env.query("SELECT status FROM payments WHERE external_id = '65f100050000000000000002'");
+    assert_eq!(failed, "failed");
+    let deleted: String = env.query(
+        "SELECT group_concat(external_id) FROM (SELECT external_id FROM subscriptions WHERE deleted_at IS NOT NULL
+         UNION ALL SELECT external_id FROM users WHERE deleted_at IS NOT NULL ORDER BY 1)",
+    );
+    assert_eq!(
+        deleted,
+        "65f10002000000000000000b,65f100030000000000000009,65f10003000000000000000a"
+    );
+    // The same export again: nothing changes.
+    let before = app_rows(&env);
+    import_mongoexport(&env);
+    assert_eq!(app_rows(&env), before);
+
+    let out = env.run(&["renew", "--step", "expiring"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        outbox(&env),
+        vec![
+            ("expiring".into(), "u1@example.com".into(), "pending".into()),
+            ("expiring".into(), "u2@example.com".into(), "pending".into()),
+        ],
+        "2 due; not the 6 the app warned, the 2 it deleted, nor the deleted user's"
+    );
+    // Again after the run: the import does not undo the warnings, nor anything else.
+    let before = app_rows(&env);
+    import_mongoexport(&env);
+    assert_eq!(app_rows(&env), before);
+    assert_eq!(env.run(&["renew", "--step", "expiring"]).code, 0);
+    assert_eq!(outbox(&env).len(), 2);
+
+    // `cleanup` leaves what the app deleted alone.
+    assert_eq!(env.run(&["cleanup", "--only", "sessions", "--only", "payments"]).code, 0);
+    let audits: String = env.query(
+        "SELECT group_concat(x) FROM (SELECT a.entity || ':' || a.action || ':' || coalesce(s.external_id, p.external_id) AS x
+         FROM audit_log a LEFT JOIN sessions s ON a.entity = 'session' AND s.id = a.entity_id
+         LEFT JOIN payments p ON a.entity = 'payment' AND p.id = a.entity_id
+         WHERE a.entity IN ('session', 'payment') ORDER BY x)",
+    );
+    assert_eq!(
+        audits,
+        "payment:cancelled:65f100050000000000000003,session:soft_deleted:65f100040000000000000001"
+    );
+
+    // Without `--collection`, a document's own `type` is read as the record type.
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mongo/payments.json");
+    let out = env.run(&["import", "subscriptions", file.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "{}:1: `type` = `pix` is not one of plan, user, subscription, session, payment; line skipped",
+            file.display()
+        )),
+        "{out:?}"
+    );
+}
