@@ -158,8 +158,16 @@ fn emails() {
     )
     .unwrap();
     let env = [("CRM_JOBS_SMTP_PASSWORD", crm_jobs::sandbox::SMTP_PASSWORD)];
-    crm_jobs(dir.path(), &["--quiet", "import", "subscriptions", "subs.jsonl"], &env);
-    crm_jobs(dir.path(), &["--quiet", "renew", "--step", "expiring"], &env);
+    crm_jobs(
+        dir.path(),
+        &["--quiet", "import", "subscriptions", "subs.jsonl"],
+        &env,
+    );
+    crm_jobs(
+        dir.path(),
+        &["--quiet", "renew", "--step", "expiring"],
+        &env,
+    );
     sandbox
         .smtp
         .set_reply_latency(StdDuration::from_millis(latency_ms));
@@ -186,7 +194,11 @@ fn emails() {
         "  wall {wall:.2} s ({:.1} messages/s, {:.1} ms each) | bound of one open connection {bound:.2} s ({:.1} messages/s) | ratio {:.3} | peak memory {:.1} MB",
         n as f64 / wall,
         wall * 1000.0 / n as f64,
-        if bound > 0.0 { n as f64 / bound } else { f64::INFINITY },
+        if bound > 0.0 {
+            n as f64 / bound
+        } else {
+            f64::INFINITY
+        },
         if bound > 0.0 { wall / bound } else { 0.0 },
         summary["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
     );

@@ -72,7 +72,11 @@ fn hello_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        })
         .unwrap_or_else(|| "localhost".to_string())
 }
 
@@ -229,10 +233,7 @@ impl Mailer {
             return Outcome::NotSent("no connection to the SMTP server".into());
         };
         let envelope = message.envelope();
-        let from = envelope
-            .from()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        let from = envelope.from().map(ToString::to_string).unwrap_or_default();
         let to: Vec<String> = envelope.to().iter().map(ToString::to_string).collect();
         match connection.send(&from, &to, &message.formatted()).await {
             Ok(()) => Outcome::Sent,

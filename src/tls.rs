@@ -26,8 +26,8 @@ use tokio_rustls::rustls::{
 
 /// The certificates of a PEM file (`what` names its setting in messages, e.g. `[smtp] ca_file`).
 pub fn read_pem(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let pem =
-        std::fs::read(path).with_context(|| format!("cannot read `{what}` `{}`", path.display()))?;
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read `{what}` `{}`", path.display()))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow!("`{what}` `{}` is not PEM: {e}", path.display()))?;
@@ -100,7 +100,11 @@ impl ServerCertVerifier for PinningVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        if !self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+        if !self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
             return self.normal.verify_server_cert(
                 end_entity,
                 intermediates,
@@ -313,7 +317,9 @@ mod tests {
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         if expired {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
@@ -350,7 +356,11 @@ mod tests {
 
     #[test]
     fn a_pinned_ca_true_certificate_is_the_servers_own_for_its_names_only() {
-        let cert = openssl_style("mail.example.com", &["mail.example.com", "127.0.0.1"], false);
+        let cert = openssl_style(
+            "mail.example.com",
+            &["mail.example.com", "127.0.0.1"],
+            false,
+        );
         // WebPKI alone refuses it as an end entity.
         let webpki = PinningVerifier::new(vec![cert.clone()], false).unwrap();
         let err = webpki
@@ -407,13 +417,22 @@ mod tests {
         );
         std::fs::write(dir.path().join("ok.pem"), &pem).unwrap();
         std::fs::write(dir.path().join("empty.pem"), "nothing here\n").unwrap();
-        assert_eq!(read_pem(&dir.path().join("ok.pem"), "[smtp] ca_file").unwrap(), vec![cert]);
+        assert_eq!(
+            read_pem(&dir.path().join("ok.pem"), "[smtp] ca_file").unwrap(),
+            vec![cert]
+        );
         let err = read_pem(&dir.path().join("empty.pem"), "[smtp] ca_file").unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("`[smtp] ca_file` `{}` holds no PEM certificate", dir.path().join("empty.pem").display())
+            format!(
+                "`[smtp] ca_file` `{}` holds no PEM certificate",
+                dir.path().join("empty.pem").display()
+            )
         );
         let err = read_pem(&dir.path().join("missing.pem"), "[tls] ca_file").unwrap_err();
-        assert!(err.to_string().starts_with("cannot read `[tls] ca_file`"), "{err}");
+        assert!(
+            err.to_string().starts_with("cannot read `[tls] ca_file`"),
+            "{err}"
+        );
     }
 }

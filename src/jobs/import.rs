@@ -468,26 +468,25 @@ fn subscriptions(ctx: &Ctx, file: &Path, collection: Option<Collection>) -> Resu
     // `mongoexport --jsonArray` writes one array (maybe over many lines); by default, and as
     // our own format, one document per line.
     let array = text.trim_start().starts_with('[');
-    let documents: Vec<(String, std::result::Result<Value, String>)> =
-        if array {
-            let all: Vec<Value> = serde_json::from_str(&text)
-                .with_context(|| format!("`{name}` begins with `[` but is not a JSON array"))?;
-            all.into_iter()
-                .enumerate()
-                .map(|(i, v)| (format!(" document {}", i + 1), Ok(v)))
-                .collect()
-        } else {
-            text.lines()
-                .enumerate()
-                .filter(|(_, line)| !line.trim().is_empty())
-                .map(|(i, line)| {
-                    (
-                        (i + 1).to_string(),
-                        serde_json::from_str(line).map_err(|e| format!("not JSON ({e})")),
-                    )
-                })
-                .collect()
-        };
+    let documents: Vec<(String, std::result::Result<Value, String>)> = if array {
+        let all: Vec<Value> = serde_json::from_str(&text)
+            .with_context(|| format!("`{name}` begins with `[` but is not a JSON array"))?;
+        all.into_iter()
+            .enumerate()
+            .map(|(i, v)| (format!(" document {}", i + 1), Ok(v)))
+            .collect()
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                (
+                    (i + 1).to_string(),
+                    serde_json::from_str(line).map_err(|e| format!("not JSON ({e})")),
+                )
+            })
+            .collect()
+    };
     let mut store = ctx.open_store()?;
     let now = clock::to_store(ctx.clock.now());
     let (mut ok, mut bad) = (0usize, 0usize);
@@ -789,9 +788,9 @@ fn subscription_line(
 fn gateway_id_is_valid(gateway: &str, id: &str) -> std::result::Result<(), String> {
     let ok = id.len() <= 255
         && match gateway {
-            "stripe" => id
-                .strip_prefix("sub_")
-                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric())),
+            "stripe" => id.strip_prefix("sub_").is_some_and(|rest| {
+                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+            }),
             _ => id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
@@ -831,9 +830,16 @@ mod tests {
         for k in ["when", "legacy", "canonical", "millis"] {
             assert_eq!(v[k], "2025-11-12T10:00:00.000Z", "{k}");
         }
-        assert_eq!((v["n"].clone(), v["big"].clone()), (json!(7), json!(9_000_000_000i64)));
+        assert_eq!(
+            (v["n"].clone(), v["big"].clone()),
+            (json!(7), json!(9_000_000_000i64))
+        );
         assert_eq!(v["x"], json!(1.5));
-        assert_eq!(v["price"], json!({"$numberDecimal": "49.90"}), "kept for the amounts");
+        assert_eq!(
+            v["price"],
+            json!({"$numberDecimal": "49.90"}),
+            "kept for the amounts"
+        );
         assert_eq!(v["nested"][0], "65f1c0de0000000000000002");
         assert_eq!(
             extended_json(json!({"d": {"$date": "ontem"}})).unwrap_err(),

@@ -524,7 +524,8 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &mut Mailer) -> Result<()> 
         }
         if let Err(why) = connected {
             let left = total - i;
-            let m = format!("{why}; {left} email(s) wait for the next run (the state changes stand)");
+            let m =
+                format!("{why}; {left} email(s) wait for the next run (the state changes stand)");
             run.add("emails_waiting", left as i64);
             mailer.close().await;
             return match why {

@@ -248,8 +248,7 @@ impl Connection {
             if !self.eight_bit {
                 return Err(SendError::Rejected(Reply {
                     code: 554,
-                    text: "the message is not ASCII and the server does not offer 8BITMIME"
-                        .into(),
+                    text: "the message is not ASCII and the server does not offer 8BITMIME".into(),
                 }));
             }
             params.push_str(" BODY=8BITMIME");
@@ -294,8 +293,8 @@ impl Connection {
             }
         }
         let (mail, rest) = replies.split_first().expect("one reply at least");
-        let data_accepted = replies.len() == commands.len()
-            && replies.last().is_some_and(|r| r.code == 354);
+        let data_accepted =
+            replies.len() == commands.len() && replies.last().is_some_and(|r| r.code == 354);
         let refusal = std::iter::once(mail)
             .chain(rest.iter().take(to.len()))
             .find(|r| r.code / 100 != 2)
@@ -427,7 +426,9 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let connector = TlsConnector::from(s.tls_config.clone());
     tokio::time::timeout(s.timeout, connector.connect(s.server_name.clone(), stream))
         .await
-        .map_err(|_| OpenError::Unavailable(format!("the TLS handshake timed out after {:?}", s.timeout)))?
+        .map_err(|_| {
+            OpenError::Unavailable(format!("the TLS handshake timed out after {:?}", s.timeout))
+        })?
         .map_err(|e| OpenError::Unavailable(format!("the TLS handshake failed: {e}")))
 }
 
@@ -460,7 +461,10 @@ mod tests {
 
     #[test]
     fn data_is_dot_stuffed_with_crlf_lines() {
-        assert_eq!(dot_stuff(b"a\r\n.b\r\n..c\r\nd"), b"a\r\n..b\r\n...c\r\nd\r\n");
+        assert_eq!(
+            dot_stuff(b"a\r\n.b\r\n..c\r\nd"),
+            b"a\r\n..b\r\n...c\r\nd\r\n"
+        );
         assert_eq!(dot_stuff(b".\nx\n"), b"..\r\nx\r\n");
         assert_eq!(dot_stuff(b"mid . dot\r\n"), b"mid . dot\r\n");
     }
@@ -471,11 +475,17 @@ mod tests {
             code: 550,
             text: "5.1.1 Mailbox unavailable".into(),
         };
-        assert_eq!(r.to_string(), "permanent error (550): 5.1.1 Mailbox unavailable");
+        assert_eq!(
+            r.to_string(),
+            "permanent error (550): 5.1.1 Mailbox unavailable"
+        );
         let r = Reply {
             code: 451,
             text: "4.3.0 Try again later".into(),
         };
-        assert_eq!(r.to_string(), "transient error (451): 4.3.0 Try again later");
+        assert_eq!(
+            r.to_string(),
+            "transient error (451): 4.3.0 Try again later"
+        );
     }
 }

@@ -104,9 +104,10 @@ impl Sandbox {
                     if !ok {
                         return;
                     }
-                    for (listener, config) in
-                        [(tls_listener, tls_config), (self_signed_listener, self_signed_config)]
-                    {
+                    for (listener, config) in [
+                        (tls_listener, tls_config),
+                        (self_signed_listener, self_signed_config),
+                    ] {
                         let tls = tls::TlsListener {
                             tcp: tokio::net::TcpListener::from_std(listener).expect("listener"),
                             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),

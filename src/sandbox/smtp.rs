@@ -691,7 +691,8 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             let Some(user) = decode_response(io, &user).await? else {
                 return Ok(Auth::Answered);
             };
-            let Some(password) = challenge(shared, io, line, &BASE64.encode("Password:")).await? else {
+            let Some(password) = challenge(shared, io, line, &BASE64.encode("Password:")).await?
+            else {
                 return Ok(Auth::Hangup);
             };
             let Some(password) = decode_response(io, &password).await? else {
@@ -1298,7 +1299,8 @@ mod tests {
         assert_eq!(code(&raw.command("EHLO cliente.test").await), "250");
         let before = server.flushes();
         let started = Instant::now();
-        raw.send("MAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\nDATA\r\n").await;
+        raw.send("MAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\nDATA\r\n")
+            .await;
         for expected in ["250", "250", "354"] {
             assert_eq!(code(&raw.reply().await), expected);
         }
@@ -1306,7 +1308,10 @@ mod tests {
         // One write on loopback arrives as one read: the three replies go out together.
         assert_eq!(server.flushes() - before, 1, "one round trip for the group");
         let before = server.flushes();
-        assert_eq!(code(&raw.command("Subject: x\r\n\r\ncorpo\r\n.").await), "250");
+        assert_eq!(
+            code(&raw.command("Subject: x\r\n\r\ncorpo\r\n.").await),
+            "250"
+        );
         assert_eq!(server.flushes() - before, 1, "one round trip for the data");
         assert_eq!(server.connections(), 1);
         assert_eq!(server.received()[0].connection, 1);

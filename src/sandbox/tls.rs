@@ -34,7 +34,10 @@ pub struct Certified {
     pub config: ServerConfig,
 }
 
-fn server_config(chain: Vec<CertificateDer<'static>>, key: &rcgen::KeyPair) -> Result<ServerConfig> {
+fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+) -> Result<ServerConfig> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     // An explicit provider: with both `ring` and `aws-lc-rs` enabled somewhere in the
     // dependency graph, rustls cannot pick a process default and `builder()` would panic.
@@ -55,7 +58,9 @@ pub fn certificate(style: CertStyle) -> Result<Certified> {
             params
                 .distinguished_name
                 .push(rcgen::DnType::CommonName, "localhost");
-            let cert = params.self_signed(&key).context("self-signed certificate")?;
+            let cert = params
+                .self_signed(&key)
+                .context("self-signed certificate")?;
             Ok(Certified {
                 trust_pem: cert.pem(),
                 config: server_config(vec![cert.der().clone()], &key)?,

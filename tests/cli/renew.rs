@@ -599,8 +599,9 @@ fn trialing_is_not_a_renewal() {
     assert_eq!(trail, "not_renewed: Stripe says `trialing`: not a renewal");
     assert!(outbox(&env).is_empty(), "no email");
     assert!(
-        out.stderr
-            .contains("subscription `trial` (trial@example.com): Stripe says `trialing`; not renewed"),
+        out.stderr.contains(
+            "subscription `trial` (trial@example.com): Stripe says `trialing`; not renewed"
+        ),
         "{out:?}"
     );
 }
@@ -620,7 +621,8 @@ fn a_stripe_id_is_an_id() {
         &file,
         [
             r#"{"type": "plan", "id": "pro", "name": "Pro", "price": 4990}"#.to_string(),
-            r#"{"type": "user", "id": "u1", "name": "Ana", "email": "ana@example.com"}"#.to_string(),
+            r#"{"type": "user", "id": "u1", "name": "Ana", "email": "ana@example.com"}"#
+                .to_string(),
             line("s1", "stripe", "../../v1/customers?x=1#"),
             line("s2", "stripe", "sub_"),
             line("s3", "paypal", "I-BW452/GLLEP1G"),
@@ -644,7 +646,10 @@ fn a_stripe_id_is_an_id() {
             "{f}:5: `gateway_subscription_id` = `I-BW452/GLLEP1G` is not a `paypal` subscription id (letters, digits, `-` and `_`, at most 255); line skipped"
         ),
     ] {
-        assert!(out.stderr.contains(&expected), "missing `{expected}` in {out:?}");
+        assert!(
+            out.stderr.contains(&expected),
+            "missing `{expected}` in {out:?}"
+        );
     }
     let imported: String = env.query("SELECT group_concat(external_id) FROM subscriptions");
     assert_eq!(imported, "s4,s5");
@@ -706,7 +711,9 @@ fn stripe_over_https_trusts_a_pinned_self_signed_certificate_and_a_test_ca() {
         let refused = env.run(&["renew", "--step", "stripe"]);
         assert_eq!(refused.code, 1, "{refused:?}");
         assert!(
-            refused.stderr.contains("the server's TLS certificate is not trusted"),
+            refused
+                .stderr
+                .contains("the server's TLS certificate is not trusted"),
             "{refused:?}"
         );
         let doctor = env.run(&["doctor"]);
@@ -729,9 +736,9 @@ fn stripe_over_https_trusts_a_pinned_self_signed_certificate_and_a_test_ca() {
         .unwrap();
         let doctor = env.run(&["doctor"]);
         assert!(
-            doctor
-                .stdout
-                .contains(&format!("ok    stripe       `{url}` answers (404 Not Found)")),
+            doctor.stdout.contains(&format!(
+                "ok    stripe       `{url}` answers (404 Not Found)"
+            )),
             "self-signed {self_signed}: {doctor:?}"
         );
         let out = env.run(&["renew", "--step", "stripe"]);
@@ -743,7 +750,10 @@ fn stripe_over_https_trusts_a_pinned_self_signed_certificate_and_a_test_ca() {
 
 /// The statuses of the outbox, by recipient.
 fn statuses(env: &Env) -> Vec<(String, String)> {
-    outbox(env).into_iter().map(|(_, to, st)| (to, st)).collect()
+    outbox(env)
+        .into_iter()
+        .map(|(_, to, st)| (to, st))
+        .collect()
 }
 
 /// Issue 14, point 3: the emails of a run go over one connection, one TLS handshake and one
@@ -754,8 +764,10 @@ fn the_emails_of_a_run_share_one_connection() {
     let subs: Vec<(String, &str, &str, &str)> = (1..=5)
         .map(|i| (format!("e{i}"), "active", "2025-11-12T15:00:00Z", ""))
         .collect();
-    let subs: Vec<(&str, &str, &str, &str)> =
-        subs.iter().map(|(a, b, c, d)| (a.as_str(), *b, *c, *d)).collect();
+    let subs: Vec<(&str, &str, &str, &str)> = subs
+        .iter()
+        .map(|(a, b, c, d)| (a.as_str(), *b, *c, *d))
+        .collect();
     subscriptions(&env, &subs);
     let out = env.run(&["renew"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -763,7 +775,9 @@ fn the_emails_of_a_run_share_one_connection() {
     let to: Vec<String> = got.iter().map(|m| m.to[0].clone()).collect();
     assert_eq!(
         to,
-        (1..=5).map(|i| format!("e{i}@example.com")).collect::<Vec<_>>()
+        (1..=5)
+            .map(|i| format!("e{i}@example.com"))
+            .collect::<Vec<_>>()
     );
     assert!(got.iter().all(|m| m.connection == 1), "one connection");
     assert_eq!(env.sandbox.smtp.connections(), 1);
@@ -887,7 +901,9 @@ fn smtp_tls_trusts_a_pinned_self_signed_certificate_and_a_test_ca() {
             assert!(wrong.stderr.contains(not_for_name), "{case}: {wrong:?}");
             let doctor = env.run(&["doctor"]);
             assert!(
-                doctor.stdout.contains(&format!("fail  smtp         {not_for_name}")),
+                doctor
+                    .stdout
+                    .contains(&format!("fail  smtp         {not_for_name}")),
                 "{case}: {doctor:?}"
             );
             assert!(smtp.received().is_empty());
@@ -947,16 +963,24 @@ fn refused_credentials_are_a_configuration_failure_with_an_alert_and_the_outbox_
         "{stderr}"
     );
     assert!(!stderr.contains("errada"), "the password is never shown");
-    let status: String = env.query("SELECT status FROM runs WHERE job = 'renew' ORDER BY id DESC LIMIT 1");
+    let status: String =
+        env.query("SELECT status FROM runs WHERE job = 'renew' ORDER BY id DESC LIMIT 1");
     assert_eq!(status, "failed");
-    assert_eq!(open_incidents(&env), vec!["renew:smtp_credentials".to_string()]);
+    assert_eq!(
+        open_incidents(&env),
+        vec!["renew:smtp_credentials".to_string()]
+    );
     // The expiry stands; its email and the alert wait (the alert cannot go either).
     let subscription: String = env.query("SELECT status FROM subscriptions");
     assert_eq!(subscription, "inactive");
     assert_eq!(
         outbox(&env),
         vec![
-            ("expired".into(), "ended@example.com".into(), "pending".into()),
+            (
+                "expired".into(),
+                "ended@example.com".into(),
+                "pending".into()
+            ),
             ("alert".into(), "ops@example.com".into(), "pending".into()),
         ]
     );
@@ -1002,7 +1026,10 @@ fn refused_credentials_are_a_configuration_failure_with_an_alert_and_the_outbox_
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert_eq!(open_incidents(&env), vec!["renew:stripe_credentials".to_string()]);
+    assert_eq!(
+        open_incidents(&env),
+        vec!["renew:stripe_credentials".to_string()]
+    );
     let alert = env.sandbox.smtp.received();
     assert_eq!(alert.len(), 1, "{stderr}");
     assert_eq!(alert[0].to, vec!["ops@example.com".to_string()]);
@@ -1066,8 +1093,12 @@ fn import_mongoexport(env: &Env) {
 fn the_apps_mongoexport_imports_as_it_is_and_only_the_due_are_warned() {
     let env = Env::new();
     import_mongoexport(&env);
-    let price: i64 = env.query("SELECT price_centavos FROM plans WHERE external_id = '65f100010000000000000001'");
-    assert_eq!(price, 4990, "`{{\"$numberDecimal\": \"49.90\"}}` is R$ 49,90");
+    let price: i64 = env
+        .query("SELECT price_centavos FROM plans WHERE external_id = '65f100010000000000000001'");
+    assert_eq!(
+        price, 4990,
+        "`{{\"$numberDecimal\": \"49.90\"}}` is R$ 49,90"
+    );
     let (end, warned): (String, Option<String>) = env
         .db()
         .query_row(
@@ -1076,8 +1107,13 @@ fn the_apps_mongoexport_imports_as_it_is_and_only_the_due_are_warned() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(warned.as_deref(), Some(end.as_str()), "warned by the app for this period");
-    let failed: String = env.query("SELECT status FROM payments WHERE external_id = '65f100050000000000000002'");
+    assert_eq!(
+        warned.as_deref(),
+        Some(end.as_str()),
+        "warned by the app for this period"
+    );
+    let failed: String =
+        env.query("SELECT status FROM payments WHERE external_id = '65f100050000000000000002'");
     assert_eq!(failed, "failed");
     let deleted: String = env.query(
         "SELECT group_concat(external_id) FROM (SELECT external_id FROM subscriptions WHERE deleted_at IS NOT NULL
@@ -1110,7 +1146,11 @@ fn the_apps_mongoexport_imports_as_it_is_and_only_the_due_are_warned() {
     assert_eq!(outbox(&env).len(), 2);
 
     // `cleanup` leaves what the app deleted alone.
-    assert_eq!(env.run(&["cleanup", "--only", "sessions", "--only", "payments"]).code, 0);
+    assert_eq!(
+        env.run(&["cleanup", "--only", "sessions", "--only", "payments"])
+            .code,
+        0
+    );
     let audits: String = env.query(
         "SELECT group_concat(x) FROM (SELECT a.entity || ':' || a.action || ':' || coalesce(s.external_id, p.external_id) AS x
          FROM audit_log a LEFT JOIN sessions s ON a.entity = 'session' AND s.id = a.entity_id
@@ -1123,7 +1163,8 @@ fn the_apps_mongoexport_imports_as_it_is_and_only_the_due_are_warned() {
     );
 
     // Without `--collection`, a document's own `type` is read as the record type.
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mongo/payments.json");
+    let file =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mongo/payments.json");
     let out = env.run(&["import", "subscriptions", file.to_str().unwrap()]);
     assert_eq!(out.code, 3, "{out:?}");
     assert!(
@@ -1133,4 +1174,45 @@ fn the_apps_mongoexport_imports_as_it_is_and_only_the_due_are_warned() {
         )),
         "{out:?}"
     );
+}
+
+/// Issue 14, point 4: `mongoexport --jsonArray` (here pretty-printed) imports too; a bad
+/// document is named by its place in the array.
+#[test]
+fn a_mongoexport_array_imports_and_names_a_bad_document() {
+    let env = Env::new();
+    let file = env.path("plans.json");
+    std::fs::write(
+        &file,
+        r#"[{
+  "_id": {"$oid": "65f100010000000000000001"},
+  "name": "Pro",
+  "price": {"$numberDecimal": "49.90"}
+},
+{
+  "_id": {"$oid": "65f100010000000000000002"},
+  "name": "Quebrado",
+  "price": {"$numberDecimal": "49.999"}
+}]
+"#,
+    )
+    .unwrap();
+    let out = env.run(&[
+        "import",
+        "subscriptions",
+        file.to_str().unwrap(),
+        "--collection",
+        "plans",
+    ]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "{}: document 2: `price` = `49.999` has a fraction of a centavo; document skipped",
+            file.display()
+        )),
+        "{out:?}"
+    );
+    let plans: String =
+        env.query("SELECT group_concat(external_id || '=' || price_centavos) FROM plans");
+    assert_eq!(plans, "65f100010000000000000001=4990");
 }
