@@ -5,8 +5,14 @@
 use std::sync::OnceLock;
 
 use anyhow::Result;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
-static TLS: OnceLock<tokio_rustls::rustls::ClientConfig> = OnceLock::new();
+/// The certificates of `[tls] ca_file`, read once per process.
+static EXTRA: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+/// The TLS configuration of every client, made at the first one (loading the system's CAs
+/// costs a few milliseconds that commands without HTTPS need not pay); `None` when it cannot be
+/// made.
+static TLS: OnceLock<Option<tokio_rustls::rustls::ClientConfig>> = OnceLock::new();
 
 /// Reads `[tls] ca_file` once per process; every client made with [`builder`] trusts its
 /// certificates, besides the system's.
@@ -16,10 +22,7 @@ pub fn configure(tls: &crate::config::TlsConfig) -> Result<()> {
             .map_err(|e| crate::exit::CodedError::config(format!("{e:#}")))?,
         None => Vec::new(),
     };
-    let config = crate::tls::PinningVerifier::new(certs, true)
-        .and_then(crate::tls::PinningVerifier::client_config)
-        .map_err(|e| crate::exit::CodedError::config(format!("{e:#}")))?;
-    TLS.set(config).ok();
+    EXTRA.set(certs).ok();
     Ok(())
 }
 
@@ -27,8 +30,19 @@ pub fn configure(tls: &crate::config::TlsConfig) -> Result<()> {
 /// [`configure`]d; before, reqwest's defaults).
 pub fn builder() -> reqwest::ClientBuilder {
     let b = reqwest::Client::builder();
-    match TLS.get() {
+    let Some(extra) = EXTRA.get() else {
+        return b;
+    };
+    let config = TLS.get_or_init(|| {
+        crate::tls::PinningVerifier::new(extra.clone(), true)
+            .and_then(crate::tls::PinningVerifier::client_config)
+            .inspect_err(|e| tracing::warn!("{e:#}"))
+            .ok()
+    });
+    match config {
         Some(config) => b.tls_backend_preconfigured(config.clone()),
+        // No system CA and no `[tls] ca_file`: reqwest's own verifier refuses as well, and
+        // its error says why.
         None => b,
     }
 }

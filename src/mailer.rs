@@ -102,14 +102,18 @@ impl Mailer {
             anyhow::anyhow!("`{name}` is not a host name the server's certificate can carry (`[smtp] host` or `tls_server_name`)")
         })?;
         // `[smtp] ca_file` set: only its certificates are trusted (as CAs, or as the server's
-        // own); else the system's CAs.
-        let verifier = match &cfg.ca_file {
-            Some(path) => crate::tls::PinningVerifier::new(
-                crate::tls::read_pem(path, "[smtp] ca_file")?,
-                false,
-            )?,
-            None => crate::tls::PinningVerifier::new(Vec::new(), true)?,
+        // own); else the system's CAs. Read even without TLS: a bad file is said at once.
+        let pinned = match &cfg.ca_file {
+            Some(path) => Some(crate::tls::read_pem(path, "[smtp] ca_file")?),
+            None => None,
         };
+        let tls_config = match (cfg.tls.as_str(), pinned) {
+            ("none", _) => None,
+            (_, Some(certs)) => Some(crate::tls::PinningVerifier::new(certs, false)?),
+            (_, None) => Some(crate::tls::PinningVerifier::new(Vec::new(), true)?),
+        }
+        .map(|v| v.client_config().map(Arc::new))
+        .transpose()?;
         let credentials = match &cfg.user {
             Some(user) => Some((
                 user.clone(),
@@ -129,7 +133,7 @@ impl Mailer {
                     _ => TlsMode::None,
                 },
                 server_name,
-                tls_config: Arc::new(verifier.client_config()?),
+                tls_config,
                 credentials,
                 timeout: Duration::from_secs(cfg.timeout_secs),
                 hello: hello_name(),

@@ -59,7 +59,7 @@ impl PinningVerifier {
                     certs.clone(),
                     provider.clone(),
                 )
-                .context("cannot load the system's CA certificates")?,
+                .context("cannot load the system's CA certificates (install the `ca-certificates` package, or set a `ca_file`)")?,
             )
         } else {
             let mut roots = RootCertStore::empty();

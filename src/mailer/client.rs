@@ -37,7 +37,8 @@ pub struct Settings {
     pub tls: TlsMode,
     /// The name the certificate must carry.
     pub server_name: ServerName<'static>,
-    pub tls_config: Arc<ClientConfig>,
+    /// How the server's certificate is verified; `None` without TLS.
+    pub tls_config: Option<Arc<ClientConfig>>,
     /// User and password for AUTH.
     pub credentials: Option<(String, String)>,
     /// Each connect, read and write.
@@ -423,7 +424,11 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     s: &Settings,
     stream: S,
 ) -> Result<tokio_rustls::client::TlsStream<S>, OpenError> {
-    let connector = TlsConnector::from(s.tls_config.clone());
+    let config = s
+        .tls_config
+        .clone()
+        .ok_or_else(|| OpenError::Unavailable("TLS is not configured".into()))?;
+    let connector = TlsConnector::from(config);
     tokio::time::timeout(s.timeout, connector.connect(s.server_name.clone(), stream))
         .await
         .map_err(|_| {
