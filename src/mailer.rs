@@ -67,17 +67,19 @@ pub enum Mailer {
     },
 }
 
-/// Our name in EHLO: the machine's host name.
-fn hello_name() -> String {
+/// Our name in EHLO: the machine's host name when it is a fully qualified one (strict servers
+/// refuse a bare `vm`); else `None`, for the address literal of our end of the connection.
+fn hello_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| {
-            !h.is_empty()
+            h.contains('.')
+                && !h.starts_with('.')
+                && !h.ends_with('.')
                 && h.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
         })
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 impl Mailer {

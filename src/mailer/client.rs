@@ -43,8 +43,9 @@ pub struct Settings {
     pub credentials: Option<(String, String)>,
     /// Each connect, read and write.
     pub timeout: Duration,
-    /// Our name in EHLO.
-    pub hello: String,
+    /// Our name in EHLO: the machine's fully qualified name, if it has one; else (`None`) the
+    /// address literal of our end of the connection (`[10.0.0.5]`), as RFC 5321 §4.1.4 asks.
+    pub hello: Option<String>,
 }
 
 /// A reply: its code and its text (the lines joined by spaces).
@@ -118,6 +119,12 @@ impl Connection {
             .map_err(|e| unavailable(io_error("cannot connect", &e)))?;
         tcp.set_nodelay(true)
             .map_err(|e| unavailable(io_error("cannot set TCP_NODELAY", &e)))?;
+        let hello = match (&s.hello, tcp.local_addr()) {
+            (Some(name), _) => name.clone(),
+            (None, Ok(std::net::SocketAddr::V4(a))) => format!("[{}]", a.ip()),
+            (None, Ok(std::net::SocketAddr::V6(a))) => format!("[IPv6:{}]", a.ip()),
+            (None, Err(_)) => "[127.0.0.1]".to_string(),
+        };
         let stream: Box<dyn Stream> = if s.tls == TlsMode::Implicit {
             Box::new(handshake(s, tcp).await?)
         } else {
@@ -135,7 +142,7 @@ impl Connection {
         if greeting.code != 220 {
             return Err(unavailable(format!("it greeted with {greeting}")));
         }
-        let mut features = c.ehlo(&s.hello).await?;
+        let mut features = c.ehlo(&hello).await?;
         if s.tls == TlsMode::StartTls {
             if !features.iter().any(|f| f == "STARTTLS") {
                 return Err(unavailable(
@@ -154,7 +161,7 @@ impl Connection {
             }
             let plain = c.io.into_inner();
             c.io = BufReader::new(Box::new(handshake(s, plain).await?));
-            features = c.ehlo(&s.hello).await?;
+            features = c.ehlo(&hello).await?;
         }
         c.pipelining = features.iter().any(|f| f == "PIPELINING");
         c.eight_bit = features.iter().any(|f| f == "8BITMIME");
