@@ -52,6 +52,8 @@ pub struct RunFacts<'a> {
     /// `Some(Some(n))`: the run did nothing while `n` items waited; `Some(None)`: it did work or
     /// nothing waited; `None`: not known (the run failed or was interrupted).
     pub idle_with_work: Option<Option<i64>>,
+    /// Credentials services accepted (`None`) or refused (`Some(why)`), by incident kind.
+    pub credentials: &'a [(&'static str, Option<String>)],
 }
 
 /// Looks at the job's incidents after a run; never fails the job.
@@ -91,6 +93,11 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
             "idle",
             idle.map(|n| format!("the last run did nothing while {n} item(s) were waiting for it")),
         ));
+    }
+    // Refused credentials do not wait for failures to add up: nothing works until they are
+    // fixed. Only a service the run talked to says anything.
+    for (kind, refused) in f.credentials {
+        checks.push((kind, refused.clone()));
     }
     let mut checks: Vec<(&str, &str, Option<String>)> =
         checks.into_iter().map(|(k, p)| (f.job, k, p)).collect();
@@ -236,7 +243,7 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return Ok(());
     };
-    let mailer = Mailer::new(&s.smtp, s.password.clone())?;
+    let mut mailer = Mailer::new(&s.smtp, s.password.clone())?;
     for e in store
         .pending_emails(1000)?
         .into_iter()
@@ -247,7 +254,7 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
         let outcome = tokio::task::block_in_place(|| handle.block_on(mailer.send(&e)));
         let (status, error) = match outcome {
             Outcome::Sent => ("sent", None),
-            Outcome::Retry(m) => ("pending", Some(m)),
+            Outcome::Retry(m) | Outcome::NotSent(m) => ("pending", Some(m)),
             Outcome::Failed(m) => ("failed", Some(m)),
             Outcome::Unknown(m) => ("unknown", Some(m)),
         };
@@ -258,5 +265,6 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
             &crate::clock::to_store(Utc::now()),
         )?;
     }
+    tokio::task::block_in_place(|| handle.block_on(mailer.close()));
     Ok(())
 }

@@ -17,7 +17,7 @@ use crate::jobs;
     version,
     about,
     propagate_version = true,
-    after_help = "Exit codes: 0 done, 1 the run failed, 2 bad command line, 3 some items failed (recorded, will be retried), 75 the job is already running, 78 bad configuration, 130/143 stopped by SIGINT/SIGTERM."
+    after_help = "Exit codes: 0 done, 1 the run failed, 2 bad command line, 3 some items failed (recorded, will be retried), 75 the job is already running, 78 bad configuration or credentials a service refused, 130/143 stopped by SIGINT/SIGTERM."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -31,6 +31,7 @@ pub mod secret_box;
 pub mod spreadsheet;
 pub mod store;
 pub mod stripe;
+pub mod tls;
 
 use std::process::ExitCode;
 

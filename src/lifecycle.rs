@@ -108,6 +108,9 @@ pub struct JobRun {
     /// Something is waiting that an operator should know of (e.g. the SMTP server is down):
     /// a run that would be `success` is `partial`.
     pub degraded: bool,
+    /// Credentials a service accepted (`None`) or refused (`Some(why)`) in this run, by alert
+    /// kind (e.g. `smtp_credentials`): a refusal opens an alert at once, an acceptance clears it.
+    pub credentials: Vec<(&'static str, Option<String>)>,
     /// Work waiting in the store when the run started (for the "idle with work" alert).
     work_due: Option<i64>,
     /// Items the run set out to take, when the job knows (for `status`).
@@ -244,6 +247,7 @@ impl JobRun {
             counts: Counts::default(),
             counters: serde_json::Map::new(),
             degraded: false,
+            credentials: Vec::new(),
             work_due: None,
             planned: None,
             progress_at: Instant::now(),
@@ -312,6 +316,14 @@ impl JobRun {
         }
     }
 
+    /// Records that a service accepted (`None`) or refused (`Some(why)`) the credentials whose
+    /// alert kind is `kind`; the first word of a run stands.
+    pub fn credentials_checked(&mut self, kind: &'static str, refused: Option<String>) {
+        if !self.credentials.iter().any(|(k, _)| *k == kind) {
+            self.credentials.push((kind, refused));
+        }
+    }
+
     /// Adds `n` to a job-specific counter.
     pub fn add(&mut self, counter: &str, n: i64) {
         let entry = self.counters.entry(counter).or_insert(json!(0));
@@ -375,6 +387,7 @@ impl JobRun {
                 duration_ms: elapsed,
                 now: self.clock.now(),
                 // Known only for runs that ended normally: did nothing while work waited?
+                credentials: &self.credentials,
                 idle_with_work: match status {
                     "success" | "partial" => self
                         .work_due

@@ -103,9 +103,16 @@ impl StripeClient {
 
     async fn once(&self, id: &str) -> Result<StripeSubscription, (StripeError, Duration)> {
         let backoff = Duration::from_millis(500);
+        // The id is one path segment whatever it holds: never a way to another endpoint.
+        let Some(segment) = crate::http::path_segment(id) else {
+            return Err((
+                StripeError::Permanent(format!("`{id}` is not a Stripe subscription id")),
+                backoff,
+            ));
+        };
         let resp = self
             .http
-            .get(format!("{}/v1/subscriptions/{id}", self.base))
+            .get(format!("{}/v1/subscriptions/{segment}", self.base))
             .bearer_auth(&self.key)
             .header("Stripe-Version", &self.version)
             .send()

@@ -252,23 +252,30 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             };
             let at = format!("{host}:{}", cfg.smtp.port);
             match crate::mailer::Mailer::new(&cfg.smtp, password) {
-                Ok(mailer) => match mailer.reachable().await {
-                    Ok(()) => r.add(
-                        "smtp",
-                        "ok",
-                        format!(
-                            "`{at}` answers (EHLO, TLS `{}`, AUTH when a user is set)",
-                            cfg.smtp.tls
+                Ok(mut mailer) => {
+                    let answer = mailer.connect().await;
+                    mailer.close().await;
+                    match answer {
+                        Ok(()) => r.add(
+                            "smtp",
+                            "ok",
+                            format!(
+                                "`{at}` answers (EHLO, TLS `{}`, AUTH when a user is set)",
+                                cfg.smtp.tls
+                            ),
                         ),
-                    ),
-                    Err(e) => r.add(
-                        "smtp",
-                        "fail",
-                        format!(
-                            "{e}: check `[smtp] host`, `port`, `tls`, `ca_file` and the password"
+                        Err(e @ crate::mailer::Unusable::Credentials(_)) => {
+                            r.add("smtp", "fail", e.to_string())
+                        }
+                        Err(e) => r.add(
+                            "smtp",
+                            "fail",
+                            format!(
+                                "{e}: check `[smtp] host`, `port`, `tls`, `ca_file` and `tls_server_name`"
+                            ),
                         ),
-                    ),
-                },
+                    }
+                }
                 Err(e) => r.add("smtp", "fail", format!("{e:#}")),
             }
         }

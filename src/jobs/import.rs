@@ -56,10 +56,39 @@ pub enum Command {
     },
     /// Users, plans, subscriptions, sessions and payments: JSON lines with a `type` (`plan`,
     /// `user`, `subscription`, `session`, `payment`) and the host's `id`; upserted by that id.
+    /// Or the app's MongoDB data as `mongoexport` writes it (Extended JSON), one collection per
+    /// file with `--collection`.
     Subscriptions {
-        /// The JSON-lines file.
+        /// The JSON-lines file (or a `mongoexport --jsonArray` array).
         file: PathBuf,
+        /// Every document of the file is of this collection (a `mongoexport --collection`
+        /// file); a `type` field is then the app's own, not a record type.
+        #[arg(long, value_enum, value_name = "NAME")]
+        collection: Option<Collection>,
     },
+}
+
+/// A collection of the subscription app's MongoDB database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Collection {
+    Plans,
+    Users,
+    Subscriptions,
+    Sessions,
+    Payments,
+}
+
+impl Collection {
+    /// The record type of its documents.
+    fn record_type(self) -> &'static str {
+        match self {
+            Collection::Plans => "plan",
+            Collection::Users => "user",
+            Collection::Subscriptions => "subscription",
+            Collection::Sessions => "session",
+            Collection::Payments => "payment",
+        }
+    }
 }
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
@@ -78,7 +107,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
             ponto_venda.as_deref(),
             rejects.as_deref(),
         ),
-        Command::Subscriptions { file } => subscriptions(ctx, &file),
+        Command::Subscriptions { file, collection } => subscriptions(ctx, &file, collection),
     }
 }
 
@@ -693,20 +722,45 @@ fn clients(
     })
 }
 
-fn subscriptions(ctx: &Ctx, file: &Path) -> Result<Code> {
+fn subscriptions(ctx: &Ctx, file: &Path, collection: Option<Collection>) -> Result<Code> {
+    use serde_json::Value;
     let name = file.display().to_string();
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read `{name}`"))?;
+    // `mongoexport --jsonArray` writes one array (maybe over many lines); by default, and as
+    // our own format, one document per line.
+    let array = text.trim_start().starts_with('[');
+    let documents: Vec<(String, std::result::Result<Value, String>)> = if array {
+        let all: Vec<Value> = serde_json::from_str(&text)
+            .with_context(|| format!("`{name}` begins with `[` but is not a JSON array"))?;
+        all.into_iter()
+            .enumerate()
+            .map(|(i, v)| (format!(" document {}", i + 1), Ok(v)))
+            .collect()
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                (
+                    (i + 1).to_string(),
+                    serde_json::from_str(line).map_err(|e| format!("not JSON ({e})")),
+                )
+            })
+            .collect()
+    };
     let mut store = ctx.open_store()?;
+    let now = clock::to_store(ctx.clock.now());
     let (mut ok, mut bad) = (0usize, 0usize);
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match subscription_line(&mut store, line) {
+    for (at, document) in documents {
+        let imported = document
+            .and_then(extended_json)
+            .and_then(|v| subscription_line(&mut store, &v, collection, &now));
+        match imported {
             Ok(()) => ok += 1,
             Err(reason) => {
                 bad += 1;
-                tracing::warn!("{name}:{}: {reason}; line skipped", i + 1);
+                let unit = if array { "document" } else { "line" };
+                tracing::warn!("{name}:{at}: {reason}; {unit} skipped");
             }
         }
     }
@@ -724,15 +778,116 @@ fn subscriptions(ctx: &Ctx, file: &Path) -> Result<Code> {
     })
 }
 
-/// One line of the subscriptions file.
+/// MongoDB Extended JSON (what `mongoexport` writes, relaxed or canonical) made plain: an
+/// ObjectId `{"$oid": "..."}` is its hex text, a date `{"$date": ...}` an RFC 3339 instant,
+/// `{"$numberInt"|"$numberLong"|"$numberDouble": "..."}` a number. `{"$numberDecimal": "..."}`
+/// stays, for the amounts (reais) to read it exactly.
+fn extended_json(v: serde_json::Value) -> std::result::Result<serde_json::Value, String> {
+    use serde_json::Value;
+    match v {
+        Value::Array(items) => items
+            .into_iter()
+            .map(extended_json)
+            .collect::<std::result::Result<_, _>>()
+            .map(Value::Array),
+        Value::Object(map) if map.len() == 1 => {
+            let (key, value) = map.iter().next().expect("one entry");
+            match (key.as_str(), value) {
+                ("$oid", Value::String(hex)) => Ok(Value::String(hex.clone())),
+                ("$date", date) => extended_date(date)
+                    .map(|t| Value::String(clock::to_store(t)))
+                    .ok_or_else(|| format!("`{{\"$date\": {date}}}` is not a date")),
+                ("$numberInt" | "$numberLong", Value::String(n)) => n
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .map_err(|_| format!("`{{\"{key}\": \"{n}\"}}` is not an integer")),
+                ("$numberDouble", Value::String(n)) => Ok(n
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or_else(|| Value::String(n.clone()), Value::Number)),
+                _ => Ok(Value::Object(
+                    map.into_iter()
+                        .map(|(k, v)| Ok((k, extended_json(v)?)))
+                        .collect::<std::result::Result<_, String>>()?,
+                )),
+            }
+        }
+        Value::Object(map) => Ok(Value::Object(
+            map.into_iter()
+                .map(|(k, v)| Ok((k, extended_json(v)?)))
+                .collect::<std::result::Result<_, String>>()?,
+        )),
+        other => Ok(other),
+    }
+}
+
+/// The instant of a `$date`: ISO 8601 text (`Z` or an offset, `+0000` too) or milliseconds since
+/// 1970, as a number or `{"$numberLong": "..."}`.
+fn extended_date(v: &serde_json::Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    use serde_json::Value;
+    let millis = match v {
+        Value::String(text) => {
+            return chrono::DateTime::parse_from_rfc3339(text)
+                .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z"))
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc));
+        }
+        Value::Number(n) => n.as_i64()?,
+        Value::Object(o) => o.get("$numberLong")?.as_str()?.parse().ok()?,
+        _ => return None,
+    };
+    chrono::DateTime::from_timestamp_millis(millis)
+}
+
+/// Reais as a decimal text (`49.90`, `4990`, `49.9`) in centavos: no fraction of a centavo.
+fn decimal_centavos(key: &str, text: &str) -> std::result::Result<i64, String> {
+    let (reais, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if reais.is_empty() || !digits(reais) || !digits(fraction) {
+        return Err(format!(
+            "`{key}` = `{text}` is not an amount in reais (e.g. `{{\"$numberDecimal\": \"49.90\"}}`)"
+        ));
+    }
+    if fraction.bytes().skip(2).any(|b| b != b'0') {
+        return Err(format!("`{key}` = `{text}` has a fraction of a centavo"));
+    }
+    let cents: String = fraction.chars().chain("00".chars()).take(2).collect();
+    reais
+        .parse::<i64>()
+        .ok()
+        .and_then(|r| r.checked_mul(100))
+        .and_then(|r| r.checked_add(cents.parse::<i64>().ok()?))
+        .ok_or_else(|| format!("`{key}` = `{text}` is too large"))
+}
+
+/// One record (a line, or a document of a collection).
 fn subscription_line(
     store: &mut crate::store::Store,
-    line: &str,
+    v: &serde_json::Value,
+    collection: Option<Collection>,
+    now: &str,
 ) -> std::result::Result<(), String> {
     use serde_json::Value;
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON ({e})"))?;
+    if !v.is_object() {
+        return Err("not a JSON object".into());
+    }
+    // The app's names: `_id` for the id, `user_id`, `plan_id`, `subscription_id` for the
+    // references.
+    let get = |k: &str| -> Option<&Value> {
+        let alias = match k {
+            "id" => "_id",
+            "user" => "user_id",
+            "plan" => "plan_id",
+            "subscription" => "subscription_id",
+            _ => "",
+        };
+        v.get(k)
+            .filter(|x| !x.is_null())
+            .or_else(|| v.get(alias).filter(|x| !x.is_null()))
+    };
     let text = |k: &str| -> std::result::Result<String, String> {
-        match v.get(k) {
+        match get(k) {
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
             Some(Value::Number(n)) => Ok(n.to_string()),
             _ => Err(format!("`{k}` is missing or empty")),
@@ -740,7 +895,7 @@ fn subscription_line(
     };
     let opt = |k: &str| text(k).ok();
     let instant = |k: &str| -> std::result::Result<String, String> {
-        match v.get(k) {
+        match get(k) {
             Some(Value::Number(n)) => n
                 .as_i64()
                 .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
@@ -753,12 +908,28 @@ fn subscription_line(
         }
     };
     let centavos = |k: &str| -> std::result::Result<i64, String> {
-        match v.get(k) {
+        match get(k) {
             Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
             Some(Value::String(s)) => money::parse_brl(s).map_err(|e| format!("`{k}`: {e}")),
+            Some(Value::Object(o)) if o.len() == 1 && o.contains_key("$numberDecimal") => {
+                match &o["$numberDecimal"] {
+                    Value::String(d) => decimal_centavos(k, d),
+                    other => Err(format!("`{k}` = `{other}` is not a decimal")),
+                }
+            }
             _ => Err(format!(
-                "`{k}` must be centavos (an integer) or a text amount like `R$ 49,90`"
+                "`{k}` must be centavos (an integer), a text amount like `R$ 49,90`, or reais as `{{\"$numberDecimal\": \"49.90\"}}`"
             )),
+        }
+    };
+    let flag = |k: &str| -> std::result::Result<bool, String> {
+        match get(k) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(Value::Number(n)) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => {
+                Ok(n.as_i64() == Some(1))
+            }
+            Some(other) => Err(format!("`{k}` = `{other}` is not true or false")),
         }
     };
     let one_of =
@@ -773,7 +944,14 @@ fn subscription_line(
             }
         };
     let err = |e: anyhow::Error| format!("{e:#}");
-    match text("type")?.as_str() {
+    // Soft-deleted in the app: imported as deleted (the first instant stays), so that nothing
+    // touches it and what names it still imports.
+    let deleted = flag("flag_del")?.then_some(now);
+    let kind = match collection {
+        Some(c) => c.record_type().to_string(),
+        None => text("type")?,
+    };
+    match kind.as_str() {
         "plan" => store
             .upsert_plan(
                 &text("id")?,
@@ -784,6 +962,7 @@ fn subscription_line(
                     opt("billing_cycle").unwrap_or_else(|| "monthly".into()),
                     &["monthly", "quarterly", "yearly"],
                 )?,
+                deleted,
             )
             .map_err(err),
         "user" => {
@@ -792,7 +971,13 @@ fn subscription_line(
                 return Err(format!("`email` = `{email}` is not an email address"));
             }
             store
-                .upsert_user(&text("id")?, &text("name")?, &email, opt("plan").as_deref())
+                .upsert_user(
+                    &text("id")?,
+                    &text("name")?,
+                    &email,
+                    opt("plan").as_deref(),
+                    deleted,
+                )
                 .map_err(err)
         }
         "subscription" => {
@@ -800,6 +985,15 @@ fn subscription_line(
             let end = instant("current_period_end")?;
             if end <= start {
                 return Err("`current_period_end` is not after `current_period_start`".into());
+            }
+            let gateway = one_of(
+                "gateway",
+                opt("gateway").unwrap_or_else(|| "stripe".into()),
+                &["stripe", "mercadopago", "paypal", "manual"],
+            )?;
+            let gateway_id = opt("gateway_subscription_id");
+            if let Some(id) = &gateway_id {
+                gateway_id_is_valid(&gateway, id)?;
             }
             store
                 .upsert_subscription(
@@ -812,20 +1006,22 @@ fn subscription_line(
                         &["active", "inactive", "canceled", "past_due", "trialing"],
                     )?,
                     (&start, &end),
-                    v.get("cancel_at_period_end")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                    &one_of(
-                        "gateway",
-                        opt("gateway").unwrap_or_else(|| "stripe".into()),
-                        &["stripe", "mercadopago", "paypal", "manual"],
-                    )?,
-                    opt("gateway_subscription_id").as_deref(),
+                    flag("cancel_at_period_end")?,
+                    &gateway,
+                    gateway_id.as_deref(),
+                    // The app sent this period's warning: `renew` does not send it again.
+                    flag("expiration_warning_sent")?,
+                    deleted,
                 )
                 .map_err(err)
         }
         "session" => store
-            .upsert_session(&text("id")?, &text("user")?, &instant("expires_at")?)
+            .upsert_session(
+                &text("id")?,
+                &text("user")?,
+                &instant("expires_at")?,
+                deleted,
+            )
             .map_err(err),
         "payment" => store
             .upsert_payment(
@@ -836,13 +1032,95 @@ fn subscription_line(
                 &one_of(
                     "status",
                     text("status")?,
-                    &["pending", "approved", "cancelled", "refunded"],
+                    &["pending", "approved", "failed", "cancelled", "refunded"],
                 )?,
                 &instant("created_at")?,
+                deleted,
             )
             .map_err(err),
         other => Err(format!(
             "`type` = `{other}` is not one of plan, user, subscription, session, payment"
         )),
+    }
+}
+
+/// A gateway's subscription id is an id, never a path: Stripe's are `sub_` followed by letters
+/// and digits; the other gateways' are letters, digits, `-` and `_`; at most 255 characters.
+fn gateway_id_is_valid(gateway: &str, id: &str) -> std::result::Result<(), String> {
+    let ok = id.len() <= 255
+        && match gateway {
+            "stripe" => id.strip_prefix("sub_").is_some_and(|rest| {
+                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+            }),
+            _ => id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        };
+    match (ok, gateway) {
+        (true, _) => Ok(()),
+        (false, "stripe") => Err(format!(
+            "`gateway_subscription_id` = `{id}` is not a Stripe subscription id (`sub_` followed by letters and digits, e.g. `sub_1QxYzAbCdEfGh`)"
+        )),
+        (false, _) => Err(format!(
+            "`gateway_subscription_id` = `{id}` is not a `{gateway}` subscription id (letters, digits, `-` and `_`, at most 255)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn extended_json_is_made_plain() {
+        let v = extended_json(json!({
+            "_id": {"$oid": "65f1c0de0000000000000001"},
+            "when": {"$date": "2025-11-12T10:00:00.000Z"},
+            "legacy": {"$date": "2025-11-12T07:00:00.000-0300"},
+            "canonical": {"$date": {"$numberLong": "1762941600000"}},
+            "millis": {"$date": 1762941600000i64},
+            "n": {"$numberInt": "7"},
+            "big": {"$numberLong": "9000000000"},
+            "x": {"$numberDouble": "1.5"},
+            "price": {"$numberDecimal": "49.90"},
+            "nested": [{"$oid": "65f1c0de0000000000000002"}],
+        }))
+        .unwrap();
+        assert_eq!(v["_id"], "65f1c0de0000000000000001");
+        for k in ["when", "legacy", "canonical", "millis"] {
+            assert_eq!(v[k], "2025-11-12T10:00:00.000Z", "{k}");
+        }
+        assert_eq!(
+            (v["n"].clone(), v["big"].clone()),
+            (json!(7), json!(9_000_000_000i64))
+        );
+        assert_eq!(v["x"], json!(1.5));
+        assert_eq!(
+            v["price"],
+            json!({"$numberDecimal": "49.90"}),
+            "kept for the amounts"
+        );
+        assert_eq!(v["nested"][0], "65f1c0de0000000000000002");
+        assert_eq!(
+            extended_json(json!({"d": {"$date": "ontem"}})).unwrap_err(),
+            "`{\"$date\": \"ontem\"}` is not a date"
+        );
+    }
+
+    #[test]
+    fn decimals_are_reais_to_the_centavo() {
+        assert_eq!(decimal_centavos("price", "49.90"), Ok(4990));
+        assert_eq!(decimal_centavos("price", "49.9"), Ok(4990));
+        assert_eq!(decimal_centavos("price", "4990"), Ok(499_000));
+        assert_eq!(decimal_centavos("price", "0.05"), Ok(5));
+        assert_eq!(decimal_centavos("price", "49.900"), Ok(4990));
+        assert_eq!(
+            decimal_centavos("price", "49.999"),
+            Err("`price` = `49.999` has a fraction of a centavo".into())
+        );
+        for bad in ["", "-1", "4.99E+1", "49,90", ".5"] {
+            assert!(decimal_centavos("price", bad).is_err(), "{bad:?}");
+        }
     }
 }

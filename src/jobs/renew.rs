@@ -20,7 +20,7 @@ use crate::clock;
 use crate::email::{self, Kind};
 use crate::exit::{Code, CodedError};
 use crate::lifecycle::JobRun;
-use crate::mailer::{Mailer, Outcome};
+use crate::mailer::{Mailer, Outcome, Unusable};
 use crate::store::{Audit, Change, NewEmail, SubscriptionRow};
 use crate::stripe::{StripeClient, StripeError, StripeSubscription};
 
@@ -145,7 +145,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     } else {
         None
     };
-    let mailer = if steps.contains(&Step::Emails) {
+    let mut mailer = if steps.contains(&Step::Emails) {
         // The password only matters (and its file is only read) when there is a user for AUTH.
         let password = match cfg.smtp.user {
             Some(_) => {
@@ -192,7 +192,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                 }
                 None => Ok(()),
             },
-            Step::Emails => match &mailer {
+            Step::Emails => match &mut mailer {
                 Some(m) => emails(ctx, &mut run, m).await,
                 None => Ok(()),
             },
@@ -399,9 +399,17 @@ async fn stripe_step(
         };
         let (sub, answer) = done?;
         bar.inc(1);
+        // An answer about the subscription says the key was taken.
+        if matches!(answer, Ok(_) | Err(StripeError::Permanent(_))) {
+            run.credentials_checked("stripe_credentials", None);
+        }
         match answer {
             Ok(s) => record_stripe(ctx, run, &sub, &s)?,
             Err(StripeError::Stop(m)) => {
+                run.credentials_checked(
+                    "stripe_credentials",
+                    Some("Stripe refused the secret key".into()),
+                );
                 if stop.is_none() {
                     stop = Some(m);
                 }
@@ -417,7 +425,8 @@ async fn stripe_step(
     }
     ctx.printer.finish_progress(&bar);
     match stop {
-        Some(m) => Err(anyhow!(m)),
+        // Refused credentials are a configuration failure (exit 78), whatever else went well.
+        Some(m) => Err(CodedError::config(m)),
         None => Ok(()),
     }
 }
@@ -431,7 +440,8 @@ fn record_stripe(
     let cfg = &ctx.loaded.config.renew;
     let now = clock::to_store(ctx.clock.now());
     let current_end = instant(&sub.current_period_end)?;
-    let renewable = matches!(s.status.as_str(), "active" | "trialing");
+    // Only `active` renews: `trialing` (and the rest) is not a paid period (DOMAIN.md).
+    let renewable = s.status == "active";
     match s.period {
         Some((start, end)) if renewable && end > current_end => {
             let (start_s, end_s) = (clock::to_store(start), clock::to_store(end));
@@ -463,7 +473,7 @@ fn record_stripe(
             }
         }
         _ if !renewable => {
-            // past_due, canceled, unpaid...: not a renewal; `expired` handles the end.
+            // trialing, past_due, canceled, unpaid...: not a renewal; `expired` handles the end.
             run.store.audit(
                 &Audit {
                     entity: "subscription",
@@ -495,33 +505,57 @@ fn record_stripe(
     Ok(())
 }
 
-async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &Mailer) -> Result<()> {
+async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &mut Mailer) -> Result<()> {
     let pending = run
         .store
         .pending_emails(ctx.loaded.config.renew.email_batch)?;
-    if pending.is_empty() {
-        return Ok(());
-    }
-    if let Err(m) = mailer.reachable().await {
-        let m = format!(
-            "{m}; {} email(s) wait for the next run (the state changes stand)",
-            pending.len()
-        );
-        tracing::warn!("{m}");
-        run.event("warn", m);
-        run.add("emails_waiting", pending.len() as i64);
-        run.degraded = true;
-        return Ok(());
-    }
-    for e in pending {
+    let total = pending.len();
+    for (i, e) in pending.into_iter().enumerate() {
         if run.cancel.is_cancelled() {
             break;
+        }
+        // One connection for the run: opened for the first email, again after an error. When
+        // it cannot be opened, nothing is handed over and this email and the rest wait.
+        let connected = mailer.connect().await;
+        match &connected {
+            Ok(()) if mailer.authenticates() => run.credentials_checked("smtp_credentials", None),
+            Err(Unusable::Credentials(_)) => run.credentials_checked(
+                "smtp_credentials",
+                Some("the SMTP server refused the credentials of `[smtp] user`".into()),
+            ),
+            _ => {}
+        }
+        if let Err(why) = connected {
+            let left = total - i;
+            let m =
+                format!("{why}; {left} email(s) wait for the next run (the state changes stand)");
+            run.add("emails_waiting", left as i64);
+            mailer.close().await;
+            return match why {
+                // Nothing is marked: every email stays `pending`, sent once the password is
+                // fixed.
+                Unusable::Credentials(_) => Err(CodedError::config(m)),
+                Unusable::Unavailable(_) => {
+                    tracing::warn!("{m}");
+                    run.event("warn", m);
+                    run.degraded = true;
+                    Ok(())
+                }
+            };
         }
         let now = clock::to_store(ctx.clock.now());
         // Marked before the SMTP conversation: a process killed during it leaves `sending`,
         // which the next run reports as unknown instead of sending again.
         run.store.set_email_status(e.id, "sending", None, &now)?;
-        let outcome = mailer.send(&e).await;
+        let mut outcome = mailer.send(&e).await;
+        if let Outcome::NotSent(m) = &outcome {
+            // The server cannot have it (the data was not written): once more, on a new
+            // connection, e.g. after the server closed an idle one.
+            tracing::debug!("email #{}: {m}; trying a new connection", e.id);
+            if mailer.connect().await.is_ok() {
+                outcome = mailer.send(&e).await;
+            }
+        }
         let now = clock::to_store(ctx.clock.now());
         run.counts.total += 1;
         match outcome {
@@ -530,7 +564,7 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &Mailer) -> Result<()> {
                 run.add("emails_sent", 1);
                 run.counts.ok += 1;
             }
-            Outcome::Retry(m) => {
+            Outcome::Retry(m) | Outcome::NotSent(m) => {
                 run.store
                     .set_email_status(e.id, "pending", Some(&m), &now)?;
                 run.add("emails_waiting", 1);
@@ -558,16 +592,9 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &Mailer) -> Result<()> {
                     e.to,
                     e.id
                 );
-                if mailer.reachable().await.is_err() {
-                    let left = run.store.pending_emails(u32::MAX)?.len();
-                    tracing::warn!(
-                        "the SMTP server went away; {left} email(s) wait for the next run"
-                    );
-                    run.add("emails_waiting", left as i64);
-                    break;
-                }
             }
         }
     }
+    mailer.close().await;
     Ok(())
 }

@@ -675,10 +675,16 @@ impl Drain<'_> {
                 item,
             })));
         }
+        // A CRM id is one path segment whatever it holds (percent-encoded).
+        let at = |id: &str| {
+            crate::http::path_segment(id)
+                .map(|segment| format!("{resource}/{segment}"))
+                .ok_or_else(|| anyhow!("item #{}: the CRM id `{id}` is empty or a dot", item.id))
+        };
         let request = match (action.as_str(), &known) {
             ("create", _) => request(Method::POST, resource.clone(), Some(payload)),
-            ("update", Some(id)) => request(Method::PUT, format!("{resource}/{id}"), Some(payload)),
-            ("delete", Some(id)) => request(Method::DELETE, format!("{resource}/{id}"), None),
+            ("update", Some(id)) => request(Method::PUT, at(id)?, Some(payload)),
+            ("delete", Some(id)) => request(Method::DELETE, at(id)?, None),
             _ => {
                 return Err(anyhow!(
                     "item #{}: cannot {action} without a CRM id",

@@ -528,14 +528,24 @@ impl NioClient {
                 "no `[nio] pdf_url_template` is set".into(),
             ));
         };
+        // The ids come from Nio's answer: each stays one path segment whatever it holds.
+        let segment = |what: &str, id: &str| {
+            crate::http::path_segment(id).ok_or_else(|| {
+                NioError::Permanent(format!("Nio answered an empty or dot {what} id `{id}`"))
+            })
+        };
+        let (debt, invoice) = (
+            segment("debt", &inv.debt_id)?,
+            segment("invoice", &inv.invoice_id)?,
+        );
         let mut tries = 0;
         loop {
             let auth = self.auth(None).await?;
             let url = template
                 .replace("{api}", &auth.api)
                 .replace("{base}", &self.base)
-                .replace("{debtId}", &inv.debt_id)
-                .replace("{invoiceId}", &inv.invoice_id)
+                .replace("{debtId}", &debt)
+                .replace("{invoiceId}", &invoice)
                 .replace("{cpf}", cpf.digits());
             match self.pdf_once(&auth, &url, &inv.invoice_id).await {
                 Ok(bytes) => return Ok(bytes),

@@ -45,6 +45,10 @@ pub struct Sandbox {
     /// The same services over HTTPS, with a certificate of a test CA made at start.
     pub tls_addr: SocketAddr,
     tls_ca_pem: String,
+    /// The same services over HTTPS, with a self-signed `CA:TRUE` certificate (`openssl req
+    /// -x509` style).
+    pub tls_self_signed_addr: SocketAddr,
+    tls_self_signed_pem: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -63,10 +67,17 @@ impl Sandbox {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (tls_ca_pem, tls_config) = tls::test_ca()?;
-        let tls_listener = std::net::TcpListener::bind(("127.0.0.1", 0))
-            .context("cannot listen on 127.0.0.1 for HTTPS")?;
-        tls_listener.set_nonblocking(true)?;
-        let tls_addr = tls_listener.local_addr()?;
+        let self_signed = tls::certificate(tls::CertStyle::SelfSigned)?;
+        let https = || -> Result<(std::net::TcpListener, SocketAddr)> {
+            let l = std::net::TcpListener::bind(("127.0.0.1", 0))
+                .context("cannot listen on 127.0.0.1 for HTTPS")?;
+            l.set_nonblocking(true)?;
+            let addr = l.local_addr()?;
+            Ok((l, addr))
+        };
+        let (tls_listener, tls_addr) = https()?;
+        let (self_signed_listener, tls_self_signed_addr) = https()?;
+        let self_signed_config = self_signed.config;
         nio.set_self_url(&format!("http://{addr}"));
         let app = Router::new()
             .merge(nio::routes(nio.clone()))
@@ -93,11 +104,16 @@ impl Sandbox {
                     if !ok {
                         return;
                     }
-                    let tls = tls::TlsListener {
-                        tcp: tokio::net::TcpListener::from_std(tls_listener).expect("listener"),
-                        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
-                    };
-                    tokio::spawn(axum::serve(tls, tls_app).into_future());
+                    for (listener, config) in [
+                        (tls_listener, tls_config),
+                        (self_signed_listener, self_signed_config),
+                    ] {
+                        let tls = tls::TlsListener {
+                            tcp: tokio::net::TcpListener::from_std(listener).expect("listener"),
+                            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+                        };
+                        tokio::spawn(axum::serve(tls, tls_app.clone()).into_future());
+                    }
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                     axum::serve(listener, app)
                         .with_graceful_shutdown(async {
@@ -122,6 +138,8 @@ impl Sandbox {
             faults,
             tls_addr,
             tls_ca_pem,
+            tls_self_signed_addr,
+            tls_self_signed_pem: self_signed.trust_pem,
             shutdown: Some(tx),
             thread: Some(thread),
         })
@@ -136,6 +154,17 @@ impl Sandbox {
     /// The PEM of the test CA that signed the HTTPS certificate.
     pub fn tls_ca_pem(&self) -> &str {
         &self.tls_ca_pem
+    }
+
+    /// A service's base URL over HTTPS with the self-signed `CA:TRUE` certificate: trusted only
+    /// with [`Sandbox::tls_self_signed_pem`] (the certificate itself) as `[tls] ca_file`.
+    pub fn tls_self_signed_url(&self, service: &str) -> String {
+        format!("https://{}/{service}", self.tls_self_signed_addr)
+    }
+
+    /// The PEM of the self-signed HTTPS certificate.
+    pub fn tls_self_signed_pem(&self) -> &str {
+        &self.tls_self_signed_pem
     }
 
     /// The `[nio] base_url` to configure.

@@ -1,12 +1,18 @@
 //! The sandbox's fake SMTP server: a real RFC 5321 conversation on 127.0.0.1 (EHLO, STARTTLS or
-//! implicit TLS with a fresh self-signed certificate, AUTH PLAIN/LOGIN, pipelining, 8BITMIME,
-//! SMTPUTF8), the messages it stored, and the faults that make the next transactions fail the
-//! ways real servers fail: refused connections, 4xx/5xx answers, and the ambiguous drop after the
-//! data's final dot.
+//! implicit TLS with a fresh certificate made either way real servers present one, AUTH
+//! PLAIN/LOGIN, pipelining, 8BITMIME, SMTPUTF8), the messages it stored, and the faults that make
+//! the next transactions fail the ways real servers fail: refused connections, 4xx/5xx answers,
+//! the ambiguous drop after the data's final dot, and latency on every reply.
+//!
+//! Replies are written as a pipelining server writes them (RFC 2920): held while more commands
+//! the client sent are waiting to be read, then flushed together, `set_reply_latency` after the
+//! last of them. A client waiting for each reply pays the latency per command; one that
+//! pipelines pays it per group.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -14,13 +20,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::crypto::aws_lc_rs;
-use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+pub use super::tls::CertStyle;
 
 /// The largest message accepted, in bytes (advertised as `SIZE`); larger ones get `552`.
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
@@ -49,6 +56,8 @@ pub struct Received {
     pub tls: bool,
     /// The user that authenticated in this session, if any.
     pub auth_user: Option<String>,
+    /// The connection it came over: 1 for the server's first accepted connection, and so on.
+    pub connection: u64,
 }
 
 /// What the next transactions do. Faults wait in one queue; each event takes the first queued
@@ -59,6 +68,9 @@ pub enum SmtpFault {
     RefuseConnection,
     /// Answer this code + text to MAIL FROM (e.g. 451 temporary, 550 permanent).
     RejectMail { code: u16, text: String },
+    /// Hang up on MAIL FROM without answering (a server that closed an idle connection): the
+    /// client cannot have handed the message over.
+    HangUpAtMail,
     /// Answer this code + text after the data's final dot (message not stored).
     RejectData { code: u16, text: String },
     /// Store the message, then drop the connection without answering the final dot: the
@@ -68,7 +80,6 @@ pub enum SmtpFault {
 
 /// A running fake SMTP server. Dropping it stops the listener and every open session.
 pub struct SmtpServer {
-    certificate_pem: String,
     shared: Arc<Shared>,
     accept_task: JoinHandle<()>,
 }
@@ -88,7 +99,12 @@ struct Shared {
     released: tokio::sync::Notify,
     user: String,
     password: String,
-    acceptor: TlsAcceptor,
+    /// Connections accepted so far (refused ones not counted).
+    connections: AtomicU64,
+    /// Successful AUTH exchanges so far.
+    logins: AtomicU64,
+    /// Flushes of replies so far (a client's round trips).
+    flushes: AtomicU64,
 }
 
 /// The switches and the mailbox, behind the mutex.
@@ -104,29 +120,21 @@ struct State {
     /// Once this many messages are stored, the next ones are stored and then left without an
     /// answer until [`SmtpServer::release`] (a process killed there cannot know they went).
     hold_after: Option<usize>,
+    /// How long each flush of replies waits.
+    reply_latency: Duration,
+    /// The TLS side: the PEM a client must trust, and the acceptor.
+    certificate_pem: String,
+    acceptor: TlsAcceptor,
 }
 
 impl SmtpServer {
     /// Starts on 127.0.0.1:port (0 = any) in the CURRENT tokio runtime (spawned task), with a
-    /// fresh self-signed certificate for `localhost` and `127.0.0.1`; `user`/`password` are the
-    /// accepted AUTH credentials.
+    /// fresh self-signed `CA:TRUE` certificate for `localhost` and `127.0.0.1`, as `openssl req
+    /// -x509` makes it (see [`SmtpServer::set_certificate`]); `user`/`password` are the accepted
+    /// AUTH credentials.
     pub async fn start(port: u16, user: &str, password: &str) -> anyhow::Result<SmtpServer> {
-        let certified = rcgen::generate_simple_self_signed(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ])
-        .context("failed to generate the SMTP sandbox's self-signed certificate")?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            certified.signing_key.serialize_der(),
-        ));
-        // An explicit provider: with both `ring` and `aws-lc-rs` enabled somewhere in the
-        // dependency graph, rustls cannot pick a process default and `builder()` would panic.
-        let config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .context("failed to configure TLS for the SMTP sandbox")?
-            .with_no_client_auth()
-            .with_single_cert(vec![certified.cert.der().clone()], key)
-            .context("failed to load the SMTP sandbox's certificate")?;
+        let certified = super::tls::certificate(CertStyle::SelfSigned)
+            .context("failed to make the SMTP sandbox's certificate")?;
 
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
@@ -147,16 +155,20 @@ impl SmtpServer {
                 implicit_tls: false,
                 received: Vec::new(),
                 hold_after: None,
+                reply_latency: Duration::ZERO,
+                certificate_pem: certified.trust_pem,
+                acceptor: TlsAcceptor::from(Arc::new(certified.config)),
             }),
             stored: Condvar::new(),
             released: tokio::sync::Notify::new(),
             user: user.to_string(),
             password: password.to_string(),
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            connections: AtomicU64::new(0),
+            logins: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(shared.clone()));
         Ok(SmtpServer {
-            certificate_pem: certified.cert.pem(),
             shared,
             accept_task,
         })
@@ -167,13 +179,44 @@ impl SmtpServer {
         self.shared.addr
     }
 
-    /// The PEM of the self-signed certificate (what a client must trust for STARTTLS).
+    /// The PEM a client must trust for TLS: the certificate itself when self-signed, else the
+    /// test CA that signed it.
     pub fn certificate_pem(&self) -> String {
-        self.certificate_pem.clone()
+        self.shared.lock().certificate_pem.clone()
+    }
+
+    /// Presents a fresh certificate made the given way on new TLS sessions.
+    pub fn set_certificate(&self, style: CertStyle) -> anyhow::Result<()> {
+        let certified = super::tls::certificate(style)?;
+        let mut state = self.shared.lock();
+        state.certificate_pem = certified.trust_pem;
+        state.acceptor = TlsAcceptor::from(Arc::new(certified.config));
+        Ok(())
+    }
+
+    /// Waits this long before each flush of replies (default none): a round trip's latency.
+    pub fn set_reply_latency(&self, latency: Duration) {
+        self.shared.lock().reply_latency = latency;
+    }
+
+    /// Connections accepted so far (not counting refused ones).
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Successful AUTH exchanges so far.
+    pub fn logins(&self) -> u64 {
+        self.shared.logins.load(Ordering::SeqCst)
+    }
+
+    /// Flushes of held replies so far: the round trips clients waited for.
+    pub fn flushes(&self) -> u64 {
+        self.shared.flushes.load(Ordering::SeqCst)
     }
 
     /// Queue a fault for the next matching event: a connection for `RefuseConnection`, a
-    /// `MAIL FROM` for `RejectMail`, a final dot for `RejectData` and `DropAfterData`.
+    /// `MAIL FROM` for `RejectMail` and `HangUpAtMail`, a final dot for `RejectData` and
+    /// `DropAfterData`.
     pub fn push_fault(&self, fault: SmtpFault) {
         self.shared.lock().faults.push_back(fault);
     }
@@ -322,9 +365,10 @@ async fn accept_loop(shared: Arc<Shared>) {
                     continue;
                 }
                 let shared = shared.clone();
+                let connection = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 sessions.spawn(async move {
                     // A broken connection only ends its own session; the client sees it.
-                    let _ = serve(&shared, tcp).await;
+                    let _ = serve(&shared, tcp, connection).await;
                 });
             }
             () = shared.listener_changed.notified() => {}
@@ -347,22 +391,53 @@ enum Ending {
     StartTls,
 }
 
-async fn serve(shared: &Shared, tcp: TcpStream) -> io::Result<()> {
-    let implicit_tls = shared.lock().implicit_tls;
+/// The session's stream: reads buffered, replies held until flushed.
+type Io<S> = BufReader<BufWriter<S>>;
+
+async fn serve(shared: &Shared, tcp: TcpStream, connection: u64) -> io::Result<()> {
+    // As asyncio (aiosmtpd) does: replies are not held back by Nagle's algorithm.
+    tcp.set_nodelay(true)?;
+    let (implicit_tls, acceptor) = {
+        let state = shared.lock();
+        (state.implicit_tls, state.acceptor.clone())
+    };
     if implicit_tls {
-        let tls = with_idle_timeout(shared.acceptor.accept(tcp)).await?;
-        session(shared, &mut BufReader::new(tls), true, true).await?;
-        return Ok(());
+        let tls = with_idle_timeout(acceptor.accept(tcp)).await?;
+        let mut io = BufReader::new(BufWriter::new(tls));
+        session(shared, &mut io, true, true, connection).await?;
+        return io.get_mut().flush().await;
     }
-    let mut plain = BufReader::new(tcp);
-    if let Ending::StartTls = session(shared, &mut plain, false, true).await? {
+    let mut plain = BufReader::new(BufWriter::new(tcp));
+    let ending = session(shared, &mut plain, false, true, connection).await?;
+    plain.get_mut().flush().await?;
+    if let Ending::StartTls = ending {
         // `into_inner` drops anything the client pipelined after STARTTLS, as RFC 3207 §4.2
         // requires (plaintext injected before the handshake must not be obeyed).
-        let tls = with_idle_timeout(shared.acceptor.accept(plain.into_inner())).await?;
+        let tcp = plain.into_inner().into_inner();
+        let tls = with_idle_timeout(acceptor.accept(tcp)).await?;
         // After STARTTLS the client greets again and there is no new banner.
-        session(shared, &mut BufReader::new(tls), true, false).await?;
+        let mut io = BufReader::new(BufWriter::new(tls));
+        session(shared, &mut io, true, false, connection).await?;
+        io.get_mut().flush().await?;
     }
     Ok(())
+}
+
+/// Sends the replies held so far, `reply_latency` late, unless the client already sent more
+/// commands (they are answered together).
+async fn flush_if_idle<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut Io<S>,
+) -> io::Result<()> {
+    if !io.buffer().is_empty() || io.get_ref().buffer().is_empty() {
+        return Ok(());
+    }
+    let latency = shared.lock().reply_latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    shared.flushes.fetch_add(1, Ordering::SeqCst);
+    io.get_mut().flush().await
 }
 
 async fn with_idle_timeout<T>(fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
@@ -380,9 +455,10 @@ struct Envelope {
 /// One SMTP session, from the greeting (or the TLS handshake) to QUIT, STARTTLS or a hang-up.
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
-    io: &mut BufReader<S>,
+    io: &mut Io<S>,
     tls: bool,
     greet: bool,
+    connection: u64,
 ) -> io::Result<Ending> {
     if greet {
         reply(io, 220, &format!("{SERVER_NAME} ESMTP")).await?;
@@ -392,7 +468,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut envelope: Option<Envelope> = None;
     let mut line = Vec::new();
     loop {
-        let Some(command) = read_command(io, &mut line).await? else {
+        let Some(command) = read_command(shared, io, &mut line).await? else {
             return Ok(Ending::Close);
         };
         let (verb, args) = match command.split_once(' ') {
@@ -444,6 +520,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             "AUTH" => match authenticate(shared, io, &mut line, args).await? {
                 Auth::Accepted(user) => {
+                    shared.logins.fetch_add(1, Ordering::SeqCst);
                     auth_user = Some(user);
                     reply(io, 235, "2.7.0 Authentication successful").await?;
                 }
@@ -466,10 +543,13 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 Some((from, params)) => {
                     if declared_size(&params).is_some_and(|size| size > MAX_MESSAGE_BYTES) {
                         reply(io, 552, "5.3.4 Message size exceeds fixed maximum").await?;
-                    } else if let Some(SmtpFault::RejectMail { code, text }) =
-                        shared.take_fault(|f| matches!(f, SmtpFault::RejectMail { .. }))
-                    {
-                        reply(io, code, &text).await?;
+                    } else if let Some(fault) = shared.take_fault(|f| {
+                        matches!(f, SmtpFault::RejectMail { .. } | SmtpFault::HangUpAtMail)
+                    }) {
+                        match fault {
+                            SmtpFault::RejectMail { code, text } => reply(io, code, &text).await?,
+                            _ => return Ok(Ending::Close),
+                        }
                     } else {
                         envelope = Some(Envelope {
                             from,
@@ -505,7 +585,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     continue;
                 }
                 reply(io, 354, "End data with <CR><LF>.<CR><LF>").await?;
-                let Some(data) = read_data(io).await? else {
+                let Some(data) = read_data(shared, io).await? else {
                     reply(io, 552, "5.3.4 Message size exceeds fixed maximum").await?;
                     continue;
                 };
@@ -522,6 +602,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     data: String::from_utf8_lossy(&data).into_owned(),
                     tls,
                     auth_user: auth_user.clone(),
+                    connection,
                 });
                 if fault == Some(SmtpFault::DropAfterData) {
                     return Ok(Ending::Close);
@@ -567,7 +648,7 @@ enum Auth {
 
 async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
-    io: &mut BufReader<S>,
+    io: &mut Io<S>,
     line: &mut Vec<u8>,
     args: &str,
 ) -> io::Result<Auth> {
@@ -579,7 +660,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         "PLAIN" => {
             let response = match initial {
                 Some(initial) => initial.to_string(),
-                None => match challenge(io, line, "").await? {
+                None => match challenge(shared, io, line, "").await? {
                     Some(response) => response,
                     None => return Ok(Auth::Hangup),
                 },
@@ -602,7 +683,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         "LOGIN" => {
             let user = match initial {
                 Some(initial) => initial.to_string(),
-                None => match challenge(io, line, &BASE64.encode("Username:")).await? {
+                None => match challenge(shared, io, line, &BASE64.encode("Username:")).await? {
                     Some(response) => response,
                     None => return Ok(Auth::Hangup),
                 },
@@ -610,7 +691,8 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             let Some(user) = decode_response(io, &user).await? else {
                 return Ok(Auth::Answered);
             };
-            let Some(password) = challenge(io, line, &BASE64.encode("Password:")).await? else {
+            let Some(password) = challenge(shared, io, line, &BASE64.encode("Password:")).await?
+            else {
                 return Ok(Auth::Hangup);
             };
             let Some(password) = decode_response(io, &password).await? else {
@@ -632,17 +714,18 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Sends a `334` challenge and reads the client's answer line.
 async fn challenge<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut BufReader<S>,
+    shared: &Shared,
+    io: &mut Io<S>,
     line: &mut Vec<u8>,
     text: &str,
 ) -> io::Result<Option<String>> {
     reply(io, 334, text).await?;
-    read_command(io, line).await
+    read_command(shared, io, line).await
 }
 
 /// Decodes a base64 AUTH response, answering `501` (and returning `None`) on `*` or bad base64.
 async fn decode_response<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut BufReader<S>,
+    io: &mut Io<S>,
     response: &str,
 ) -> io::Result<Option<Vec<u8>>> {
     if response == "*" {
@@ -700,9 +783,11 @@ fn declared_size(params: &[String]) -> Option<usize> {
 /// `MAX_COMMAND_LINE` gets `500` and ends the session (there is no telling where the next
 /// command starts).
 async fn read_command<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut BufReader<S>,
+    shared: &Shared,
+    io: &mut Io<S>,
     line: &mut Vec<u8>,
 ) -> io::Result<Option<String>> {
+    flush_if_idle(shared, io).await?;
     line.clear();
     let limit = MAX_COMMAND_LINE as u64 + 2;
     let n = with_idle_timeout((&mut *io).take(limit).read_until(b'\n', line)).await?;
@@ -723,8 +808,10 @@ async fn read_command<S: AsyncRead + AsyncWrite + Unpin>(
 /// into CRLF. `None` when it was larger than `MAX_MESSAGE_BYTES` (the rest is read and dropped
 /// so that the session can go on).
 async fn read_data<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut BufReader<S>,
+    shared: &Shared,
+    io: &mut Io<S>,
 ) -> io::Result<Option<Vec<u8>>> {
+    flush_if_idle(shared, io).await?;
     let mut data = Vec::new();
     let mut too_big = false;
     let mut at_line_start = true;
@@ -774,20 +861,20 @@ async fn read_data<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((!too_big).then_some(data))
 }
 
+/// Queues a reply; it goes out with the next flush.
 async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut BufReader<S>,
+    io: &mut Io<S>,
     code: u16,
     text: &str,
 ) -> io::Result<()> {
-    let out = io.get_mut();
-    out.write_all(format!("{code} {text}\r\n").as_bytes())
-        .await?;
-    out.flush().await
+    io.get_mut()
+        .write_all(format!("{code} {text}\r\n").as_bytes())
+        .await
 }
 
 /// A multi-line reply: `code-` on every line but the last.
 async fn reply_lines<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut BufReader<S>,
+    io: &mut Io<S>,
     code: u16,
     lines: &[String],
 ) -> io::Result<()> {
@@ -796,9 +883,7 @@ async fn reply_lines<S: AsyncRead + AsyncWrite + Unpin>(
         let sep = if i + 1 == lines.len() { ' ' } else { '-' };
         text.push_str(&format!("{code}{sep}{line}\r\n"));
     }
-    let out = io.get_mut();
-    out.write_all(text.as_bytes()).await?;
-    out.flush().await
+    io.get_mut().write_all(text.as_bytes()).await
 }
 
 #[cfg(test)]
@@ -836,8 +921,10 @@ mod tests {
         transport(server, PASSWORD, Tls::None)
     }
 
-    /// Trusts only the server's self-signed certificate, for the name `localhost`.
+    /// Trusts only the test CA that signed the server's certificate, for the name `localhost`
+    /// (lettre, like WebPKI, refuses a self-signed `CA:TRUE` certificate as a server's own).
     fn tls_parameters(server: &SmtpServer) -> TlsParameters {
+        server.set_certificate(CertStyle::SignedByTestCa).unwrap();
         let pem = server.certificate_pem();
         TlsParameters::builder("localhost".to_string())
             .certificate_store(CertificateStore::None)
@@ -1200,6 +1287,34 @@ mod tests {
         assert_eq!(code(&raw.command(".").await), "552");
         assert!(server.received().is_empty());
         assert_eq!(code(&raw.command("MAIL FROM:<a@b.c>").await), "250");
+    }
+
+    #[tokio::test]
+    async fn pipelined_commands_are_answered_in_one_flush_after_the_latency() {
+        let server = server().await;
+        server.set_require_auth(false);
+        let latency = Duration::from_millis(30);
+        server.set_reply_latency(latency);
+        let mut raw = Raw::connect(&server).await;
+        assert_eq!(code(&raw.command("EHLO cliente.test").await), "250");
+        let before = server.flushes();
+        let started = Instant::now();
+        raw.send("MAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\nDATA\r\n")
+            .await;
+        for expected in ["250", "250", "354"] {
+            assert_eq!(code(&raw.reply().await), expected);
+        }
+        assert!(started.elapsed() >= latency);
+        // One write on loopback arrives as one read: the three replies go out together.
+        assert_eq!(server.flushes() - before, 1, "one round trip for the group");
+        let before = server.flushes();
+        assert_eq!(
+            code(&raw.command("Subject: x\r\n\r\ncorpo\r\n.").await),
+            "250"
+        );
+        assert_eq!(server.flushes() - before, 1, "one round trip for the data");
+        assert_eq!(server.connections(), 1);
+        assert_eq!(server.received()[0].connection, 1);
     }
 
     #[test]

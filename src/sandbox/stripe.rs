@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use serde_json::{Value, json};
 
 use super::faults::{Faults, Route};
@@ -27,6 +27,8 @@ struct Sub {
 /// The state of the fake Stripe.
 pub struct StripeState {
     subs: Mutex<HashMap<String, Sub>>,
+    /// The path and query of every request under `/stripe/`, as received (still encoded).
+    requests: Mutex<Vec<String>>,
     faults: Arc<Faults>,
 }
 
@@ -34,6 +36,7 @@ impl StripeState {
     pub fn new(faults: Arc<Faults>) -> StripeState {
         StripeState {
             subs: Mutex::default(),
+            requests: Mutex::default(),
             faults,
         }
     }
@@ -49,12 +52,34 @@ impl StripeState {
             },
         );
     }
+
+    /// The path and query of every request received so far, as sent (percent-encoded).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn record(&self, uri: &Uri) {
+        let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        self.requests.lock().unwrap().push(target.to_string());
+    }
 }
 
 pub fn routes(state: Arc<StripeState>) -> Router {
     Router::new()
         .route("/stripe/v1/subscriptions/{id}", get(subscription))
+        .route("/stripe/{*rest}", any(elsewhere))
         .with_state(state)
+}
+
+/// Any other endpoint: recorded (a client must never get here), answered as Stripe does.
+async fn elsewhere(State(s): State<Arc<StripeState>>, uri: Uri) -> Response {
+    s.record(&uri);
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "",
+        "Unrecognized request URL",
+    )
 }
 
 fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
@@ -68,8 +93,10 @@ fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response 
 async fn subscription(
     State(s): State<Arc<StripeState>>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    s.record(&uri);
     if let Some(r) = s.faults.before(Route::Stripe).await {
         return r;
     }

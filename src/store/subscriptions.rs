@@ -100,7 +100,8 @@ impl Store {
     ) -> Result<Vec<SubscriptionRow>> {
         let sql = format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN users u ON u.id = s.user_id
-             JOIN plans p ON p.id = s.plan_id WHERE s.deleted_at IS NULL AND {condition} ORDER BY s.current_period_end, s.id"
+             JOIN plans p ON p.id = s.plan_id WHERE s.deleted_at IS NULL AND u.deleted_at IS NULL AND {condition}
+             ORDER BY s.current_period_end, s.id"
         );
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt
@@ -334,7 +335,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         let ids: Vec<i64> = {
             let mut stmt = tx.prepare(
-                "SELECT id FROM payments WHERE status = 'pending' AND created_at < ?1 LIMIT ?2",
+                "SELECT id FROM payments WHERE status = 'pending' AND deleted_at IS NULL AND created_at < ?1 LIMIT ?2",
             )?;
             stmt.query_map(params![cutoff, batch], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
@@ -366,13 +367,21 @@ impl Store {
             .optional()?)
     }
 
-    /// Upserts a plan by its host id.
-    pub fn upsert_plan(&mut self, ext: &str, name: &str, price: i64, cycle: &str) -> Result<()> {
+    /// Upserts a plan by its host id. `deleted` (on every upsert): when the host soft-deleted
+    /// the record; the first one stays, and an import without it never brings it back.
+    pub fn upsert_plan(
+        &mut self,
+        ext: &str,
+        name: &str,
+        price: i64,
+        cycle: &str,
+        deleted: Option<&str>,
+    ) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO plans (external_id, name, price_centavos, billing_cycle) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO plans (external_id, name, price_centavos, billing_cycle, deleted_at) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (external_id) DO UPDATE SET name = excluded.name, price_centavos = excluded.price_centavos,
-                    billing_cycle = excluded.billing_cycle",
-            params![ext, name, price, cycle],
+                    billing_cycle = excluded.billing_cycle, deleted_at = COALESCE(deleted_at, excluded.deleted_at)",
+            params![ext, name, price, cycle, deleted],
         )?;
         Ok(())
     }
@@ -384,6 +393,7 @@ impl Store {
         name: &str,
         email: &str,
         plan: Option<&str>,
+        deleted: Option<&str>,
     ) -> Result<()> {
         let plan_id = match plan {
             Some(p) => Some(
@@ -393,14 +403,16 @@ impl Store {
             None => None,
         };
         self.conn.execute(
-            "INSERT INTO users (external_id, name, email, plan_id) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (external_id) DO UPDATE SET name = excluded.name, email = excluded.email, plan_id = excluded.plan_id",
-            params![ext, name, email, plan_id],
+            "INSERT INTO users (external_id, name, email, plan_id, deleted_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (external_id) DO UPDATE SET name = excluded.name, email = excluded.email, plan_id = excluded.plan_id,
+                    deleted_at = COALESCE(deleted_at, excluded.deleted_at)",
+            params![ext, name, email, plan_id, deleted],
         )?;
         Ok(())
     }
 
-    /// Upserts a subscription by its host id.
+    /// Upserts a subscription by its host id. `warned`: the host sent the expiry warning of
+    /// this period already (`warned_period_end` becomes its end; otherwise it is kept).
     #[allow(clippy::too_many_arguments)]
     pub fn upsert_subscription(
         &mut self,
@@ -412,6 +424,8 @@ impl Store {
         cancel_at_period_end: bool,
         gateway: &str,
         gateway_id: Option<&str>,
+        warned: bool,
+        deleted: Option<&str>,
     ) -> Result<()> {
         let user_id = self
             .id_of("users", user)?
@@ -421,31 +435,41 @@ impl Store {
             .with_context(|| format!("unknown plan `{plan}`"))?;
         self.conn.execute(
             "INSERT INTO subscriptions (external_id, user_id, plan_id, status, current_period_start, current_period_end,
-                    cancel_at_period_end, gateway, gateway_subscription_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                    cancel_at_period_end, gateway, gateway_subscription_id, warned_period_end, deleted_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?10 THEN ?6 END, ?11)
              ON CONFLICT (external_id) DO UPDATE SET user_id = excluded.user_id, plan_id = excluded.plan_id,
                     status = excluded.status, current_period_start = excluded.current_period_start,
                     current_period_end = excluded.current_period_end, cancel_at_period_end = excluded.cancel_at_period_end,
-                    gateway = excluded.gateway, gateway_subscription_id = excluded.gateway_subscription_id",
-            params![ext, user_id, plan_id, status, period.0, period.1, cancel_at_period_end, gateway, gateway_id],
+                    gateway = excluded.gateway, gateway_subscription_id = excluded.gateway_subscription_id,
+                    warned_period_end = COALESCE(excluded.warned_period_end, warned_period_end),
+                    deleted_at = COALESCE(deleted_at, excluded.deleted_at)",
+            params![ext, user_id, plan_id, status, period.0, period.1, cancel_at_period_end, gateway, gateway_id, warned, deleted],
         )?;
         Ok(())
     }
 
     /// Upserts a session by its host id.
-    pub fn upsert_session(&mut self, ext: &str, user: &str, expires_at: &str) -> Result<()> {
+    pub fn upsert_session(
+        &mut self,
+        ext: &str,
+        user: &str,
+        expires_at: &str,
+        deleted: Option<&str>,
+    ) -> Result<()> {
         let user_id = self
             .id_of("users", user)?
             .with_context(|| format!("unknown user `{user}`"))?;
         self.conn.execute(
-            "INSERT INTO sessions (external_id, user_id, expires_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (external_id) DO UPDATE SET user_id = excluded.user_id, expires_at = excluded.expires_at",
-            params![ext, user_id, expires_at],
+            "INSERT INTO sessions (external_id, user_id, expires_at, deleted_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (external_id) DO UPDATE SET user_id = excluded.user_id, expires_at = excluded.expires_at,
+                    deleted_at = COALESCE(deleted_at, excluded.deleted_at)",
+            params![ext, user_id, expires_at, deleted],
         )?;
         Ok(())
     }
 
     /// Upserts a payment by its host id.
+    #[allow(clippy::too_many_arguments)]
     pub fn upsert_payment(
         &mut self,
         ext: &str,
@@ -454,6 +478,7 @@ impl Store {
         amount: i64,
         status: &str,
         created_at: &str,
+        deleted: Option<&str>,
     ) -> Result<()> {
         let user_id = self
             .id_of("users", user)?
@@ -466,11 +491,12 @@ impl Store {
             None => None,
         };
         self.conn.execute(
-            "INSERT INTO payments (external_id, user_id, subscription_id, amount_centavos, status, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO payments (external_id, user_id, subscription_id, amount_centavos, status, created_at, deleted_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (external_id) DO UPDATE SET user_id = excluded.user_id, subscription_id = excluded.subscription_id,
-                    amount_centavos = excluded.amount_centavos, status = excluded.status, created_at = excluded.created_at",
-            params![ext, user_id, sub_id, amount, status, created_at],
+                    amount_centavos = excluded.amount_centavos, status = excluded.status, created_at = excluded.created_at,
+                    deleted_at = COALESCE(deleted_at, excluded.deleted_at)",
+            params![ext, user_id, sub_id, amount, status, created_at, deleted],
         )?;
         Ok(())
     }

@@ -232,10 +232,10 @@ fn cases() -> Vec<Case> {
         // Stripe and SMTP.
         case!(name: "stripe: key missing", env: &[("CRM_JOBS_STRIPE_SECRET_KEY", "")], args: &["renew", "--step", "stripe"], code: 78, message: "the Stripe secret key is not set: export `CRM_JOBS_STRIPE_SECRET_KEY` or set `[stripe] secret_key_file`"),
         case!(name: "stripe: unknown subscription", setup: stripe_unknown, args: &["renew", "--step", "stripe"], code: 1, message: "subscription `s1`: Stripe answered 404 Not Found for `sub_404` (resource_missing: No such subscription: 'sub_404')"),
-        case!(name: "stripe: refused key", env: &[("CRM_JOBS_STRIPE_SECRET_KEY", "sk_test_wrong")], setup: stripe_known, args: &["renew", "--step", "stripe"], code: 1, message: "Stripe refused the secret key (401 Unauthorized: Invalid API Key provided: sk_test_****): check `CRM_JOBS_STRIPE_SECRET_KEY`; the step stopped"),
+        case!(name: "stripe: refused key", env: &[("CRM_JOBS_STRIPE_SECRET_KEY", "sk_test_wrong")], setup: stripe_known, args: &["renew", "--step", "stripe"], code: 78, message: "Stripe refused the secret key (401 Unauthorized: Invalid API Key provided: sk_test_****): check `CRM_JOBS_STRIPE_SECRET_KEY`; the step stopped"),
         case!(name: "stripe: server error", setup: stripe_down, args: &["renew", "--step", "stripe"], code: 1, message: "subscription `s1`: Stripe answered 500 Internal Server Error"),
         case!(name: "smtp: recipient refused", setup: smtp_rejects, args: &["renew", "--step", "emails"], code: 1, message: "email #1 to ana@example.com: the SMTP server refused it: permanent error (550): 5.1.1 Mailbox unavailable"),
-        case!(name: "smtp: refused password", env: &[("CRM_JOBS_SMTP_PASSWORD", "wrong")], setup: queued_email, args: &["renew", "--step", "emails"], code: 3, message: "the SMTP server `127.0.0.1` cannot be used: permanent error (535): 5.7.8 Authentication credentials invalid; 1 email(s) wait for the next run (the state changes stand)"),
+        case!(name: "smtp: refused password", env: &[("CRM_JOBS_SMTP_PASSWORD", "wrong")], setup: queued_email, args: &["renew", "--step", "emails"], code: 78, message: "the SMTP server `127.0.0.1` refused the credentials of `[smtp] user` `sandbox` (permanent error (535): 5.7.8 Authentication credentials invalid): check `CRM_JOBS_SMTP_PASSWORD` (or `[smtp] password_file`) and `[smtp] user`; 1 email(s) wait for the next run (the state changes stand)"),
     ]
 }
 

@@ -211,7 +211,7 @@ fn doctor_names_each_fault_and_what_to_do() {
         "warn  secrets      `CRM_JOBS_STRIPE_SECRET_KEY` is not set: renew --step stripe will refuse to start",
         "ok    nio          ",
         "ok    store        ",
-        "fail  smtp         the SMTP server `127.0.0.1` cannot be used: permanent error (535): 5.7.8 Authentication credentials invalid: check `[smtp] host`, `port`, `tls`, `ca_file` and the password",
+        "fail  smtp         the SMTP server `127.0.0.1` refused the credentials of `[smtp] user` `sandbox` (permanent error (535): 5.7.8 Authentication credentials invalid): check `CRM_JOBS_SMTP_PASSWORD` (or `[smtp] password_file`) and `[smtp] user`",
         "warn  pings        `retry`: `no-such-host.invalid` does not resolve: its pings will fail (the job will not); check DNS or `[pings] retry`",
     ] {
         assert!(
