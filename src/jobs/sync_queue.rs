@@ -923,10 +923,23 @@ impl Drain<'_> {
                 format!("not found at the CRM by {by}: created"),
                 Some(("create", Method::POST, lookup.resource.clone())),
             ),
-            [id] => (
-                format!("found at the CRM by {by} as {id}: that record is adopted and updated"),
-                Some(("update", Method::PUT, format!("{}/{id}", lookup.resource))),
-            ),
+            [id] => match crate::http::path_segment(id) {
+                // The id is the CRM's answer: one path segment whatever it holds.
+                Some(segment) => (
+                    format!("found at the CRM by {by} as {id}: that record is adopted and updated"),
+                    Some((
+                        "update",
+                        Method::PUT,
+                        format!("{}/{segment}", lookup.resource),
+                    )),
+                ),
+                None => (
+                    format!(
+                        "found at the CRM by {by} with the id `{id}`, which is empty or a dot: for an operator; nothing was sent"
+                    ),
+                    None,
+                ),
+            },
             many => (
                 format!(
                     "a create whose outcome is unknown, and the CRM has {} {} with this {by} (ids {}): which one is this record is for an operator to decide; nothing was sent",
