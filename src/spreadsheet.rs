@@ -414,6 +414,15 @@ fn sales_point(text: &str) -> String {
 
 /// A money cell in centavos: `None` when empty, or the cell as shown when it is not money.
 fn money_cell(cell: Option<&Data>) -> Result<Option<i64>, String> {
+    // An installment's value is never negative.
+    let value = money_cell_any(cell)?;
+    match (value, cell) {
+        (Some(v), Some(c)) if v < 0 => Err(c.to_string()),
+        _ => Ok(value),
+    }
+}
+
+fn money_cell_any(cell: Option<&Data>) -> Result<Option<i64>, String> {
     match cell {
         None | Some(Data::Empty) => Ok(None),
         Some(Data::Float(reais)) => {
@@ -869,7 +878,7 @@ mod tests {
     fn money_cells() {
         assert_eq!(money_cell(Some(&Data::Float(123.45))), Ok(Some(12345)));
         assert_eq!(money_cell(Some(&Data::Float(0.125))), Ok(Some(13)));
-        assert_eq!(money_cell(Some(&Data::Float(-0.125))), Ok(Some(-13)));
+        assert_eq!(money_cell(Some(&Data::Float(-0.125))), Err("-0.125".into()));
         assert_eq!(money_cell(Some(&Data::Float(1358.01))), Ok(Some(135_801)));
         assert_eq!(money_cell(Some(&Data::Int(7))), Ok(Some(700)));
         assert_eq!(money_cell(Some(&Data::Empty)), Ok(None));

@@ -27,6 +27,12 @@ pub enum MoneyError {
         /// The offending text.
         text: String,
     },
+    /// A negative amount where only an amount owed or paid makes sense (an import).
+    #[error("`{text}` is negative: an amount here is R$ 0,00 or more")]
+    Negative {
+        /// The offending text.
+        text: String,
+    },
     /// A JSON value that is neither a number nor a string.
     #[error("`{text}` is neither a number nor a text amount of money")]
     NotANumber {
@@ -65,6 +71,17 @@ pub fn centavos_from_json(v: &Value) -> Result<i64, MoneyError> {
 /// `99,90`, `99.90` (a single dot followed by 1-2 digits is a decimal point), `1234`, `1.234`
 /// (dots followed by groups of exactly 3 digits are thousands separators → 123400), and a
 /// leading minus (`-5,00`, `-R$ 5,00`, `R$ -5,00`).
+/// [`parse_brl`] for an amount owed or paid (what an operator imports): never negative.
+pub fn parse_amount(s: &str) -> Result<i64, MoneyError> {
+    let centavos = parse_brl(s)?;
+    if centavos < 0 {
+        return Err(MoneyError::Negative {
+            text: shown(s.trim()),
+        });
+    }
+    Ok(centavos)
+}
+
 pub fn parse_brl(s: &str) -> Result<i64, MoneyError> {
     let text = s.trim();
     if text.is_empty() {

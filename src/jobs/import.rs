@@ -482,7 +482,7 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
             None => installed.format("%Y-%m").to_string(),
         };
         let amount = match sheet.get(row, "valor") {
-            Some(v) => match money::parse_brl(v) {
+            Some(v) => match money::parse_amount(v) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     report.bad(&sheet, *line, &format!("`valor`: {e}"));
@@ -582,7 +582,7 @@ fn invoices(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
             continue;
         };
         let amount = match sheet.get(row, "valor") {
-            Some(v) => match money::parse_brl(v) {
+            Some(v) => match money::parse_amount(v) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     report.bad(&sheet, *line, &format!("`valor`: {e}"));
@@ -908,9 +908,9 @@ fn subscription_line(
         }
     };
     let centavos = |k: &str| -> std::result::Result<i64, String> {
-        match get(k) {
+        let value = match get(k) {
             Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
-            Some(Value::String(s)) => money::parse_brl(s).map_err(|e| format!("`{k}`: {e}")),
+            Some(Value::String(s)) => money::parse_amount(s).map_err(|e| format!("`{k}`: {e}")),
             Some(Value::Object(o)) if o.len() == 1 && o.contains_key("$numberDecimal") => {
                 match &o["$numberDecimal"] {
                     Value::String(d) => decimal_centavos(k, d),
@@ -920,7 +920,15 @@ fn subscription_line(
             _ => Err(format!(
                 "`{k}` must be centavos (an integer), a text amount like `R$ 49,90`, or reais as `{{\"$numberDecimal\": \"49.90\"}}`"
             )),
+        }?;
+        // A price or a payment is never negative (a plan of i64::MIN centavos once made an
+        // email say "-R$ 92.233.720.368.547.758,08").
+        if value < 0 {
+            return Err(format!(
+                "`{k}` = {value} centavos is negative: an amount is 0 or more"
+            ));
         }
+        Ok(value)
     };
     let flag = |k: &str| -> std::result::Result<bool, String> {
         match get(k) {

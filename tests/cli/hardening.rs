@@ -261,3 +261,28 @@ fn many_bad_rows_print_twenty_lines_and_all_go_to_the_rejects_file() {
     let contracts: i64 = env.query("SELECT COUNT(*) FROM contracts");
     assert_eq!(contracts, 1);
 }
+
+#[test]
+fn a_negative_amount_is_refused_with_its_row() {
+    let env = Env::new();
+    let file = env.path("c.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "contrato,cpf,nome,data_instalacao,valor\nN1,{},ANA,2025-06-05,\"-R$ 5,00\"\n",
+            cpf(80).digits()
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["import", "contracts", file.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "{}:2: `valor`: `-R$ 5,00` is negative: an amount here is R$ 0,00 or more; row skipped",
+            file.display()
+        )),
+        "{out:?}"
+    );
+    let contracts: i64 = env.query("SELECT COUNT(*) FROM contracts");
+    assert_eq!(contracts, 0);
+}
