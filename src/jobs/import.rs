@@ -290,6 +290,13 @@ impl Sheet {
         }
     }
 
+    /// An optional amount column: `None` when empty; never negative.
+    fn amount(&self, row: &[String], col: &str) -> std::result::Result<Option<i64>, String> {
+        self.get(row, col)
+            .map(|v| money::parse_amount(v).map_err(|e| format!("`{col}`: {e}")))
+            .transpose()
+    }
+
     fn get<'a>(&self, row: &'a [String], col: &str) -> Option<&'a str> {
         self.columns
             .get(col)
@@ -481,15 +488,12 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
             }
             None => installed.format("%Y-%m").to_string(),
         };
-        let amount = match sheet.get(row, "valor") {
-            Some(v) => match money::parse_amount(v) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    report.bad(&sheet, *line, &format!("`valor`: {e}"));
-                    continue;
-                }
-            },
-            None => None,
+        let amount = match sheet.amount(row, "valor") {
+            Ok(a) => a,
+            Err(m) => {
+                report.bad(&sheet, *line, &m);
+                continue;
+            }
         };
         let expected: Vec<ExpectedInvoice> = (1..=schedule::EXPECTED_INVOICES)
             .map(|n| {
@@ -581,15 +585,12 @@ fn invoices(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
             );
             continue;
         };
-        let amount = match sheet.get(row, "valor") {
-            Some(v) => match money::parse_amount(v) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    report.bad(&sheet, *line, &format!("`valor`: {e}"));
-                    continue;
-                }
-            },
-            None => None,
+        let amount = match sheet.amount(row, "valor") {
+            Ok(a) => a,
+            Err(m) => {
+                report.bad(&sheet, *line, &m);
+                continue;
+            }
         };
         let available = if number == 1 {
             installed + Days::new(3)
