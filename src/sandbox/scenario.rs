@@ -304,7 +304,7 @@ pub fn subscriptions(
         };
         let start = end - Duration::days(30);
         let sub = format!("s{i}");
-        let gateway_id = format!("sub_demo_{i}");
+        let gateway_id = format!("sub_Demo{i:04}");
         line(
             serde_json::json!({"type": "subscription", "id": sub, "user": user,
             "plan": if i % 2 == 0 { "pro" } else { "basico" }, "status": "active",
