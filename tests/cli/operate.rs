@@ -683,3 +683,29 @@ fn status_shows_how_far_a_run_in_progress_got() {
     assert_eq!(v["jobs"][0]["last_run"]["status"], "success");
     assert_eq!(v["jobs"][0]["last_run"]["items_ok"], 3);
 }
+
+/// The README's first command: the demo runs every job end to end against the sandbox (a
+/// stricter import once broke it with no test noticing).
+#[test]
+fn the_demo_runs_every_job_end_to_end() {
+    let env = Env::new();
+    let out = env.run(&[
+        "demo",
+        "--contracts",
+        "8",
+        "--clients",
+        "6",
+        "--latency-ms",
+        "1",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for job in [
+        "fetch-invoices run #",
+        "download-boletos run #",
+        "renew run #",
+        "sync-queue run #",
+        "cleanup run #",
+    ] {
+        assert!(out.stderr.contains(job), "`{job}` missing: {out:?}");
+    }
+}
