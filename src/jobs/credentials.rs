@@ -36,7 +36,16 @@ pub fn sales_point_code(text: &str) -> Option<String> {
     if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return None;
     }
+    // At most six digits, and a dot only before the last three: `17308`, `17.308`; not
+    // `17.308.999` nor the 21 digits of a `1e20` cell.
+    let well_placed = match t.split_once('.') {
+        None => true,
+        Some((head, tail)) => !head.is_empty() && tail.len() == 3 && !tail.contains('.'),
+    };
     let digits: String = t.chars().filter(char::is_ascii_digit).collect();
+    if !well_placed || digits.len() > 6 {
+        return None;
+    }
     if digits.len() < 4 {
         return Some(digits);
     }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use chrono::{Days, NaiveDate};
+use chrono::{Datelike, Days, NaiveDate};
 
 use super::Ctx;
 use crate::clock;
@@ -319,10 +319,17 @@ fn nothing_imported(file: &str) -> String {
     format!("nothing of `{file}` was imported (the store is as it was)")
 }
 
-fn parse_date(text: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+/// A business date of an import, `YYYY-MM-DD` or `DD/MM/YYYY`, from 2000 to 2100 (an
+/// installation on `9999-12-31` once gave due dates in the year 10000). `Err` says why not, to
+/// follow the column and its text.
+fn parse_date(text: &str) -> std::result::Result<NaiveDate, &'static str> {
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .or_else(|_| NaiveDate::parse_from_str(text, "%d/%m/%Y"))
-        .ok()
+        .map_err(|_| "is not a date (expected YYYY-MM-DD or DD/MM/YYYY)")?;
+    if !(2000..=2100).contains(&date.year()) {
+        return Err("is outside the years 2000 to 2100");
+    }
+    Ok(date)
 }
 
 /// How many rejected rows a file prints; the rest are counted in one line (and all of them
@@ -443,85 +450,90 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
     // Every good row in one transaction: all of them are imported, or none.
     let (report, new) = store
         .in_one_transaction(|store| {
-    let mut report = Report::new(rejects)?;
-    let mut new = 0;
-    for (line, row) in &sheet.rows {
-        if let Some(m) = Sheet::malformed(row) {
-            report.bad(&sheet, *line, &m);
-            continue;
-        }
-        let Some(contract) = sheet.get(row, "contrato") else {
-            report.bad(&sheet, *line, "`contrato` is empty");
-            continue;
-        };
-        let cpf = match Cpf::parse(sheet.get(row, "cpf").unwrap_or_default()) {
-            Ok(c) => c,
-            Err(e) => {
-                report.bad(&sheet, *line, &format!("invalid CPF: {e}"));
-                continue;
-            }
-        };
-        let Some(name) = sheet.get(row, "nome") else {
-            report.bad(&sheet, *line, "`nome` is empty");
-            continue;
-        };
-        let raw_date = sheet.get(row, "data_instalacao").unwrap_or_default();
-        let Some(installed) = parse_date(raw_date) else {
-            report.bad(
-                &sheet,
-                *line,
-                &format!("`data_instalacao` = `{raw_date}` is not a date (expected YYYY-MM-DD or DD/MM/YYYY)"),
-            );
-            continue;
-        };
-        let safra = match sheet.get(row, "safra") {
-            Some(s) if NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").is_ok() => {
-                s.to_string()
-            }
-            Some(s) => {
-                report.bad(
-                    &sheet,
-                    *line,
-                    &format!("`safra` = `{s}` is not a month (expected YYYY-MM)"),
-                );
-                continue;
-            }
-            None => installed.format("%Y-%m").to_string(),
-        };
-        let amount = match sheet.amount(row, "valor") {
-            Ok(a) => a,
-            Err(m) => {
-                report.bad(&sheet, *line, &m);
-                continue;
-            }
-        };
-        let expected: Vec<ExpectedInvoice> = (1..=schedule::EXPECTED_INVOICES)
-            .map(|n| {
-                let due = schedule::due_date(installed, n);
-                ExpectedInvoice {
-                    number: n,
-                    due_date: due,
-                    available_from: schedule::available_from(installed, n, due),
+            let mut report = Report::new(rejects)?;
+            let mut new = 0;
+            for (line, row) in &sheet.rows {
+                if let Some(m) = Sheet::malformed(row) {
+                    report.bad(&sheet, *line, &m);
+                    continue;
                 }
-            })
-            .collect();
-        let is_new = store.upsert_contract(
-            &ContractImport {
-                contract_number: contract,
-                service_order: sheet.get(row, "ordem_servico"),
-                cpf: cpf.digits(),
-                customer_name: name,
-                installed_on: installed,
-                safra: &safra,
-                expected_amount_centavos: amount,
-            },
-            &expected,
-            &now,
-        )?;
-        new += usize::from(is_new);
-        report.ok += 1;
-    }
-    Ok((report, new))
+                let Some(contract) = sheet.get(row, "contrato") else {
+                    report.bad(&sheet, *line, "`contrato` is empty");
+                    continue;
+                };
+                let cpf = match Cpf::parse(sheet.get(row, "cpf").unwrap_or_default()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        report.bad(&sheet, *line, &format!("invalid CPF: {e}"));
+                        continue;
+                    }
+                };
+                let Some(name) = sheet.get(row, "nome") else {
+                    report.bad(&sheet, *line, "`nome` is empty");
+                    continue;
+                };
+                let raw_date = sheet.get(row, "data_instalacao").unwrap_or_default();
+                let installed = match parse_date(raw_date) {
+                    Ok(d) => d,
+                    Err(why) => {
+                        report.bad(
+                            &sheet,
+                            *line,
+                            &format!("`data_instalacao` = `{raw_date}` {why}"),
+                        );
+                        continue;
+                    }
+                };
+                let safra = match sheet.get(row, "safra") {
+                    Some(s)
+                        if NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").is_ok() =>
+                    {
+                        s.to_string()
+                    }
+                    Some(s) => {
+                        report.bad(
+                            &sheet,
+                            *line,
+                            &format!("`safra` = `{s}` is not a month (expected YYYY-MM)"),
+                        );
+                        continue;
+                    }
+                    None => installed.format("%Y-%m").to_string(),
+                };
+                let amount = match sheet.amount(row, "valor") {
+                    Ok(a) => a,
+                    Err(m) => {
+                        report.bad(&sheet, *line, &m);
+                        continue;
+                    }
+                };
+                let expected: Vec<ExpectedInvoice> = (1..=schedule::EXPECTED_INVOICES)
+                    .map(|n| {
+                        let due = schedule::due_date(installed, n);
+                        ExpectedInvoice {
+                            number: n,
+                            due_date: due,
+                            available_from: schedule::available_from(installed, n, due),
+                        }
+                    })
+                    .collect();
+                let is_new = store.upsert_contract(
+                    &ContractImport {
+                        contract_number: contract,
+                        service_order: sheet.get(row, "ordem_servico"),
+                        cpf: cpf.digits(),
+                        customer_name: name,
+                        installed_on: installed,
+                        safra: &safra,
+                        expected_amount_centavos: amount,
+                    },
+                    &expected,
+                    &now,
+                )?;
+                new += usize::from(is_new);
+                report.ok += 1;
+            }
+            Ok((report, new))
         })
         .with_context(|| nothing_imported(&sheet.name))?;
     let mut report = report;
@@ -575,15 +587,12 @@ fn invoices(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
             continue;
         };
         let raw_due = sheet.get(row, "vencimento").unwrap_or_default();
-        let Some(due) = parse_date(raw_due) else {
-            report.bad(
-                &sheet,
-                *line,
-                &format!(
-                    "`vencimento` = `{raw_due}` is not a date (expected YYYY-MM-DD or DD/MM/YYYY)"
-                ),
-            );
-            continue;
+        let due = match parse_date(raw_due) {
+            Ok(d) => d,
+            Err(why) => {
+                report.bad(&sheet, *line, &format!("`vencimento` = `{raw_due}` {why}"));
+                continue;
+            }
         };
         let amount = match sheet.amount(row, "valor") {
             Ok(a) => a,
@@ -666,11 +675,24 @@ fn clients(
                         continue;
                     }
                 };
-                let point = row
-                    .sales_point
-                    .as_deref()
-                    .and_then(super::credentials::sales_point_code)
-                    .or_else(|| default_point.clone());
+                // A `P.V` that is there must be a sales point code; only an empty one takes
+                // the default.
+                let point = match row.sales_point.as_deref() {
+                    Some(pv) => match super::credentials::sales_point_code(pv) {
+                        Some(code) => Some(code),
+                        None => {
+                            report.bad_at(
+                                &format!("{name}: sheet `{}`, row {}", sheet.sheet_name, row.row),
+                                &format!(
+                                    "`P.V` = `{pv}` is not a sales point code (e.g. `17.308`)"
+                                ),
+                                &[],
+                            );
+                            continue;
+                        }
+                    },
+                    None => default_point.clone(),
+                };
                 let Some(point) = point else {
                     report.bad_at(
                         &format!("{name}: sheet `{}`, row {}", sheet.sheet_name, row.row),

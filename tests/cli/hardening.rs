@@ -286,3 +286,42 @@ fn a_negative_amount_is_refused_with_its_row() {
     let contracts: i64 = env.query("SELECT COUNT(*) FROM contracts");
     assert_eq!(contracts, 0);
 }
+
+#[test]
+fn dates_outside_2000_to_2100_and_sales_points_that_are_not_codes_are_refused() {
+    let env = Env::new();
+    let file = env.path("c.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "contrato,cpf,nome,data_instalacao\nD1,{},ANA,9999-12-31\nD2,{},BIA,2025-06-05\n",
+            cpf(90).digits(),
+            cpf(91).digits()
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["import", "contracts", file.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "{}:2: `data_instalacao` = `9999-12-31` is outside the years 2000 to 2100; row skipped",
+            file.display()
+        )),
+        "{out:?}"
+    );
+    let contracts: i64 = env.query("SELECT COUNT(*) FROM contracts");
+    assert_eq!(contracts, 1);
+
+    for (pv, ok) in [
+        ("17308", true),
+        ("17.308", true),
+        ("17.308.999", false),
+        ("1e20", false),
+    ] {
+        assert_eq!(
+            crm_jobs::jobs::credentials::sales_point_code(pv).is_some(),
+            ok,
+            "{pv}"
+        );
+    }
+}
