@@ -158,7 +158,7 @@ impl Sheet {
     /// is listed in `ignored`.
     fn read(path: &Path, required: &[&str], optional: &[&str]) -> Result<Sheet> {
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read `{name}`"))?;
+        let bytes = read_bounded(path, &name)?;
         let text = String::from_utf8(bytes).with_context(|| {
             format!("`{name}` is not UTF-8 text: save the spreadsheet as CSV UTF-8")
         })?;
@@ -237,6 +237,24 @@ impl Sheet {
                     used_unnamed[i] = true;
                 }
             }
+            // A NUL is no text; a field over 64 kB is no value (most often a quote left open
+            // that swallowed the rows after it).
+            if let Some(why) = rec.iter().find_map(|f| {
+                if f.contains('\0') {
+                    Some("a NUL character in a field".to_string())
+                } else if f.len() > MAX_FIELD {
+                    Some(format!(
+                        "a field of {} kB, more than {} kB (a quote opened on this line and never closed swallows the rows after it)",
+                        f.len() / 1024,
+                        MAX_FIELD / 1024
+                    ))
+                } else {
+                    None
+                }
+            }) {
+                rows.push((line, vec![format!("\u{0}{why}")]));
+                continue;
+            }
             if rec.len() > headers.len() {
                 rows.push((
                     line,
@@ -310,6 +328,43 @@ impl Sheet {
         row.first()
             .and_then(|f| f.strip_prefix('\u{0}'))
             .map(|m| format!("the row has {m}"))
+    }
+}
+
+/// The longest line a CSV import reads (a file of one endless line, `/dev/zero`, stops here).
+const MAX_LINE: usize = 1024 * 1024;
+/// The longest field a CSV import takes.
+const MAX_FIELD: usize = 64 * 1024;
+
+/// Reads a CSV file whole, refusing a line longer than [`MAX_LINE`] as soon as it is met.
+fn read_bounded(path: &Path, name: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read `{name}`"))?;
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (mut line, mut line_len) = (1u64, 0usize);
+    loop {
+        let n = file
+            .read(&mut chunk)
+            .with_context(|| format!("cannot read `{name}`"))?;
+        if n == 0 {
+            return Ok(out);
+        }
+        for &b in &chunk[..n] {
+            if b == b'\n' {
+                line += 1;
+                line_len = 0;
+            } else {
+                line_len += 1;
+                if line_len > MAX_LINE {
+                    bail!(
+                        "`{name}`: line {line} is longer than {} MB: it is not a CSV file of rows; nothing was imported",
+                        MAX_LINE / (1024 * 1024)
+                    );
+                }
+            }
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
 }
 

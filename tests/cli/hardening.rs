@@ -325,3 +325,43 @@ fn dates_outside_2000_to_2100_and_sales_points_that_are_not_codes_are_refused() 
         );
     }
 }
+
+#[test]
+fn a_csv_import_refuses_an_endless_line_a_nul_and_a_quote_left_open() {
+    let env = Env::new();
+    let out = env.run(&["import", "contracts", "/dev/zero"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "error: `/dev/zero`: line 1 is longer than 1 MB: it is not a CSV file of rows; nothing was imported"
+        ),
+        "{out:?}"
+    );
+    let file = env.path("c.csv");
+    let mut csv = String::from("contrato,cpf,nome,data_instalacao\n");
+    csv.push_str(&format!("Q1,{},AN\u{0}A,2025-06-05\n", cpf(95).digits()));
+    csv.push_str(&format!("Q2,{},BIA,2025-06-05\n", cpf(96).digits()));
+    // A quote opened and never closed: the rest of the file is one field.
+    csv.push_str(&format!("Q3,{},\"CARLA,2025-06-05\n", cpf(97).digits()));
+    for i in 0..2000 {
+        csv.push_str(&format!("R{i},{},NOME {i},2025-06-05\n", cpf(98).digits()));
+    }
+    std::fs::write(&file, csv).unwrap();
+    let out = env.run(&["import", "contracts", file.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let f = file.display();
+    assert!(
+        out.stderr.contains(&format!(
+            "{f}:2: the row has a NUL character in a field; row skipped"
+        )),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(&format!("{f}:4: the row has a field of ")) && out.stderr.contains(
+            "more than 64 kB (a quote opened on this line and never closed swallows the rows after it); row skipped"
+        ),
+        "{out:?}"
+    );
+    let contracts: i64 = env.query("SELECT COUNT(*) FROM contracts");
+    assert_eq!(contracts, 1, "only Q2");
+}
