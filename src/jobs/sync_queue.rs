@@ -310,6 +310,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             n("adopted")
         ));
     }
+    // The drain stops only on refused credentials: a configuration failure (exit 78).
+    let refused = stop.is_some();
     // A run that could send nothing because the CRM kept it waiting says so: it fails, so that
     // `status`, the failure streak and the alerts show it.
     let sent_nothing = n("done") == 0 && run.counts.failed == 0 && stop.is_none();
@@ -339,7 +341,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         .map(|(_, c)| c)
         .sum();
     detail.push_str(&format!("; {depth} pending in the queue"));
-    run.finish(&ctx.printer, stop.map(|m| anyhow!(m)), &detail)
+    // Refused credentials are a configuration failure (exit 78), as for renew.
+    let stop = stop.map(|m| {
+        if refused {
+            CodedError::config(m)
+        } else {
+            anyhow!(m)
+        }
+    });
+    run.finish(&ctx.printer, stop, &detail)
 }
 
 /// `--id N`: each must be a failed item; anything else is a bad command line, and nothing is
@@ -711,6 +721,14 @@ impl Drain<'_> {
             sent_ms,
             arrived_ms,
         } = sent;
+        // An answer other than 401/403 says the credentials were taken (an open
+        // `crm_credentials` alert clears).
+        if matches!(
+            &result,
+            Ok(_) | Err(CrmError::Permanent { .. } | CrmError::RateLimited { .. })
+        ) {
+            self.run.credentials_checked("crm_credentials", None);
+        }
         let at = at.as_str();
         let now = self.now();
         let run_id = self.run.run_id;
@@ -773,6 +791,11 @@ impl Drain<'_> {
                     .store
                     .log_request(item.id, run_id, at, &summary, None, ms, Some(&m))?;
                 self.run.store.release(&[item.id], &now)?;
+                // Refused credentials open an alert at once, as renew's do.
+                self.run.credentials_checked(
+                    "crm_credentials",
+                    Some("the CRM refused the credentials".into()),
+                );
                 if self.stop.is_none() {
                     self.stop = Some(m);
                 }
