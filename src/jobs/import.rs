@@ -828,20 +828,31 @@ fn subscriptions(ctx: &Ctx, file: &Path, collection: Option<Collection>) -> Resu
     };
     let mut store = ctx.open_store()?;
     let now = clock::to_store(ctx.clock.now());
-    let (mut ok, mut bad) = (0usize, 0usize);
-    for (at, document) in documents {
-        let imported = document
-            .and_then(extended_json)
-            .and_then(|v| subscription_line(&mut store, &v, collection, &now));
-        match imported {
-            Ok(()) => ok += 1,
-            Err(reason) => {
-                bad += 1;
-                let unit = if array { "document" } else { "line" };
-                tracing::warn!("{name}:{at}: {reason}; {unit} skipped");
+    // Every good record in one transaction: all of them are imported, or none.
+    let (ok, bad) = store
+        .in_one_transaction(|store| {
+            let (mut ok, mut bad) = (0usize, 0usize);
+            for (at, document) in documents {
+                let imported = document
+                    .and_then(extended_json)
+                    .and_then(|v| subscription_line(store, &v, collection, &now));
+                // A store that ended the transaction (a full disk) would take the next
+                // records one by one: stop here, nothing stands.
+                if !store.in_transaction() {
+                    bail!("the store ended the import's transaction at {name}:{at} (is the disk full?)");
+                }
+                match imported {
+                    Ok(()) => ok += 1,
+                    Err(reason) => {
+                        bad += 1;
+                        let unit = if array { "document" } else { "line" };
+                        tracing::warn!("{name}:{at}: {reason}; {unit} skipped");
+                    }
+                }
             }
-        }
-    }
+            Ok((ok, bad))
+        })
+        .with_context(|| nothing_imported(&name))?;
     if ctx.printer.json {
         ctx.printer
             .json_out(&serde_json::json!({"file": name, "imported": ok, "skipped": bad}));

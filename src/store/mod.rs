@@ -146,6 +146,11 @@ impl Store {
     pub fn in_one_transaction<T>(&mut self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         match f(self) {
+            // SQLite may end a transaction on its own after some errors (a full disk): then
+            // nothing of it stands, and the caller is told so rather than told it committed.
+            Ok(_) if !self.in_transaction() => Err(anyhow::anyhow!(
+                "the store ended the transaction on its own (is the disk full?)"
+            )),
             Ok(v) => {
                 self.conn.execute_batch("COMMIT")?;
                 Ok(v)
@@ -155,6 +160,12 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Whether a transaction is open (inside [`Store::in_one_transaction`], unless SQLite
+    /// ended it on its own).
+    pub fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
     }
 
     /// A write transaction of its own, or the caller's inside [`Store::in_one_transaction`].

@@ -365,3 +365,36 @@ fn a_csv_import_refuses_an_endless_line_a_nul_and_a_quote_left_open() {
     let contracts: i64 = env.query("SELECT COUNT(*) FROM contracts");
     assert_eq!(contracts, 1, "only Q2");
 }
+
+#[test]
+fn a_subscription_import_the_store_gives_up_on_leaves_nothing() {
+    let env = Env::new();
+    assert_eq!(env.run(&["status"]).code, 0);
+    // The store gives up the whole transaction at the third user, as on a full disk.
+    env.db()
+        .execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON users WHEN NEW.external_id = 'u3'
+             BEGIN SELECT RAISE(ROLLBACK, 'database or disk is full (simulated)'); END;",
+        )
+        .unwrap();
+    let file = env.path("subs.jsonl");
+    let lines: String = (1..=5)
+        .map(|i| {
+            format!(
+                "{{\"type\": \"user\", \"id\": \"u{i}\", \"name\": \"U{i}\", \"email\": \"u{i}@example.com\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let out = env.run(&["import", "subscriptions", file.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "error: nothing of `{}` was imported (the store is as it was)",
+            file.display()
+        )),
+        "{out:?}"
+    );
+    let users: i64 = env.query("SELECT COUNT(*) FROM users");
+    assert_eq!(users, 0, "not the first two, nor the last two one by one");
+}
