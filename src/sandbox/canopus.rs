@@ -703,8 +703,6 @@ enum Results<'a> {
     /// válido.").
     Grid {
         cpf: String,
-        typed: String,
-        quotas: Vec<SbQuota>,
         message: Option<&'a str>,
     },
 }
@@ -753,12 +751,9 @@ fn search_page(s: &CanopusState, sid: &str, results: Results) -> Response {
     let (below, context) = match results {
         Results::Nothing => (String::new(), None),
         Results::Message(m) => (message_span(d, m), None),
-        Results::Grid {
-            cpf,
-            typed,
-            quotas,
-            message,
-        } => {
+        Results::Grid { cpf, message } => {
+            let quotas = quotas_of(s, &cpf);
+            let typed = formatted(&cpf);
             let mut rows = String::new();
             // The real grid may start with a link that is not a quota (empty text).
             let first = usize::from(decoy);
@@ -924,20 +919,10 @@ async fn search_post(
             return search_page(&s, &sid, Results::Message("CPF inválido."));
         }
         let cpf: String = typed.chars().filter(char::is_ascii_digit).collect();
-        let quotas = quotas_of(&s, &cpf);
-        if quotas.is_empty() {
+        if quotas_of(&s, &cpf).is_empty() {
             return search_page(&s, &sid, Results::Message("Nenhum registro encontrado."));
         }
-        return search_page(
-            &s,
-            &sid,
-            Results::Grid {
-                cpf,
-                typed,
-                quotas,
-                message: None,
-            },
-        );
+        return search_page(&s, &sid, Results::Grid { cpf, message: None });
     }
     // A quota link: `ctl00$Conteudo$grdBuscaAvancada$ctlNN$lnkGrupoCota`.
     let Some(cpf) = shown_cpf else {
@@ -968,18 +953,8 @@ async fn search_post(
     };
     if not_selected {
         // Not a quota: the search page again, the session still on its previous client.
-        let quotas = quotas_of(&s, &cpf);
-        let typed = formatted(&cpf);
-        return search_page(
-            &s,
-            &sid,
-            Results::Grid {
-                cpf,
-                typed,
-                quotas,
-                message: Some("Selecione um registro válido."),
-            },
-        );
+        let message = Some("Selecione um registro válido.");
+        return search_page(&s, &sid, Results::Grid { cpf, message });
     }
     redirect(CLIENT)
 }

@@ -681,32 +681,25 @@ impl Store {
 
     /// Counts of invoices by fetch status (for summaries and tests).
     pub fn invoice_status_counts(&self) -> Result<Vec<(String, i64)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT fetch_status, COUNT(*) FROM invoices GROUP BY fetch_status ORDER BY fetch_status",
-        )?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        self.counts_by("fetch_status")
     }
 
     /// Counts of invoices by payment status (`open`, `paid`, `unknown`).
     pub fn invoice_payment_counts(&self) -> Result<Vec<(String, i64)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT payment_status, COUNT(*) FROM invoices GROUP BY payment_status ORDER BY payment_status",
-        )?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        self.counts_by("payment_status")
     }
 
     /// Counts of invoices by PDF status, of those whose PDF was tried.
     pub fn invoice_pdf_counts(&self) -> Result<Vec<(String, i64)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT pdf_status, COUNT(*) FROM invoices WHERE pdf_status IS NOT NULL
-             GROUP BY pdf_status ORDER BY pdf_status",
-        )?;
+        self.counts_by("pdf_status")
+    }
+
+    /// Counts of invoices by one of their status columns (rows where it is set), in its order.
+    fn counts_by(&self, column: &'static str) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {column}, COUNT(*) FROM invoices WHERE {column} IS NOT NULL
+             GROUP BY {column} ORDER BY {column}"
+        ))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;

@@ -860,3 +860,35 @@ fn spreadsheet_cpfs_that_lost_any_number_of_leading_zeros_are_padded() {
         &[("ZEROS_PERDIDOS", small.digits().to_string(), "52/0123")],
     );
 }
+
+#[test]
+fn a_portal_that_cannot_be_reached_at_login_leaves_the_clients_for_the_next_run() {
+    let env = Env::new();
+    clients_with_a_boleto(&env, &[(741, "ANA")]);
+    // Every login attempt of this run answered 503: one try and its 3 tries in place.
+    env.sandbox.faults.push(
+        Route::CanopusLogin,
+        crm_jobs::sandbox::Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+        4,
+    );
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("sales point 17.308: the portal answered 503 Service Unavailable to `/canopus/WWW/frmCorCCCnsLogin.aspx`; its clients were left for the next run"),
+        "{out:?}"
+    );
+    assert_eq!(
+        env.sandbox.faults.seen(Route::CanopusLogin),
+        4,
+        "one try and `[canopus] retries` (3) more"
+    );
+    let rows: i64 = env.query("SELECT COUNT(*) FROM boletos");
+    assert_eq!(rows, 0, "no client is marked failed because of the login");
+    // The portal back: the next run takes the client.
+    let out = env.run(&["download-boletos", "--ano", "2025", "--mes", "11"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_each_file_is_its_clients(&env, &[("ANA_NOVEMBRO", digits(741), "741/0123")]);
+}
