@@ -3,6 +3,7 @@
 //! column the import does not use is named in its summary, never dropped silently. A bad row is
 //! reported with file, physical line and reason and imports nothing; the other rows import.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +15,7 @@ use crate::clock;
 use crate::domain::cpf::Cpf;
 use crate::domain::{money, schedule};
 use crate::exit::Code;
-use crate::store::{ContractImport, ExpectedInvoice};
+use crate::store::{ContractImport, ContractRow, ExpectedInvoice};
 
 /// What to import.
 #[derive(Debug, clap::Subcommand)]
@@ -494,6 +495,9 @@ impl Report {
     }
 }
 
+/// Contracts written to the store together (their 500 expected invoices in one statement).
+const CONTRACTS_PER_BATCH: usize = 50;
+
 fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
     let sheet = Sheet::read(
         file,
@@ -507,6 +511,8 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
         .in_one_transaction(|store| {
             let mut report = Report::new(rejects)?;
             let mut new = 0;
+            // Good rows go to the store by batches (fewer, larger statements).
+            let mut batch = Vec::with_capacity(CONTRACTS_PER_BATCH);
             for (line, row) in &sheet.rows {
                 if let Some(m) = Sheet::malformed(row) {
                     report.bad(&sheet, *line, &m);
@@ -543,7 +549,7 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
                     Some(s)
                         if NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").is_ok() =>
                     {
-                        s.to_string()
+                        Cow::Borrowed(s)
                     }
                     Some(s) => {
                         report.bad(
@@ -553,7 +559,7 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
                         );
                         continue;
                     }
-                    None => installed.format("%Y-%m").to_string(),
+                    None => Cow::Owned(installed.format("%Y-%m").to_string()),
                 };
                 let amount = match sheet.amount(row, "valor") {
                     Ok(a) => a,
@@ -572,22 +578,25 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
                         }
                     })
                     .collect();
-                let is_new = store.upsert_contract(
-                    &ContractImport {
+                batch.push(ContractRow {
+                    contract: ContractImport {
                         contract_number: contract,
                         service_order: sheet.get(row, "ordem_servico"),
-                        cpf: cpf.digits(),
+                        cpf: Cow::Owned(cpf.digits().to_string()),
                         customer_name: name,
                         installed_on: installed,
-                        safra: &safra,
+                        safra,
                         expected_amount_centavos: amount,
                     },
-                    &expected,
-                    &now,
-                )?;
-                new += usize::from(is_new);
+                    expected,
+                });
                 report.ok += 1;
+                if batch.len() == CONTRACTS_PER_BATCH {
+                    new += store.upsert_contracts(&batch, &now)?;
+                    batch.clear();
+                }
             }
+            new += store.upsert_contracts(&batch, &now)?;
             Ok((report, new))
         })
         .with_context(|| nothing_imported(&sheet.name))?;
