@@ -348,13 +348,11 @@ impl Store {
 
     /// The installation date of a contract, by number.
     pub fn contract_installed_on(&self, contract_number: &str) -> Result<Option<NaiveDate>> {
+        // Cached: `import invoices` asks it for every row.
         let text: Option<String> = self
             .conn
-            .query_row(
-                "SELECT installed_on FROM contracts WHERE contract_number = ?1",
-                [contract_number],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT installed_on FROM contracts WHERE contract_number = ?1")?
+            .query_row([contract_number], |r| r.get(0))
             .optional()?;
         Ok(parse_date(text))
     }
@@ -369,21 +367,23 @@ impl Store {
         available_from: NaiveDate,
         amount_centavos: Option<i64>,
     ) -> Result<bool> {
-        let changed = self.conn.execute(
-            "UPDATE invoices SET due_date = ?3, available_from = ?4, due_date_source = 'imported',
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE invoices SET due_date = ?3, available_from = ?4, due_date_source = 'imported',
                     expected_amount_centavos = COALESCE(?5, expected_amount_centavos),
                     expected_amount_source = CASE WHEN ?5 IS NOT NULL THEN 'invoice'
                                                   ELSE expected_amount_source END
              WHERE number = ?2
                AND contract_id = (SELECT id FROM contracts WHERE contract_number = ?1)",
-            params![
+            )?
+            .execute(params![
                 contract_number,
                 number,
                 date_text(due),
                 date_text(available_from),
                 amount_centavos
-            ],
-        )?;
+            ])?;
         Ok(changed > 0)
     }
 
