@@ -398,3 +398,38 @@ fn a_subscription_import_the_store_gives_up_on_leaves_nothing() {
     let users: i64 = env.query("SELECT COUNT(*) FROM users");
     assert_eq!(users, 0, "not the first two, nor the last two one by one");
 }
+
+/// Issue 15: every rule of `cleanup` finds its rows through an index on the column it compares
+/// with its cutoff (migration 0011), never by reading the whole table: a store of a million
+/// interleaved rows is cleaned in seconds, and the rows it keeps are not read.
+#[test]
+fn every_cleanup_rule_finds_its_rows_through_an_index() {
+    let env = Env::new();
+    assert_eq!(env.run(&["status"]).code, 0);
+    let db = env.db();
+    let mut queries: Vec<(String, String)> = crm_jobs::store::RETENTION
+        .iter()
+        .map(|r| (r.name.to_string(), r.select_sql()))
+        .collect();
+    queries.push((
+        "sessions".into(),
+        crm_jobs::store::SESSIONS_TO_SOFT_DELETE.into(),
+    ));
+    queries.push(("payments".into(), crm_jobs::store::PAYMENTS_TO_CANCEL.into()));
+    for (rule, sql) in queries {
+        let plan: Vec<String> = db
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params!["2025-01-01T00:00:00.000Z", 1000], |r| {
+                r.get(3)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join(" | ");
+        assert!(
+            plan.starts_with("SEARCH ") && plan.contains(" INDEX ") && !plan.contains("SCAN "),
+            "rule `{rule}`: {plan}"
+        );
+    }
+}
