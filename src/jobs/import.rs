@@ -178,6 +178,16 @@ impl Sheet {
             .headers()
             .with_context(|| format!("cannot read the header row of `{name}`"))?
             .clone();
+        // A column the import reads may appear once: which of two `valor` columns holds the
+        // amount is not for the import to guess (issue 15). A second column of a name the
+        // import does not read is harmless, and named among the ignored.
+        let reads = |key: &str| {
+            required.contains(&key)
+                || optional.contains(&key)
+                || SYNONYMS
+                    .iter()
+                    .any(|(s, c)| *s == key && (required.contains(c) || optional.contains(c)))
+        };
         let mut columns: HashMap<String, usize> = HashMap::new();
         let mut repeated = Vec::new();
         for (i, h) in headers.iter().enumerate() {
@@ -186,7 +196,17 @@ impl Sheet {
                 continue;
             }
             match columns.entry(key) {
-                // The first one is read; a second one is named among the ignored.
+                std::collections::hash_map::Entry::Occupied(first) if reads(first.key()) => {
+                    let j = *first.get();
+                    bail!(
+                        "`{name}`: the header has the column `{}` twice, column {} (`{}`) and column {} (`{}`): keep one and import again; nothing was imported",
+                        first.key(),
+                        j + 1,
+                        headers[j].trim(),
+                        i + 1,
+                        h.trim()
+                    );
+                }
                 std::collections::hash_map::Entry::Occupied(_) => repeated.push(i),
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     slot.insert(i);

@@ -415,7 +415,10 @@ fn every_cleanup_rule_finds_its_rows_through_an_index() {
         "sessions".into(),
         crm_jobs::store::SESSIONS_TO_SOFT_DELETE.into(),
     ));
-    queries.push(("payments".into(), crm_jobs::store::PAYMENTS_TO_CANCEL.into()));
+    queries.push((
+        "payments".into(),
+        crm_jobs::store::PAYMENTS_TO_CANCEL.into(),
+    ));
     for (rule, sql) in queries {
         let plan: Vec<String> = db
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
