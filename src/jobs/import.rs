@@ -352,8 +352,9 @@ impl Sheet {
     }
 }
 
-/// The longest line a CSV import reads (a file of one endless line, `/dev/zero`, stops here).
-const MAX_LINE: usize = 1024 * 1024;
+// The longest line a CSV import reads (a file of one endless line, `/dev/zero`, stops here) is
+// that of JSON lines (`crate::files::BoundedLines`), 1 MB.
+use crate::files::MAX_LINE;
 /// The longest field a CSV import takes.
 const MAX_FIELD: usize = 64 * 1024;
 
@@ -832,28 +833,34 @@ fn clients(
 fn subscriptions(ctx: &Ctx, file: &Path, collection: Option<Collection>) -> Result<Code> {
     use serde_json::Value;
     let name = file.display().to_string();
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read `{name}`"))?;
-    // `mongoexport --jsonArray` writes one array (maybe over many lines); by default, and as
-    // our own format, one document per line.
-    let array = text.trim_start().starts_with('[');
+    let input = std::fs::File::open(file).with_context(|| format!("cannot read `{name}`"))?;
+    let mut lines = crate::files::BoundedLines::new(std::io::BufReader::new(input));
+    let refused = |e: crate::files::LineError| {
+        anyhow::anyhow!(e.describe(&name, "a file of JSON lines", "imported"))
+    };
+    // `mongoexport --jsonArray` writes one array (maybe over many lines, maybe on one); by
+    // default, and as our own format, one document per line, each at most 1 MB, read as they
+    // come: an endless input (`/dev/zero`) stops there.
+    let array = lines.first_byte().map_err(refused)? == Some(b'[');
     let documents: Vec<(String, std::result::Result<Value, String>)> = if array {
-        let all: Vec<Value> = serde_json::from_str(&text)
+        let all: Vec<Value> = serde_json::from_reader(lines.into_inner())
             .with_context(|| format!("`{name}` begins with `[` but is not a JSON array"))?;
         all.into_iter()
             .enumerate()
             .map(|(i, v)| (format!(" document {}", i + 1), Ok(v)))
             .collect()
     } else {
-        text.lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| {
-                (
-                    (i + 1).to_string(),
-                    serde_json::from_str(line).map_err(|e| format!("not JSON ({e})")),
-                )
-            })
-            .collect()
+        let mut documents = Vec::new();
+        while let Some((n, line)) = lines.next_line().map_err(refused)? {
+            if line.trim().is_empty() {
+                continue;
+            }
+            documents.push((
+                n.to_string(),
+                serde_json::from_str(line).map_err(|e| format!("not JSON ({e})")),
+            ));
+        }
+        documents
     };
     let mut store = ctx.open_store()?;
     let now = clock::to_store(ctx.clock.now());
