@@ -123,7 +123,9 @@ struct Pending {
     unknown: bool,
 }
 
-/// Rows a cleanup rule removes: a table and the condition on the cutoff instant (`?1`).
+/// Rows a cleanup rule removes: a table and the condition on the cutoff instant (`?1`). The
+/// condition must be served by an index on the column it compares with the cutoff (see
+/// `sql/0011_retention_indexes.sql`; a test checks the plan of every rule).
 pub struct Retention {
     pub name: &'static str,
     pub table: &'static str,
