@@ -49,6 +49,18 @@ pub fn read_text_limited(path: &Path, limit: u64) -> std::io::Result<String> {
 
 /// Writes `bytes` to `dir/name` atomically, private to the owner. Returns the final path.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    write_atomic_with(dir, name, |w| Ok(w.write_all(bytes)?))
+}
+
+/// Writes what `fill` writes to `dir/name` atomically (through a buffer into a temporary file,
+/// synced, then renamed), private to the owner: a file of any size is streamed, never held in
+/// memory. When `fill` fails, nothing is left under the name (a file already there is kept as
+/// it was). Returns the final path.
+pub fn write_atomic_with(
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<PathBuf> {
     create_private_dir(dir).with_context(|| format!("cannot create folder `{}`", dir.display()))?;
     let target = dir.join(name);
     // Never rename over a device, a pipe or a folder (as root, `/dev/null` would become a file).
@@ -66,14 +78,18 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         .suffix(PART_SUFFIX)
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in `{}`", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| {
-            format!(
-                "cannot write `{}` (is the disk full?); nothing was saved under that name",
-                target.display()
-            )
-        })?;
+    let cannot = || {
+        format!(
+            "cannot write `{}` (is the disk full?); nothing was saved under that name",
+            target.display()
+        )
+    };
+    {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
+        fill(&mut w).with_context(cannot)?;
+        w.flush().with_context(cannot)?;
+    }
+    tmp.as_file().sync_all().with_context(cannot)?;
     tmp.persist(&target)
         .with_context(|| format!("cannot move the new file into `{}`", target.display()))?;
     if let Ok(d) = fs::File::open(dir) {
@@ -86,9 +102,24 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
 /// place) for a file, straight into it for a device or a pipe (`/dev/stdout`, a FIFO), which a
 /// rename would replace.
 pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_output_with(path, |w| Ok(w.write_all(bytes)?))
+}
+
+/// [`write_output`] for output streamed by `fill` (an export of any size).
+pub fn write_output_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
     if path.exists() && !path.is_file() && !path.is_dir() {
-        return fs::write(path, bytes)
-            .with_context(|| format!("cannot write `{}`", path.display()));
+        let cannot = || format!("cannot write `{}`", path.display());
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .with_context(cannot)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+        fill(&mut w).with_context(cannot)?;
+        return w.flush().with_context(cannot);
     }
     let dir = path
         .parent()
@@ -98,7 +129,7 @@ pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .context("`--out` needs a file name")?
         .to_string_lossy();
-    write_atomic(dir, &name, bytes)?;
+    write_atomic_with(dir, &name, fill)?;
     Ok(())
 }
 

@@ -166,8 +166,17 @@ impl JobRun {
     ) -> Result<JobRun> {
         let lock_file = lock_path(store_path, lock);
         if let Some(dir) = lock_file.parent() {
-            crate::files::create_private_dir(dir)
-                .with_context(|| format!("cannot create the lock folder `{}`", dir.display()))?;
+            crate::files::create_private_dir(dir).map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (this user cannot write beside the store: run the job as the store's owner; `status`, `export`, `report` and `--dry-run` only read)"
+                } else {
+                    ""
+                };
+                anyhow::Error::new(e).context(format!(
+                    "cannot create the lock folder `{}`{hint}",
+                    dir.display()
+                ))
+            })?;
         }
         let mut lock = OpenOptions::new()
             .read(true)

@@ -104,17 +104,46 @@ static WRITE_ERROR: Mutex<Option<String>> = Mutex::new(None);
 /// is dropped and the command ends as it would have, quietly, as ripgrep and other Unix tools
 /// do. Any other failure is kept for [`stdout_error`].
 pub fn stdout(bytes: &[u8]) {
-    if READER_GONE.load(Ordering::Relaxed) {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            READER_GONE.store(true, Ordering::Relaxed);
-        } else if let Ok(mut first) = WRITE_ERROR.lock() {
-            first.get_or_insert_with(|| e.to_string());
+    StdoutSink.write_all(bytes).ok();
+}
+
+/// Stdout as a [`Write`] for output streamed in pieces (an export of a million rows, through a
+/// `BufWriter`), with the rules of [`stdout`]: once the reader went away or a write failed,
+/// every write fails at once, so that the producer stops; the entry point reports a failure
+/// other than a reader gone away, once.
+pub struct StdoutSink;
+
+impl Write for StdoutSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if stdout_failed() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "stdout is closed",
+            ));
+        }
+        let mut out = std::io::stdout().lock();
+        match out.write_all(bytes).and_then(|()| out.flush()) {
+            Ok(()) => Ok(bytes.len()),
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    READER_GONE.store(true, Ordering::Relaxed);
+                } else if let Ok(mut first) = WRITE_ERROR.lock() {
+                    first.get_or_insert_with(|| e.to_string());
+                }
+                Err(e)
+            }
         }
     }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether writing stdout has ended: its reader went away, or a write failed (then
+/// [`stdout_error`] says why).
+pub fn stdout_failed() -> bool {
+    READER_GONE.load(Ordering::Relaxed) || WRITE_ERROR.lock().is_ok_and(|e| e.is_some())
 }
 
 /// The first failure to write stdout, if any; a reader that went away is not one.

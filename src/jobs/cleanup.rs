@@ -40,7 +40,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let cutoff = |name: &str| clock::to_store(now - Duration::days(i64::from(days(name))));
     let saved_pages = crate::diagnostics::folder(&ctx.store_path()?);
     if args.dry_run {
-        let store = ctx.open_store()?;
+        let store = ctx.open_store_for_reading()?;
         for rule in RETENTION.iter().filter(|r| wanted(r.name)) {
             let n = store.retention_count(rule, &cutoff(rule.name))?;
             crate::outln!("{}\t{n}\tolder than {} days", rule.name, days(rule.name));

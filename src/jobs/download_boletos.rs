@@ -179,7 +179,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         }
         None => None,
     };
-    let store = ctx.open_store()?;
+    let store = if args.dry_run {
+        ctx.open_store_for_reading()?
+    } else {
+        ctx.open_store()?
+    };
     let force = cpf.is_some();
     let points: Vec<String> = match &wanted {
         Some(code) => vec![code.clone()],

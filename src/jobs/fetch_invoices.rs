@@ -228,7 +228,7 @@ fn dry_run(ctx: &Ctx, selection: &FetchSelection) -> Result<Code> {
         ));
         return Ok(Code::Success);
     }
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_for_reading()?;
     let work = store.contracts_to_fetch(selection)?;
     let mut rows = Vec::new();
     for w in &work {

@@ -74,6 +74,12 @@ impl Ctx {
         Store::open(&self.store_path()?)
     }
 
+    /// Opens the store for a command that only reads it: read-only when this user may not
+    /// write it ([`Store::open_for_reading`]).
+    pub fn open_store_for_reading(&self) -> Result<Store> {
+        Store::open_for_reading(&self.store_path()?)
+    }
+
     /// The downloads root in force.
     pub fn downloads_dir(&self) -> Result<PathBuf> {
         Ok(self.loaded.downloads_dir(&self.store_path()?))

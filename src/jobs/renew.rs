@@ -100,7 +100,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let stripe_from = clock::to_store(day_start - grace);
     let stripe_cutoff = clock::to_store(now - grace);
     if args.dry_run {
-        let store = ctx.open_store()?;
+        let store = ctx.open_store_for_reading()?;
         for step in &steps {
             let rows = match step {
                 Step::Expiring => store.expiring(&now_s, &until)?,

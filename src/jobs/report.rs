@@ -145,7 +145,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         })
         .map(|t| clock::to_store(t.with_timezone(&chrono::Utc)))
         .unwrap_or_else(|| format!("{since}T00:00:00.000Z"));
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_for_reading()?;
     let (all, ok) = store.runs_per_day(&since_s)?;
     let ok_map: BTreeMap<(String, String), i64> =
         ok.into_iter().map(|(j, d, n)| ((j, d), n)).collect();

@@ -17,7 +17,7 @@ use crate::output::human_duration;
 pub struct Args {}
 
 pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_for_reading()?;
     let states: Vec<_> = JOBS
         .iter()
         .map(|j| store.job_state(j))

@@ -126,20 +126,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let cfg = &ctx.loaded.config;
     let batch = args.batch.unwrap_or(cfg.sync.batch);
     if args.dry_run {
-        let store = ctx.open_store()?;
-        let rows = store.export_queue(Some("pending"))?;
+        let store = ctx.open_store_for_reading()?;
         let now = clock::to_store(ctx.clock.now());
-        let due: Vec<_> = rows
-            .iter()
-            .filter(|r| r.due_at.as_deref().is_none_or(|d| d <= now.as_str()))
-            .collect();
-        for r in due.iter().take(batch as usize) {
-            crate::outln!("{}\t{}\t{}\t{}", r.id, r.entity, r.record_id, r.action);
-        }
+        let mut due = 0usize;
+        store.export_queue(Some("pending"), &mut |r| {
+            if r.due_at.as_deref().is_none_or(|d| d <= now.as_str()) {
+                if due < batch as usize {
+                    crate::outln!("{}\t{}\t{}\t{}", r.id, r.entity, r.record_id, r.action);
+                }
+                due += 1;
+            }
+            Ok(())
+        })?;
         ctx.printer.say(&format!(
-            "dry run: {} item(s) due, {} would be sent by this run (before superseding and priorities); nothing was sent or written",
-            due.len(),
-            due.len().min(batch as usize)
+            "dry run: {due} item(s) due, {} would be sent by this run (before superseding and priorities); nothing was sent or written",
+            due.min(batch as usize)
         ));
         return Ok(Code::Success);
     }

@@ -587,11 +587,14 @@ impl Store {
     }
 
     /// Invoices for export, by contract and number.
+    /// Hands every invoice row for export to `each`, in order, one at a time: a million rows
+    /// never stand in memory together.
     pub fn export_invoices(
         &self,
         safra: Option<&str>,
         contract: Option<&str>,
-    ) -> Result<Vec<InvoiceExport>> {
+        each: &mut dyn FnMut(InvoiceExport) -> Result<()>,
+    ) -> Result<()> {
         let mut stmt = self.conn.prepare(
             "SELECT c.contract_number, c.service_order, c.cpf, c.customer_name, c.safra, i.number,
                     i.due_date, i.due_date_source, i.amount_centavos, i.payment_status, i.pix_code,
@@ -604,44 +607,43 @@ impl Store {
              WHERE (?1 IS NULL OR c.safra = ?1) AND (?2 IS NULL OR c.contract_number = ?2)
              ORDER BY c.contract_number, i.number",
         )?;
-        let rows = stmt
-            .query_map(params![safra, contract], |r| {
-                Ok(InvoiceExport {
-                    contract: r.get(0)?,
-                    service_order: r.get(1)?,
-                    cpf: r.get(2)?,
-                    customer: r.get(3)?,
-                    safra: r.get(4)?,
-                    number: r.get(5)?,
-                    due_date: r.get(6)?,
-                    due_date_source: r.get(7)?,
-                    amount_centavos: r.get(8)?,
-                    payment_status: r.get(9)?,
-                    pix_code: r.get(10)?,
-                    barcode: r.get(11)?,
-                    pdf_path: r.get(12)?,
-                    pdf_sha256: r.get(13)?,
-                    match_outcome: r.get(14)?,
-                    match_detail: r.get(15)?,
-                    fetch_status: r.get(16)?,
-                    fetch_origin: r.get(17)?,
-                    attempts: r.get(18)?,
-                    failed_attempts: r.get(19)?,
-                    last_attempt_at: r.get(20)?,
-                    last_duration_ms: r.get(21)?,
-                    last_error: r.get(22)?,
-                    nio_debt_id: r.get(23)?,
-                    nio_invoice_id: r.get(24)?,
-                    expected_amount_centavos: r.get(25)?,
-                    paid_detected_at: r.get(26)?,
-                    pdf_status: r.get(27)?,
-                    pdf_attempts: r.get(28)?,
-                    pdf_failed_attempts: r.get(29)?,
-                    pdf_error: r.get(30)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        let mut rows = stmt.query(params![safra, contract])?;
+        while let Some(r) = rows.next()? {
+            each(InvoiceExport {
+                contract: r.get(0)?,
+                service_order: r.get(1)?,
+                cpf: r.get(2)?,
+                customer: r.get(3)?,
+                safra: r.get(4)?,
+                number: r.get(5)?,
+                due_date: r.get(6)?,
+                due_date_source: r.get(7)?,
+                amount_centavos: r.get(8)?,
+                payment_status: r.get(9)?,
+                pix_code: r.get(10)?,
+                barcode: r.get(11)?,
+                pdf_path: r.get(12)?,
+                pdf_sha256: r.get(13)?,
+                match_outcome: r.get(14)?,
+                match_detail: r.get(15)?,
+                fetch_status: r.get(16)?,
+                fetch_origin: r.get(17)?,
+                attempts: r.get(18)?,
+                failed_attempts: r.get(19)?,
+                last_attempt_at: r.get(20)?,
+                last_duration_ms: r.get(21)?,
+                last_error: r.get(22)?,
+                nio_debt_id: r.get(23)?,
+                nio_invoice_id: r.get(24)?,
+                expected_amount_centavos: r.get(25)?,
+                paid_detected_at: r.get(26)?,
+                pdf_status: r.get(27)?,
+                pdf_attempts: r.get(28)?,
+                pdf_failed_attempts: r.get(29)?,
+                pdf_error: r.get(30)?,
+            })?;
+        }
+        Ok(())
     }
 
     /// The cached Nio bootstrap, if any.

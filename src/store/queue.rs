@@ -781,8 +781,12 @@ impl Store {
         Ok(rows)
     }
 
-    /// Queue rows for export, oldest first.
-    pub fn export_queue(&self, status: Option<&str>) -> Result<Vec<QueueExport>> {
+    /// Hands queue rows for export to `each`, oldest first, one at a time.
+    pub fn export_queue(
+        &self,
+        status: Option<&str>,
+        each: &mut dyn FnMut(QueueExport) -> Result<()>,
+    ) -> Result<()> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT q.id, q.entity, q.record_id, q.action, q.status, q.priority, q.attempts, q.external_id,
                     q.unknown_outcome, q.waiting_for, q.due_at, q.last_status, q.last_error, q.idempotency_key,
@@ -790,31 +794,30 @@ impl Store {
              FROM sync_queue q LEFT JOIN sync_queue b ON b.id = ({BLOCKED_BY})
              WHERE (?1 IS NULL OR q.status = ?1) ORDER BY q.id"
         ))?;
-        let rows = stmt
-            .query_map([status], |r| {
-                Ok(QueueExport {
-                    id: r.get(0)?,
-                    entity: r.get(1)?,
-                    record_id: r.get(2)?,
-                    action: r.get(3)?,
-                    status: r.get(4)?,
-                    priority: r.get(5)?,
-                    attempts: r.get(6)?,
-                    external_id: r.get(7)?,
-                    unknown_outcome: r.get(8)?,
-                    waiting_for: r.get(9)?,
-                    due_at: r.get(10)?,
-                    last_status: r.get(11)?,
-                    last_error: r.get(12)?,
-                    idempotency_key: r.get(13)?,
-                    created_at: r.get(14)?,
-                    finished_at: r.get(15)?,
-                    blocked_by_item: r.get(16)?,
-                    blocked_by_error: r.get(17)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        let mut rows = stmt.query([status])?;
+        while let Some(r) = rows.next()? {
+            each(QueueExport {
+                id: r.get(0)?,
+                entity: r.get(1)?,
+                record_id: r.get(2)?,
+                action: r.get(3)?,
+                status: r.get(4)?,
+                priority: r.get(5)?,
+                attempts: r.get(6)?,
+                external_id: r.get(7)?,
+                unknown_outcome: r.get(8)?,
+                waiting_for: r.get(9)?,
+                due_at: r.get(10)?,
+                last_status: r.get(11)?,
+                last_error: r.get(12)?,
+                idempotency_key: r.get(13)?,
+                created_at: r.get(14)?,
+                finished_at: r.get(15)?,
+                blocked_by_item: r.get(16)?,
+                blocked_by_error: r.get(17)?,
+            })?;
+        }
+        Ok(())
     }
 
     /// How many rows a retention rule would remove.

@@ -12,5 +12,6 @@ mod imports;
 mod lifecycle;
 mod operate;
 mod proving;
+mod reading;
 mod renew;
 mod sync;
