@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::exit::Code;
 use crate::jobs;
+pub use crate::output::LogFormat;
+use crate::output::OutputOptions;
 
 /// Back-office jobs for cron and systemd timers, over one SQLite store.
 ///
@@ -50,13 +53,16 @@ pub struct GlobalArgs {
     pub log_format: LogFormat,
 }
 
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One readable line per event (cron mail, a terminal).
-    Text,
-    /// One JSON object per line (journald, log shippers).
-    Json,
+impl GlobalArgs {
+    /// The options that concern output, for the layers below the command line.
+    pub fn output(&self) -> OutputOptions {
+        OutputOptions {
+            quiet: self.quiet,
+            verbose: self.verbose,
+            json: self.json,
+            log_format: self.log_format,
+        }
+    }
 }
 
 /// The subcommands.
@@ -109,4 +115,41 @@ pub enum Command {
     Sandbox(jobs::sandbox::Args),
     /// Run every job end to end against the built-in sandbox, in a temporary folder.
     Demo(jobs::demo::Args),
+}
+
+/// Runs the chosen subcommand.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
+    use jobs::*;
+    let output = cli.global.output();
+    match cli.command {
+        Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Demo(args) => demo::run(args, &output).await,
+        Command::Completions(args) => completions::completions(args, Cli::command()),
+        Command::Man => completions::man(Cli::command()),
+        command => {
+            let ctx = Ctx::load(cli.global.config.as_deref(), cli.global.db, output)?;
+            match command {
+                Command::FetchInvoices(args) => fetch_invoices::run(&ctx, args).await,
+                Command::Retry(args) => retry::run(&ctx, args).await,
+                Command::DownloadBoletos(args) => download_boletos::run(&ctx, args).await,
+                Command::Credentials(c) => credentials::run(&ctx, c),
+                Command::Enqueue(args) => enqueue::run(&ctx, args),
+                Command::SyncQueue(args) => sync_queue::run(&ctx, args).await,
+                Command::Cleanup(args) => cleanup::run(&ctx, args).await,
+                Command::Renew(args) => renew::run(&ctx, args).await,
+                Command::Status(args) => status::run(&ctx, args),
+                Command::Schedule(c) => schedule::run(&ctx, c),
+                Command::Report(args) => report::run(&ctx, args),
+                Command::Doctor(args) => doctor::run(&ctx, args).await,
+                Command::Pause(args) => pause::pause(&ctx, args),
+                Command::Resume(args) => pause::resume(&ctx, args),
+                Command::Import(c) => import::run(&ctx, c),
+                Command::Export(c) => export::run(&ctx, c),
+                Command::Config(c) => config::run(&ctx, c),
+                Command::Sandbox(_) | Command::Demo(_) | Command::Completions(_) | Command::Man => {
+                    unreachable!("handled above")
+                }
+            }
+        }
+    }
 }

@@ -41,7 +41,7 @@ use clap::Parser;
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let color = output::use_color();
-    if let Err(err) = logging::init(&cli.global, color) {
+    if let Err(err) = logging::init(&cli.global.output(), color) {
         eprintln!("error: {}", output::printable(&format!("{err:#}")));
         return exit::Code::Config.into();
     }
@@ -56,7 +56,7 @@ pub fn main() -> ExitCode {
             return exit::Code::Failure.into();
         }
     };
-    let outcome = runtime.block_on(jobs::dispatch(cli));
+    let outcome = runtime.block_on(cli::dispatch(cli));
     // Workers left behind by an interrupted run must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     let code = match outcome {

@@ -156,7 +156,7 @@ fn write<T: serde::Serialize>(
     what: &str,
     produce: impl FnOnce(&mut dyn FnMut(T) -> Result<()>) -> Result<()>,
 ) -> Result<Code> {
-    let format = if ctx.global.json {
+    let format = if ctx.output.json {
         Format::Json
     } else {
         sink.format

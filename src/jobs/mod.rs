@@ -25,26 +25,32 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command, GlobalArgs};
 use crate::clock::Clock;
 use crate::config::{self as cfg, Loaded};
-use crate::exit::{Code, CodedError};
-use crate::output::Printer;
+use crate::exit::CodedError;
+use crate::output::{OutputOptions, Printer};
 use crate::store::Store;
 
 /// What every command gets: the configuration, the clock and the printer.
 pub struct Ctx {
-    pub global: GlobalArgs,
+    pub output: OutputOptions,
+    /// `--db`: the store to use instead of `[store] path`.
+    pub db: Option<PathBuf>,
     pub loaded: Loaded,
     pub clock: Clock,
     pub printer: Printer,
 }
 
 impl Ctx {
-    fn load(global: GlobalArgs) -> Result<Ctx> {
-        let loaded = cfg::load(global.config.as_deref())?;
+    /// Loads the configuration (`config`: `--config`), the clock and the services' settings.
+    pub fn load(
+        config: Option<&std::path::Path>,
+        db: Option<PathBuf>,
+        output: OutputOptions,
+    ) -> Result<Ctx> {
+        let loaded = cfg::load(config)?;
         let clock = Clock::from_env().map_err(|e| CodedError::config(format!("{e:#}")))?;
-        let printer = Printer::new(&global);
+        let printer = Printer::new(&output);
         crate::http::configure(&loaded.config.tls)?;
         crate::metrics::configure(loaded.config.metrics.textfile_dir.clone());
         crate::pings::configure(loaded.config.pings.clone());
@@ -57,7 +63,8 @@ impl Ctx {
             crate::alerts::configure(&loaded.config, password);
         }
         Ok(Ctx {
-            global,
+            output,
+            db,
             loaded,
             clock,
             printer,
@@ -66,7 +73,7 @@ impl Ctx {
 
     /// The store path in force.
     pub fn store_path(&self) -> Result<PathBuf> {
-        self.loaded.store_path(self.global.db.as_deref())
+        self.loaded.store_path(self.db.as_deref())
     }
 
     /// Opens the store.
@@ -108,37 +115,3 @@ impl Ctx {
     }
 }
 
-/// Runs the chosen subcommand.
-pub async fn dispatch(cli: Cli) -> Result<Code> {
-    match cli.command {
-        Command::Sandbox(args) => sandbox::run(args).await,
-        Command::Demo(args) => demo::run(args, &cli.global).await,
-        Command::Completions(args) => completions::completions(args),
-        Command::Man => completions::man(),
-        command => {
-            let ctx = Ctx::load(cli.global)?;
-            match command {
-                Command::FetchInvoices(args) => fetch_invoices::run(&ctx, args).await,
-                Command::Retry(args) => retry::run(&ctx, args).await,
-                Command::DownloadBoletos(args) => download_boletos::run(&ctx, args).await,
-                Command::Credentials(c) => credentials::run(&ctx, c),
-                Command::Enqueue(args) => enqueue::run(&ctx, args),
-                Command::SyncQueue(args) => sync_queue::run(&ctx, args).await,
-                Command::Cleanup(args) => cleanup::run(&ctx, args).await,
-                Command::Renew(args) => renew::run(&ctx, args).await,
-                Command::Status(args) => status::run(&ctx, args),
-                Command::Schedule(c) => schedule::run(&ctx, c),
-                Command::Report(args) => report::run(&ctx, args),
-                Command::Doctor(args) => doctor::run(&ctx, args).await,
-                Command::Pause(args) => pause::pause(&ctx, args),
-                Command::Resume(args) => pause::resume(&ctx, args),
-                Command::Import(c) => import::run(&ctx, c),
-                Command::Export(c) => export::run(&ctx, c),
-                Command::Config(c) => config::run(&ctx, c),
-                Command::Sandbox(_) | Command::Demo(_) | Command::Completions(_) | Command::Man => {
-                    unreachable!("handled above")
-                }
-            }
-        }
-    }
-}

@@ -143,7 +143,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 })
                 .unwrap_or_default();
             stale.sort();
-            if !ctx.global.quiet {
+            if !ctx.output.quiet {
                 crate::outln!(
                     "wrote {} units into {} ({} entries); then: systemctl daemon-reload && systemctl enable --now {}",
                     files.len(),
