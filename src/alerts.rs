@@ -3,8 +3,6 @@
 //! queue one email in the outbox to `[alerts] to`, sent at once when SMTP is configured (else by
 //! the next `renew --step emails`). A failure here is logged and never fails the job.
 
-use std::sync::OnceLock;
-
 use chrono::{DateTime, Utc};
 
 use crate::config::{AlertsConfig, Config, SmtpConfig};
@@ -20,26 +18,42 @@ struct Settings {
     plan: Vec<Planned>,
 }
 
-static SETTINGS: OnceLock<Settings> = OnceLock::new();
-
-/// Sets the alert settings once per process (from the configuration).
-pub fn configure(config: &Config, password: Option<String>) {
-    if config.alerts.to.is_some() {
-        SETTINGS
-            .set(Settings {
-                alerts: config.alerts.clone(),
-                smtp: config.smtp.clone(),
-                password,
-                domain: config.renew.message_id_domain.clone(),
-                plan: crate::schedule::plan(config).unwrap_or_default(),
-            })
-            .ok();
-    }
+/// The alerts of this process's runs: off unless `[alerts] to` is set. Built from the
+/// configuration when the command starts and handed to each run (no global state).
+#[derive(Clone, Default)]
+pub struct Alerts {
+    settings: Option<std::sync::Arc<Settings>>,
 }
 
-/// Whether alerts are on (`[alerts] to` set): only then do runs measure the work waiting.
-pub fn enabled() -> bool {
-    SETTINGS.get().is_some_and(|s| s.alerts.idle_with_work)
+impl Alerts {
+    /// The alerts `config` asks for (`password`: the SMTP password, if any).
+    pub fn from_config(config: &Config, password: Option<String>) -> Alerts {
+        Alerts {
+            settings: config.alerts.to.is_some().then(|| {
+                std::sync::Arc::new(Settings {
+                    alerts: config.alerts.clone(),
+                    smtp: config.smtp.clone(),
+                    password,
+                    domain: config.renew.message_id_domain.clone(),
+                    plan: crate::schedule::plan(config).unwrap_or_default(),
+                })
+            }),
+        }
+    }
+
+    /// Whether runs measure the work waiting when they start (for the "idle with work" alert).
+    pub fn measure_work_due(&self) -> bool {
+        self.settings
+            .as_ref()
+            .is_some_and(|s| s.alerts.idle_with_work)
+    }
+
+    /// Looks at the job's incidents after a run; never fails the job.
+    pub fn after_run(&self, store: &mut Store, facts: &RunFacts) {
+        if let Some(settings) = &self.settings {
+            after_run(store, settings, facts);
+        }
+    }
 }
 
 /// What a finished run says.
@@ -56,11 +70,7 @@ pub struct RunFacts<'a> {
     pub credentials: &'a [(&'static str, Option<String>)],
 }
 
-/// Looks at the job's incidents after a run; never fails the job.
-pub fn after_run(store: &mut Store, facts: &RunFacts) {
-    let Some(settings) = SETTINGS.get() else {
-        return;
-    };
+fn after_run(store: &mut Store, settings: &Settings, facts: &RunFacts) {
     if let Err(e) = evaluate(store, settings, facts) {
         tracing::warn!("alerts: {e:#}");
     }
@@ -102,7 +112,7 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
     let mut checks: Vec<(&str, &str, Option<String>)> =
         checks.into_iter().map(|(k, p)| (f.job, k, p)).collect();
     // Every job's staleness, after any job's run: a job that stopped running says nothing.
-    for job in crate::lifecycle::JOBS {
+    for job in crate::job::Job::ALL.map(crate::job::Job::as_str) {
         if let Some(problem) = overdue(store, s, job, f.now)? {
             checks.push((job, "stale", problem));
         }

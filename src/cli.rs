@@ -128,6 +128,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
         Command::Man => completions::man(Cli::command()),
         command => {
             let ctx = Ctx::load(cli.global.config.as_deref(), cli.global.db, output)?;
+            check_schedule(&ctx.loaded.config)?;
             match command {
                 Command::FetchInvoices(args) => fetch_invoices::run(&ctx, args).await,
                 Command::Retry(args) => retry::run(&ctx, args).await,
@@ -151,5 +152,88 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
                 }
             }
         }
+    }
+}
+
+/// Checks the schedule (`[schedule]`) when the configuration loads: its entries
+/// ([`crate::schedule::plan`]), then each command line (`command`, `then`) against the
+/// arguments of its own subcommand, so that a misspelt flag is a configuration error now
+/// rather than a failed start at 3 a.m.
+fn check_schedule(config: &crate::config::Config) -> anyhow::Result<()> {
+    for p in crate::schedule::plan(config)? {
+        let lines =
+            std::iter::once(("command", &p.command)).chain(p.then.iter().map(|t| ("then", t)));
+        for (key, words) in lines {
+            if let Err(why) = check_command_line(words) {
+                return Err(crate::exit::CodedError::config(format!(
+                    "`[schedule.{}] {key}` = `{}` is not a crm-jobs command line: {why}",
+                    p.name,
+                    words.join(" ")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses `words` (a subcommand and its flags) with that subcommand's own arguments (and the
+/// global options), not the whole command line; the first line of clap's error otherwise.
+pub fn check_command_line(words: &[String]) -> Result<(), String> {
+    let mut cli = Cli::command();
+    cli.build();
+    let Some((first, rest)) = words.split_first() else {
+        return Err("it is empty".into());
+    };
+    let Some(sub) = cli.find_subcommand(first) else {
+        return Err(format!("unrecognized subcommand '{first}'"));
+    };
+    sub.clone()
+        .no_binary_name(true)
+        .try_get_matches_from(rest)
+        .map(drop)
+        .map_err(|e| {
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ")
+                .to_string()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn a_scheduled_command_is_checked_against_its_own_subcommand() {
+        assert_eq!(
+            check_command_line(&words("fetch-invoices --limit 20 --quiet")),
+            Ok(())
+        );
+        assert_eq!(check_command_line(&words("renew --step emails")), Ok(()));
+        let e = check_command_line(&words("fetch-invoices --limt 20")).unwrap_err();
+        assert!(e.contains("--limt"), "{e}");
+        let e = check_command_line(&words("fetch --limit 20")).unwrap_err();
+        assert!(e.contains("fetch"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_flag_in_the_schedule_names_its_key() {
+        let mut c = crate::config::Config::default();
+        c.schedule.insert(
+            "fetch-invoices".into(),
+            crate::config::ScheduleEntry {
+                command: Some("fetch-invoices --limt 20".into()),
+                ..Default::default()
+            },
+        );
+        let e = format!("{:#}", check_schedule(&c).unwrap_err());
+        assert!(e.contains("[schedule.fetch-invoices] command"), "{e}");
+        assert!(e.contains("--limt"), "{e}");
     }
 }

@@ -1080,10 +1080,10 @@ fn validate(config: &Config) -> Result<()> {
         )));
     }
     for (job, url) in &config.pings {
-        if !crate::lifecycle::JOBS.contains(&job.as_str()) {
+        if job.parse::<crate::job::Job>().is_err() {
             return Err(CodedError::config(format!(
                 "`[pings] {job}`: `{job}` is not a job ({})",
-                crate::lifecycle::JOBS.join(", ")
+                crate::job::Job::names()
             )));
         }
         if !reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http" || u.scheme() == "https") {
@@ -1092,7 +1092,6 @@ fn validate(config: &Config) -> Result<()> {
             )));
         }
     }
-    crate::schedule::plan(config)?;
     if config.alerts.missed_starts == 0 {
         return Err(CodedError::config(
             "`[alerts] missed_starts` must be at least 1",

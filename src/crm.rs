@@ -210,24 +210,6 @@ pub fn canonical_entity<'a>(
         .find_map(|n| resources.get_key_value(n).map(|(k, _)| k.as_str()))
 }
 
-/// Folds a later change of a record over an earlier one: the later's fields win, objects merge
-/// key by key (at every depth), anything else (a list, a text, `null`) is replaced whole.
-pub fn merge(earlier: &mut Value, later: Value) {
-    match (earlier, later) {
-        (Value::Object(e), Value::Object(l)) => {
-            for (k, v) in l {
-                match e.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => {
-                        e.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, later) => *slot = later,
-    }
-}
-
 /// How a record is found at the CRM by a value of its own (a client's CPF or CNPJ, a
 /// product's barcode): where the value is in the payload, and the list filter that asks for it.
 #[derive(Debug, Clone)]
@@ -369,29 +351,6 @@ fn visit(v: &mut Value, path: &[String], f: &mut dyn FnMut(&mut Value)) {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn a_later_change_folds_over_an_earlier_one_field_by_field() {
-        let mut create = json!({"nome": "Maria", "email": "m@x.com", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "extra": {"a": "1", "b": "2"}});
-        merge(
-            &mut create,
-            json!({"telefone": "62 9999", "nome": "Maria S", "extra": {"b": "3", "c": null}}),
-        );
-        assert_eq!(
-            create,
-            json!({"nome": "Maria S", "email": "m@x.com", "telefone": "62 9999", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "extra": {"a": "1", "b": "3", "c": null}})
-        );
-        // A list is replaced whole, a null wins.
-        let mut venda = json!({"produtos": [{"produto": {"id": "1"}}], "obs": "x"});
-        merge(
-            &mut venda,
-            json!({"produtos": [{"produto": {"id": "2"}}], "obs": null}),
-        );
-        assert_eq!(
-            venda,
-            json!({"produtos": [{"produto": {"id": "2"}}], "obs": null})
-        );
-    }
 
     #[test]
     fn singular_names_stand_for_their_entity() {

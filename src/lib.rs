@@ -17,6 +17,7 @@ pub mod exit;
 pub mod fetching;
 pub mod files;
 pub mod http;
+pub mod job;
 pub mod jobs;
 pub mod lifecycle;
 pub mod logging;

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::clock::{self, Clock};
 use crate::exit::{Code, CodedError};
+use crate::job::Job;
 use crate::output::{Printer, human_duration};
 use crate::store::{FinishedRun, NewRun, Store};
 
@@ -117,7 +118,8 @@ pub struct JobRun {
     planned: Option<i64>,
     /// When the counts so far were last written to the run's row.
     progress_at: Instant,
-    job: &'static str,
+    job: Job,
+    after: AfterRun,
     clock: Clock,
     started: Instant,
     started_at: String,
@@ -126,15 +128,15 @@ pub struct JobRun {
     _lock: File,
 }
 
-/// Every job that records runs (and can be paused).
-pub const JOBS: &[&str] = &[
-    "fetch-invoices",
-    "retry",
-    "download-boletos",
-    "sync-queue",
-    "cleanup",
-    "renew",
-];
+/// What runs after each run of a job, and around it: alerts, the metrics file, health pings.
+/// Built from the configuration when the command starts (`Ctx::load`) and handed to the run:
+/// a value, not global state, so that two configurations in one process cannot mix.
+#[derive(Clone, Default)]
+pub struct AfterRun {
+    pub alerts: crate::alerts::Alerts,
+    pub metrics: crate::metrics::Metrics,
+    pub pings: crate::pings::Pings,
+}
 
 /// The origin of a run started without one: `manual` from a terminal, else `automatic` (cron,
 /// systemd).
@@ -159,7 +161,8 @@ impl JobRun {
     pub fn start(
         store_path: &Path,
         clock: Clock,
-        job: &'static str,
+        after: &AfterRun,
+        job: Job,
         lock: &str,
         origin: &str,
         safra: Option<&str>,
@@ -197,7 +200,7 @@ impl JobRun {
                     .split_once(": ")
                     .map(|(j, w)| (j.to_string(), w.to_string()))
                     .unwrap_or_else(|| (job.to_string(), "another process".to_string()));
-                let message = if other == job {
+                let message = if other == job.as_str() {
                     format!(
                         "`{job}` is already running ({who}); this start does nothing. Wait for it to end, or stop it if it is stuck"
                     )
@@ -218,8 +221,8 @@ impl JobRun {
         }
         let mut store = Store::open(store_path)?;
         let now = clock::to_store(clock.now());
-        if let Some(pause) = store.pause_of(job)? {
-            store.record_skip(job, pause.reason.as_deref(), &now)?;
+        if let Some(pause) = store.pause_of(job.as_str())? {
+            store.record_skip(job.as_str(), pause.reason.as_deref(), &now)?;
             let why = pause.reason.map(|r| format!(": {r}")).unwrap_or_default();
             return Err(CodedError {
                 code: Code::Success,
@@ -233,7 +236,7 @@ impl JobRun {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let args = serde_json::to_string(&args)?;
         let run_id = store.insert_run(&NewRun {
-            job,
+            job: job.as_str(),
             origin,
             args: &args,
             safra,
@@ -261,6 +264,7 @@ impl JobRun {
             planned: None,
             progress_at: Instant::now(),
             job,
+            after: after.clone(),
             clock,
             started: Instant::now(),
             started_at: now.clone(),
@@ -269,14 +273,14 @@ impl JobRun {
             _lock: lock,
         };
         // Measured only for the "idle with work" alert.
-        if crate::alerts::enabled() {
+        if after.alerts.measure_work_due() {
             run.work_due = run
                 .store
-                .work_due(job, &now, run.clock.today())
+                .work_due(job.as_str(), &now, run.clock.today())
                 .unwrap_or(None);
         }
-        crate::pings::start(job, run_id);
-        let stale = run.store.mark_interrupted(job, &now, run_id)?;
+        after.pings.start(job.as_str(), run_id);
+        let stale = run.store.mark_interrupted(job.as_str(), &now, run_id)?;
         for id in stale {
             let msg = format!(
                 "run #{id} of `{job}` was left running by a process that died: marked `interrupted`"
@@ -387,10 +391,10 @@ impl JobRun {
                 log: &Value::Array(self.log.clone()).to_string(),
             },
         )?;
-        crate::alerts::after_run(
+        self.after.alerts.after_run(
             &mut self.store,
             &crate::alerts::RunFacts {
-                job: self.job,
+                job: self.job.as_str(),
                 total: self.counts.total,
                 failed: self.counts.failed,
                 duration_ms: elapsed,
@@ -405,9 +409,9 @@ impl JobRun {
                 },
             },
         );
-        crate::metrics::write(&self.store);
-        crate::pings::finish(
-            self.job,
+        self.after.metrics.write(&self.store);
+        self.after.pings.finish(
+            self.job.as_str(),
             self.run_id,
             code as u8,
             &format!("{status}: {detail}"),

@@ -9,8 +9,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use chrono::Datelike;
 
-use crate::output::OutputOptions;
 use crate::exit::Code;
+use crate::output::OutputOptions;
 use crate::sandbox::{DEFAULT_PASSPHRASE, Fault, Route, Sandbox, scenario};
 
 /// Arguments of `demo`.

@@ -24,6 +24,7 @@ use crate::domain::boleto;
 use crate::domain::cpf::Cpf;
 use crate::exit::{Code, CodedError};
 use crate::files;
+use crate::job::Job;
 use crate::lifecycle::JobRun;
 use crate::store::{BoletoRecord, BoletoSelection, ClientWork, Store};
 
@@ -245,14 +246,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         ));
     }
     let origin = crate::lifecycle::default_origin();
-    let mut run = JobRun::start(
-        &ctx.store_path()?,
-        ctx.clock,
-        "download-boletos",
-        "boletos",
-        origin,
-        None,
-    )?;
+    let mut run = ctx.start_run(Job::DownloadBoletos, "boletos", origin, None)?;
     let downloads = ctx.downloads_dir()?;
     let mut stopped: Vec<String> = Vec::new();
     for code in &points {

@@ -13,6 +13,7 @@ use clap::ValueEnum;
 use super::Ctx;
 use crate::exit::{Code, CodedError};
 use crate::fetching::Engine;
+use crate::job::Job;
 use crate::lifecycle::JobRun;
 use crate::nio::NioClient;
 use crate::store::FetchSelection;
@@ -112,10 +113,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         }
         .into());
     }
-    let mut run = JobRun::start(
-        &ctx.store_path()?,
-        ctx.clock,
-        "fetch-invoices",
+    let mut run = ctx.start_run(
+        Job::FetchInvoices,
         "invoices",
         origin.as_str(),
         args.safra.as_deref(),

@@ -25,15 +25,22 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::config::{self as cfg, Loaded};
 use crate::exit::CodedError;
+use crate::job::Job;
+use crate::lifecycle::{AfterRun, JobRun};
+use crate::metrics::Metrics;
 use crate::output::{OutputOptions, Printer};
+use crate::pings::Pings;
 use crate::store::Store;
 
 /// What every command gets: the configuration, the clock and the printer.
 pub struct Ctx {
     pub output: OutputOptions,
+    /// What runs after each job run (alerts, metrics, pings), from the configuration.
+    pub after_run: AfterRun,
     /// `--db`: the store to use instead of `[store] path`.
     pub db: Option<PathBuf>,
     pub loaded: Loaded,
@@ -52,23 +59,51 @@ impl Ctx {
         let clock = Clock::from_env().map_err(|e| CodedError::config(format!("{e:#}")))?;
         let printer = Printer::new(&output);
         crate::http::configure(&loaded.config.tls)?;
-        crate::metrics::configure(loaded.config.metrics.textfile_dir.clone());
-        crate::pings::configure(loaded.config.pings.clone());
+        let mut after_run = AfterRun {
+            alerts: Alerts::default(),
+            metrics: Metrics {
+                dir: loaded.config.metrics.textfile_dir.clone(),
+            },
+            pings: Pings {
+                urls: loaded.config.pings.clone(),
+            },
+        };
         if loaded.config.alerts.to.is_some() {
             let smtp = &loaded.config.smtp;
             let password = match smtp.user {
                 Some(_) => cfg::secret("CRM_JOBS_SMTP_PASSWORD", smtp.password_file.as_deref())?,
                 None => None,
             };
-            crate::alerts::configure(&loaded.config, password);
+            after_run.alerts = Alerts::from_config(&loaded.config, password);
         }
         Ok(Ctx {
             output,
+            after_run,
             db,
             loaded,
             clock,
             printer,
         })
+    }
+
+    /// Starts a run of `job` (see [`JobRun::start`]) with this command's store, clock and what
+    /// runs after it.
+    pub fn start_run(
+        &self,
+        job: Job,
+        lock: &str,
+        origin: &str,
+        safra: Option<&str>,
+    ) -> Result<JobRun> {
+        JobRun::start(
+            &self.store_path()?,
+            self.clock,
+            &self.after_run,
+            job,
+            lock,
+            origin,
+            safra,
+        )
     }
 
     /// The store path in force.
@@ -114,4 +149,3 @@ impl Ctx {
         })
     }
 }
-

@@ -19,6 +19,7 @@ use super::Ctx;
 use crate::clock;
 use crate::email::{self, Kind};
 use crate::exit::{Code, CodedError};
+use crate::job::Job;
 use crate::lifecycle::JobRun;
 use crate::mailer::{Mailer, Outcome, Unusable};
 use crate::store::{Audit, Change, NewEmail, SubscriptionRow};
@@ -158,14 +159,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         None
     };
     let origin = crate::lifecycle::default_origin();
-    let mut run = JobRun::start(
-        &ctx.store_path()?,
-        ctx.clock,
-        "renew",
-        "subscriptions",
-        origin,
-        None,
-    )?;
+    let mut run = ctx.start_run(Job::Renew, "subscriptions", origin, None)?;
     let lost = run.store.recover_sending(&now_s)?;
     if !lost.is_empty() {
         let m = format!(

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::exit::Code;
-use crate::lifecycle::JOBS;
+use crate::job::Job;
 use crate::output::human_duration;
 
 /// Arguments of `status` (`--json` gives the same as JSON).
@@ -18,15 +18,15 @@ pub struct Args {}
 
 pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
     let store = ctx.open_store_for_reading()?;
-    let states: Vec<_> = JOBS
+    let states: Vec<_> = Job::ALL
         .iter()
-        .map(|j| store.job_state(j))
+        .map(|j| store.job_state(j.as_str()))
         .collect::<Result<_>>()?;
     let plan = crate::schedule::plan(&ctx.loaded.config)?;
     let now = ctx.clock.now();
-    let next: Vec<Option<chrono::DateTime<chrono::Utc>>> = JOBS
+    let next: Vec<Option<chrono::DateTime<chrono::Utc>>> = Job::ALL
         .iter()
-        .map(|j| crate::schedule::next_start(&plan, j, now))
+        .map(|j| crate::schedule::next_start(&plan, j.as_str(), now))
         .collect();
     let today = ctx.clock.today();
     let invoices = store.invoice_status_counts()?;

@@ -25,6 +25,7 @@ use super::Ctx;
 use crate::clock;
 use crate::crm::{self, CrmClient, CrmError, NaturalKey, Reference, Request};
 use crate::exit::{Code, CodedError};
+use crate::job::Job;
 use crate::lifecycle::JobRun;
 use crate::store::{QueueItem, RequestLog};
 
@@ -194,14 +195,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     };
 
     let origin = crate::lifecycle::default_origin();
-    let mut run = JobRun::start(
-        &ctx.store_path()?,
-        ctx.clock,
-        "sync-queue",
-        "queue",
-        origin,
-        None,
-    )?;
+    let mut run = ctx.start_run(Job::SyncQueue, "queue", origin, None)?;
     let now = clock::to_store(ctx.clock.now());
     let recovered = run.store.recover_in_flight(&now)?;
     if !recovered.unknown.is_empty() {

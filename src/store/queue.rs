@@ -5,6 +5,7 @@
 
 use anyhow::Result;
 use rusqlite::{OptionalExtension, params};
+use serde_json::Value;
 
 use super::Store;
 
@@ -243,7 +244,7 @@ impl Store {
                 for p in &items[since_delete..] {
                     match serde_json::from_str::<serde_json::Value>(&p.payload) {
                         Ok(v @ serde_json::Value::Object(_)) => match merged.as_mut() {
-                            Some(m) => crate::crm::merge(m, v),
+                            Some(m) => merge(m, v),
                             None => merged = Some(v),
                         },
                         _ => foldable = false,
@@ -902,9 +903,51 @@ impl Store {
     }
 }
 
+/// Folds a later change of a record over an earlier one: the later's fields win, objects merge
+/// key by key (at every depth), anything else (a list, a text, `null`) is replaced whole.
+pub fn merge(earlier: &mut Value, later: Value) {
+    match (earlier, later) {
+        (Value::Object(e), Value::Object(l)) => {
+            for (k, v) in l {
+                match e.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        e.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, later) => *slot = later,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_later_change_folds_over_an_earlier_one_field_by_field() {
+        let mut create = json!({"nome": "Maria", "email": "m@x.com", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "extra": {"a": "1", "b": "2"}});
+        merge(
+            &mut create,
+            json!({"telefone": "62 9999", "nome": "Maria S", "extra": {"b": "3", "c": null}}),
+        );
+        assert_eq!(
+            create,
+            json!({"nome": "Maria S", "email": "m@x.com", "telefone": "62 9999", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "extra": {"a": "1", "b": "3", "c": null}})
+        );
+        // A list is replaced whole, a null wins.
+        let mut venda = json!({"produtos": [{"produto": {"id": "1"}}], "obs": "x"});
+        merge(
+            &mut venda,
+            json!({"produtos": [{"produto": {"id": "2"}}], "obs": null}),
+        );
+        assert_eq!(
+            venda,
+            json!({"produtos": [{"produto": {"id": "2"}}], "obs": null})
+        );
+    }
 
     #[test]
     fn a_429_in_flight_when_a_pause_began_does_not_extend_it() {

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod architecture;
 mod boletos;
 mod corpus;
 mod fetch;
