@@ -111,9 +111,11 @@ pub enum Command {
     Completions(jobs::completions::Args),
     /// Print the man page (roff).
     Man,
-    /// Serve the built-in sandbox (fake Nio API) in the foreground for manual tries.
+    /// Serve the built-in sandbox (fake services) in the foreground for manual tries.
+    #[cfg(feature = "sandbox")]
     Sandbox(jobs::sandbox::Args),
     /// Run every job end to end against the built-in sandbox, in a temporary folder.
+    #[cfg(feature = "sandbox")]
     Demo(jobs::demo::Args),
 }
 
@@ -122,7 +124,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
     use jobs::*;
     let output = cli.global.output();
     match cli.command {
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => sandbox::run(args).await,
+        #[cfg(feature = "sandbox")]
         Command::Demo(args) => demo::run(args, &output).await,
         Command::Completions(args) => completions::completions(args, Cli::command()),
         Command::Man => completions::man(Cli::command()),
@@ -147,9 +151,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
                 Command::Import(c) => import::run(&ctx, c),
                 Command::Export(c) => export::run(&ctx, c),
                 Command::Config(c) => config::run(&ctx, c),
-                Command::Sandbox(_) | Command::Demo(_) | Command::Completions(_) | Command::Man => {
-                    unreachable!("handled above")
-                }
+                #[cfg(feature = "sandbox")]
+                Command::Sandbox(_) | Command::Demo(_) => unreachable!("handled above"),
+                Command::Completions(_) | Command::Man => unreachable!("handled above"),
             }
         }
     }

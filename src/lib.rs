@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod nio;
 pub mod output;
 pub mod pings;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod schedule;
 pub mod secret_box;

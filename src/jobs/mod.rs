@@ -5,6 +5,7 @@ pub mod cleanup;
 pub mod completions;
 pub mod config;
 pub mod credentials;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod doctor;
 pub mod download_boletos;
@@ -16,6 +17,7 @@ pub mod pause;
 pub mod renew;
 pub mod report;
 pub mod retry;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod schedule;
 pub mod status;
