@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, Clock};
 use crate::exit::{Code, CodedError};
@@ -21,11 +21,13 @@ use crate::job::Job;
 use crate::output::{Printer, human_duration};
 use crate::store::{FinishedRun, NewRun, Store};
 
-/// Set when SIGINT or SIGTERM arrives: jobs stop taking new items.
+/// Set when SIGINT or SIGTERM arrives: jobs stop taking new items. A tokio-util
+/// `CancellationToken` (what waits on it wakes once) with the signal that cancelled, which
+/// decides the exit code (130 or 143).
 #[derive(Clone, Default)]
 pub struct Cancel {
     signal: Arc<AtomicU8>,
-    notify: Arc<Notify>,
+    token: CancellationToken,
 }
 
 impl Cancel {
@@ -62,22 +64,16 @@ impl Cancel {
                 if sig == 2 { "SIGINT" } else { "SIGTERM" }
             );
         }
-        self.notify.notify_waiters();
+        self.token.cancel();
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.signal.load(Ordering::SeqCst) != 0
+        self.token.is_cancelled()
     }
 
     /// Resolves once cancelled.
     pub async fn cancelled(&self) {
-        loop {
-            let notified = self.notify.notified();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
+        self.token.cancelled().await;
     }
 
     fn exit_code(&self) -> Option<Code> {
