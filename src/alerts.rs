@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::config::{AlertsConfig, Config, SmtpConfig};
 use crate::mailer::{Mailer, Outcome};
 use crate::schedule::Planned;
-use crate::store::{NewEmail, Store};
+use crate::store::{EmailStatus, NewEmail, Store};
 
 struct Settings {
     alerts: AlertsConfig,
@@ -260,13 +260,13 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
         .filter(|e| e.kind == "alert")
     {
         let now = crate::clock::to_store(Utc::now());
-        store.set_email_status(e.id, "sending", None, &now)?;
+        store.set_email_status(e.id, EmailStatus::Sending, None, &now)?;
         let outcome = tokio::task::block_in_place(|| handle.block_on(mailer.send(&e)));
         let (status, error) = match outcome {
-            Outcome::Sent => ("sent", None),
-            Outcome::Retry(m) | Outcome::NotSent(m) => ("pending", Some(m)),
-            Outcome::Failed(m) => ("failed", Some(m)),
-            Outcome::Unknown(m) => ("unknown", Some(m)),
+            Outcome::Sent => (EmailStatus::Sent, None),
+            Outcome::Retry(m) | Outcome::NotSent(m) => (EmailStatus::Pending, Some(m)),
+            Outcome::Failed(m) => (EmailStatus::Failed, Some(m)),
+            Outcome::Unknown(m) => (EmailStatus::Unknown, Some(m)),
         };
         store.set_email_status(
             e.id,

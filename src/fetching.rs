@@ -22,7 +22,10 @@ use crate::files;
 use crate::lifecycle::JobRun;
 use crate::nio::{Answer, NioClient, NioError, NioInvoice};
 use crate::output::Printer;
-use crate::store::{Attempt, ContractWork, InvoiceAnswer, PdfOutcome};
+use crate::store::{
+    Attempt, ContractWork, ErrorKind, FetchStatus, InvoiceAnswer, MatchState, PaymentStatus,
+    PdfOutcome, PdfStatus,
+};
 
 /// How long in-flight contracts may finish after SIGTERM/SIGINT before they are abandoned.
 const GRACE: Duration = Duration::from_secs(5);
@@ -180,8 +183,13 @@ impl Engine {
             run.add("retried", 1);
         }
         if let Some(reason) = done.skipped {
-            run.store
-                .record_failure(work.id, &invoice_ids, &attempt, &reason, "permanent")?;
+            run.store.record_failure(
+                work.id,
+                &invoice_ids,
+                &attempt,
+                &reason,
+                ErrorKind::Permanent,
+            )?;
             run.counts.skipped += 1;
             run.add("skipped_invalid_cpf", 1);
             tracing::warn!("{who}: skipped: {reason}");
@@ -220,12 +228,12 @@ impl Engine {
                     "warn",
                     format!("contract `{}`: {err}", work.contract_number),
                 );
-                Ok(kind == "transient")
+                Ok(kind == ErrorKind::Transient)
             }
             Ok(answers) => {
                 let transient = answers.iter().any(|a| {
-                    matches!(a.problem, Some((_, "transient")))
-                        || pdf_failure(a) == Some("transient")
+                    matches!(a.problem, Some((_, ErrorKind::Transient)))
+                        || pdf_failure(a) == Some(ErrorKind::Transient)
                 });
                 // A PDF not saved leaves the contract's work undone: the contract is failed,
                 // although every invoice's answer (and payment) was recorded.
@@ -233,15 +241,15 @@ impl Engine {
                 let recorded = run.store.record_answers(work.id, &answers, &attempt)?;
                 let mut parts: Vec<(String, i64)> = Vec::new();
                 for (a, r) in answers.iter().zip(&recorded) {
-                    run.add(a.outcome, 1);
-                    match parts.iter_mut().find(|(k, _)| k == a.outcome) {
+                    run.add(a.outcome.as_str(), 1);
+                    match parts.iter_mut().find(|(k, _)| a.outcome == k.as_str()) {
                         Some((_, n)) => *n += 1,
                         None => parts.push((a.outcome.to_string(), 1)),
                     }
-                    if r.fetch_status == "gave_up" {
+                    if r.fetch_status == FetchStatus::GaveUp {
                         run.add("gave_up", 1);
                     }
-                    if a.payment_status == Some("paid") {
+                    if a.payment_status == Some(PaymentStatus::Paid) {
                         run.add("paid", 1);
                         tracing::info!(
                             "{who}: invoice {}: {}",
@@ -253,7 +261,7 @@ impl Engine {
                         Some(PdfOutcome::Saved { .. }) => run.add("pdfs_saved", 1),
                         Some(PdfOutcome::Failed { error, kind }) => {
                             run.add("pdf_errors", 1);
-                            let gave_up = r.pdf_status.as_deref() == Some("gave_up");
+                            let gave_up = r.pdf_status == Some(PdfStatus::GaveUp);
                             if gave_up {
                                 run.add("pdf_gave_up", 1);
                             }
@@ -284,7 +292,7 @@ impl Engine {
                             number_of(work, a.invoice_id)
                         );
                     }
-                    if matches!(a.outcome, "ambiguous" | "value_mismatch") {
+                    if matches!(a.outcome, MatchState::Ambiguous | MatchState::ValueMismatch) {
                         let detail = a.detail.clone().unwrap_or_default();
                         tracing::warn!(
                             "{who}: invoice {}: {}: {detail}",
@@ -327,9 +335,9 @@ impl Engine {
 }
 
 /// The kind of the PDF failure of an answer, if its PDF was tried and not saved.
-fn pdf_failure(a: &InvoiceAnswer) -> Option<&'static str> {
+fn pdf_failure(a: &InvoiceAnswer) -> Option<ErrorKind> {
     match &a.pdf {
-        Some(PdfOutcome::Failed { kind, .. }) => Some(kind),
+        Some(PdfOutcome::Failed { kind, .. }) => Some(*kind),
         _ => None,
     }
 }
@@ -487,7 +495,7 @@ pub fn match_all(work: &ContractWork, found: &[NioInvoice], no_debts: bool) -> V
             let outcome = matching::match_invoice(&expected, &candidates);
             let mut a = InvoiceAnswer {
                 invoice_id: inv.id,
-                outcome: outcome.as_str(),
+                outcome: MatchState::from(&outcome),
                 ..InvoiceAnswer::default()
             };
             let due = inv.due_date.map(|d| d.format("%d/%m/%Y").to_string()).unwrap_or_default();
@@ -505,7 +513,7 @@ pub fn match_all(work: &ContractWork, found: &[NioInvoice], no_debts: bool) -> V
                         } else {
                             format!(" as invoice `{was}`")
                         };
-                        a.payment_status = Some("paid");
+                        a.payment_status = Some(PaymentStatus::Paid);
                         a.detail = Some(if no_debts {
                             format!("paid: Nio listed it open{was} before, and lists no open debt for this CPF now")
                         } else {
@@ -547,7 +555,11 @@ fn fill_matched(a: &mut InvoiceAnswer, f: &NioInvoice) {
         .status
         .as_deref()
         .is_some_and(|s| PAID_STATUSES.contains(&s.to_lowercase().as_str()));
-    a.payment_status = Some(if paid { "paid" } else { "open" });
+    a.payment_status = Some(if paid {
+        PaymentStatus::Paid
+    } else {
+        PaymentStatus::Open
+    });
     if paid {
         a.detail = Some(format!(
             "paid: Nio lists invoice `{}` with the status `{}`",
@@ -572,6 +584,6 @@ fn fill_matched(a: &mut InvoiceAnswer, f: &NioInvoice) {
         problems.push("Nio gave no readable amount".into());
     }
     if !problems.is_empty() {
-        a.problem = Some((problems.join("; "), "permanent"));
+        a.problem = Some((problems.join("; "), ErrorKind::Permanent));
     }
 }

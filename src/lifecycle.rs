@@ -19,7 +19,7 @@ use crate::clock::{self, Clock};
 use crate::exit::{Code, CodedError};
 use crate::job::Job;
 use crate::output::{Printer, human_duration};
-use crate::store::{FinishedRun, NewRun, Store};
+use crate::store::{FinishedRun, NewRun, RunStatus, Store};
 
 /// Set when SIGINT or SIGTERM arrives: jobs stop taking new items. A tokio-util
 /// `CancellationToken` (what waits on it wakes once) with the signal that cancelled, which
@@ -349,13 +349,13 @@ impl JobRun {
     ) -> Result<Code> {
         let elapsed = self.started.elapsed().as_millis() as i64;
         let (status, code) = if let Some(code) = self.cancel.exit_code() {
-            ("interrupted", code)
+            (RunStatus::Interrupted, code)
         } else if stop.is_some() || (self.counts.failed > 0 && self.counts.ok == 0) {
-            ("failed", Code::Failure)
+            (RunStatus::Failed, Code::Failure)
         } else if self.counts.failed > 0 || self.degraded {
-            ("partial", Code::Partial)
+            (RunStatus::Partial, Code::Partial)
         } else {
-            ("success", Code::Success)
+            (RunStatus::Success, Code::Success)
         };
         let error = stop.as_ref().map(|e| format!("{e:#}"));
         if let Some(e) = &error {
@@ -398,7 +398,7 @@ impl JobRun {
                 // Known only for runs that ended normally: did nothing while work waited?
                 credentials: &self.credentials,
                 idle_with_work: match status {
-                    "success" | "partial" => self
+                    RunStatus::Success | RunStatus::Partial => self
                         .work_due
                         .map(|due| (self.counts.total == 0 && due > 0).then_some(due)),
                     _ => None,
@@ -420,7 +420,7 @@ impl JobRun {
             detail
         );
         match status {
-            "success" => tracing::info!("{line}"),
+            RunStatus::Success => tracing::info!("{line}"),
             _ => tracing::warn!("{line}"),
         }
         if printer.json {

@@ -26,7 +26,7 @@ use crate::exit::{Code, CodedError};
 use crate::files;
 use crate::job::Job;
 use crate::lifecycle::JobRun;
-use crate::store::{BoletoRecord, BoletoSelection, ClientWork, Store};
+use crate::store::{BoletoOutcome, BoletoRecord, BoletoSelection, ClientWork, Store};
 
 /// Arguments of `download-boletos`.
 #[derive(Debug, clap::Args)]
@@ -738,7 +738,7 @@ fn record_client(
     let progress = done.progress;
     if progress.not_client && done.error.is_none() {
         run.store.record_boleto(&BoletoRecord {
-            outcome: "cpf_not_found",
+            outcome: BoletoOutcome::CpfNotFound,
             at: &at,
             ..base("")
         })?;
@@ -756,7 +756,7 @@ fn record_client(
             QuotaOutcome::NoBoleto { quota, detail } => {
                 run.store.record_boleto(&BoletoRecord {
                     quota: &quota,
-                    outcome: "no_boleto",
+                    outcome: BoletoOutcome::NoBoleto,
                     error: Some(&detail),
                     at: &at,
                     ..base("")
@@ -802,7 +802,7 @@ fn record_client(
                         let due = row.due.format("%Y-%m-%d").to_string();
                         run.store.record_boleto(&BoletoRecord {
                             quota: &quota,
-                            outcome: "success",
+                            outcome: BoletoOutcome::Success,
                             due_date: Some(&due),
                             value_centavos: row.value_centavos,
                             linha: linha.as_deref(),
@@ -838,15 +838,15 @@ fn record_client(
         notes.push(format!("error: {error}"));
     }
     let outcome = if failed > 0 {
-        "error"
+        BoletoOutcome::Error
     } else if saved > 0 || already > 0 {
-        "success"
+        BoletoOutcome::Success
     } else {
-        "no_boleto"
+        BoletoOutcome::NoBoleto
     };
-    run.add(outcome, 1);
+    run.add(outcome.as_str(), 1);
     run.add("already_done", already);
-    if outcome == "error" {
+    if outcome == BoletoOutcome::Error {
         run.counts.failed += 1;
     } else {
         run.counts.ok += 1;
@@ -868,7 +868,7 @@ fn record_client(
             }
         ),
     };
-    if outcome == "error" {
+    if outcome == BoletoOutcome::Error {
         tracing::warn!("{line}");
         run.event("warn", line);
     } else if printer.item_lines() {
@@ -989,7 +989,7 @@ fn empty_record<'a>(
         year: target.year,
         month: target.month,
         quota,
-        outcome: "error",
+        outcome: BoletoOutcome::Error,
         due_date: None,
         value_centavos: None,
         linha: None,

@@ -10,6 +10,7 @@ use serde::ser::{SerializeSeq, Serializer as _};
 
 use super::Ctx;
 use crate::exit::Code;
+use crate::store::QueueStatus;
 
 /// What to export.
 #[derive(Debug, clap::Subcommand)]
@@ -30,8 +31,8 @@ pub struct QueueArgs {
     #[arg(long, value_enum, default_value_t = Format::Csv)]
     pub format: Format,
     /// Only items in this status (`pending`, `processing`, `done`, `failed`, `superseded`).
-    #[arg(long, value_name = "STATUS")]
-    pub status: Option<String>,
+    #[arg(long, value_name = "STATUS", value_parser = |s: &str| s.parse::<QueueStatus>())]
+    pub status: Option<QueueStatus>,
     /// Write to this file (atomically) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -124,7 +125,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
             Sink::new(args.format, args.out.as_deref(), args.raw_cells),
             QUEUE_HEADER,
             "queue item(s)",
-            |each| store.export_queue(args.status.as_deref(), each),
+            |each| store.export_queue(args.status, each),
         ),
     }
 }

@@ -22,7 +22,7 @@ use crate::exit::{Code, CodedError};
 use crate::job::Job;
 use crate::lifecycle::JobRun;
 use crate::mailer::{Mailer, Outcome, Unusable};
-use crate::store::{Audit, Change, NewEmail, SubscriptionRow};
+use crate::store::{Audit, Change, EmailStatus, NewEmail, SubscriptionRow};
 use crate::stripe::{StripeClient, StripeError, StripeSubscription};
 
 /// Arguments of `renew`.
@@ -540,7 +540,8 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &mut Mailer) -> Result<()> 
         let now = clock::to_store(ctx.clock.now());
         // Marked before the SMTP conversation: a process killed during it leaves `sending`,
         // which the next run reports as unknown instead of sending again.
-        run.store.set_email_status(e.id, "sending", None, &now)?;
+        run.store
+            .set_email_status(e.id, EmailStatus::Sending, None, &now)?;
         let mut outcome = mailer.send(&e).await;
         if let Outcome::NotSent(m) = &outcome {
             // The server cannot have it (the data was not written): once more, on a new
@@ -554,13 +555,14 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &mut Mailer) -> Result<()> 
         run.counts.total += 1;
         match outcome {
             Outcome::Sent => {
-                run.store.set_email_status(e.id, "sent", None, &now)?;
+                run.store
+                    .set_email_status(e.id, EmailStatus::Sent, None, &now)?;
                 run.add("emails_sent", 1);
                 run.counts.ok += 1;
             }
             Outcome::Retry(m) | Outcome::NotSent(m) => {
                 run.store
-                    .set_email_status(e.id, "pending", Some(&m), &now)?;
+                    .set_email_status(e.id, EmailStatus::Pending, Some(&m), &now)?;
                 run.add("emails_waiting", 1);
                 run.counts.failed += 1;
                 tracing::warn!(
@@ -570,14 +572,15 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &mut Mailer) -> Result<()> 
                 );
             }
             Outcome::Failed(m) => {
-                run.store.set_email_status(e.id, "failed", Some(&m), &now)?;
+                run.store
+                    .set_email_status(e.id, EmailStatus::Failed, Some(&m), &now)?;
                 run.add("emails_failed", 1);
                 run.counts.failed += 1;
                 tracing::warn!("email #{} to {}: {m}", e.id, e.to);
             }
             Outcome::Unknown(m) => {
                 run.store
-                    .set_email_status(e.id, "unknown", Some(&m), &now)?;
+                    .set_email_status(e.id, EmailStatus::Unknown, Some(&m), &now)?;
                 run.add("emails_unknown", 1);
                 run.counts.failed += 1;
                 tracing::warn!(

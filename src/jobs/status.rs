@@ -11,6 +11,7 @@ use super::Ctx;
 use crate::exit::Code;
 use crate::job::Job;
 use crate::output::human_duration;
+use crate::store::RunStatus;
 
 /// Arguments of `status` (`--json` gives the same as JSON).
 #[derive(Debug, clap::Args)]
@@ -99,7 +100,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
         };
         // While a run is going, the last run shown is that one: it has no duration yet.
         let took = match (&s.last_run, s.last_duration_ms) {
-            (Some(r), _) if r.status == "running" => "running".to_string(),
+            (Some(r), _) if r.status == RunStatus::Running => "running".to_string(),
             (_, Some(ms)) => human_duration(ms),
             _ => "-".to_string(),
         };
@@ -132,7 +133,10 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
     let failures: Vec<String> = states
         .iter()
         .filter_map(|s| {
-            let r = s.last_run.as_ref().filter(|r| r.status == "failed")?;
+            let r = s
+                .last_run
+                .as_ref()
+                .filter(|r| r.status == RunStatus::Failed)?;
             Some(format!(
                 "{} run #{} failed: {}",
                 s.job,

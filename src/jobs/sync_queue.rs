@@ -27,7 +27,7 @@ use crate::crm::{self, CrmClient, CrmError, NaturalKey, Reference, Request};
 use crate::exit::{Code, CodedError};
 use crate::job::Job;
 use crate::lifecycle::JobRun;
-use crate::store::{QueueItem, RequestLog};
+use crate::store::{QueueItem, QueueStatus, RequestLog};
 
 /// The shared rate limit's name in the store.
 const BUCKET: &str = "crm";
@@ -130,7 +130,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         let store = ctx.open_store_for_reading()?;
         let now = clock::to_store(ctx.clock.now());
         let mut due = 0usize;
-        store.export_queue(Some("pending"), &mut |r| {
+        store.export_queue(Some(QueueStatus::Pending), &mut |r| {
             if r.due_at.as_deref().is_none_or(|d| d <= now.as_str()) {
                 if due < batch as usize {
                     crate::outln!("{}\t{}\t{}\t{}", r.id, r.entity, r.record_id, r.action);
@@ -332,7 +332,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         .store
         .queue_counts()?
         .iter()
-        .filter(|(s, _)| s == "pending")
+        .filter(|(s, _)| QueueStatus::Pending == s.as_str())
         .map(|(_, c)| c)
         .sum();
     detail.push_str(&format!("; {depth} pending in the queue"));
@@ -352,8 +352,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
 fn check_failed(ctx: &Ctx, ids: &[i64]) -> Result<()> {
     let store = ctx.open_store()?;
     for (id, status) in store.item_statuses(ids)? {
-        let problem = match status.as_deref() {
-            Some("failed") => continue,
+        let problem = match status {
+            Some(QueueStatus::Failed) => continue,
             Some(other) => format!(
                 "item #{id} is `{other}`, not `failed`: `--retry-failed` sends failed items only"
             ),

@@ -44,10 +44,10 @@ impl NioError {
     }
 
     /// `transient` or `permanent`, as stored (a stop is neither).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> crate::store::ErrorKind {
         match self {
-            NioError::Transient { .. } => "transient",
-            _ => "permanent",
+            NioError::Transient { .. } => crate::store::ErrorKind::Transient,
+            _ => crate::store::ErrorKind::Permanent,
         }
     }
 }

@@ -4,7 +4,7 @@ use anyhow::Result;
 use chrono::NaiveDate;
 use rusqlite::{OptionalExtension, params};
 
-use super::Store;
+use super::{ErrorKind, FetchStatus, MatchState, PaymentStatus, PdfStatus, Store};
 
 const DATE: &str = "%Y-%m-%d";
 
@@ -80,11 +80,11 @@ pub struct FetchSelection<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct InvoiceAnswer {
     pub invoice_id: i64,
-    pub outcome: &'static str,
+    pub outcome: MatchState,
     pub detail: Option<String>,
     pub amount_centavos: Option<i64>,
-    /// `Some("open")` or `Some("paid")` when the answer says so.
-    pub payment_status: Option<&'static str>,
+    /// `Some(Open)` or `Some(Paid)` when the answer says so.
+    pub payment_status: Option<PaymentStatus>,
     pub nio_debt_id: Option<String>,
     pub nio_invoice_id: Option<String>,
     pub nio_status: Option<String>,
@@ -95,7 +95,7 @@ pub struct InvoiceAnswer {
     pub pdf: Option<PdfOutcome>,
     /// A part of the answer that failed its check (PIX, barcode, amount): the invoice is
     /// `partial`.
-    pub problem: Option<(String, &'static str)>,
+    pub problem: Option<(String, ErrorKind)>,
 }
 
 /// One try of an invoice's PDF. Its status, attempts and give-up are the PDF's own: they never
@@ -104,15 +104,15 @@ pub struct InvoiceAnswer {
 pub enum PdfOutcome {
     /// Written to `path`.
     Saved { path: String, sha256: String },
-    /// Not saved; `kind` is `transient` or `permanent`.
-    Failed { error: String, kind: &'static str },
+    /// Not saved, for a transient or a permanent reason.
+    Failed { error: String, kind: ErrorKind },
 }
 
 /// How one recorded invoice ended, as stored (in the order of the answers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
-    pub fetch_status: String,
-    pub pdf_status: Option<String>,
+    pub fetch_status: FetchStatus,
+    pub pdf_status: Option<PdfStatus>,
 }
 
 /// Tracking fields common to every attempt.
@@ -136,14 +136,14 @@ pub struct InvoiceExport {
     pub due_date: Option<String>,
     pub due_date_source: String,
     pub amount_centavos: Option<i64>,
-    pub payment_status: String,
+    pub payment_status: PaymentStatus,
     pub pix_code: Option<String>,
     pub barcode: Option<String>,
     pub pdf_path: Option<String>,
     pub pdf_sha256: Option<String>,
-    pub match_outcome: Option<String>,
+    pub match_outcome: Option<MatchState>,
     pub match_detail: Option<String>,
-    pub fetch_status: String,
+    pub fetch_status: FetchStatus,
     pub fetch_origin: Option<String>,
     pub attempts: i64,
     pub failed_attempts: i64,
@@ -154,7 +154,7 @@ pub struct InvoiceExport {
     pub nio_invoice_id: Option<String>,
     pub expected_amount_centavos: Option<i64>,
     pub paid_detected_at: Option<String>,
-    pub pdf_status: Option<String>,
+    pub pdf_status: Option<PdfStatus>,
     pub pdf_attempts: i64,
     pub pdf_failed_attempts: i64,
     pub pdf_error: Option<String>,
@@ -445,7 +445,7 @@ impl Store {
         invoice_ids: &[i64],
         attempt: &Attempt,
         error: &str,
-        kind: &str,
+        kind: ErrorKind,
     ) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let mut gave_up = 0;
@@ -459,7 +459,7 @@ impl Store {
                  WHERE id = ?1 RETURNING fetch_status",
             )?;
             for id in invoice_ids {
-                let status: String = stmt.query_row(
+                let status: FetchStatus = stmt.query_row(
                     params![
                         id,
                         attempt.origin,
@@ -472,7 +472,7 @@ impl Store {
                     ],
                     |r| r.get(0),
                 )?;
-                if status == "gave_up" {
+                if status == FetchStatus::GaveUp {
                     gave_up += 1;
                 }
             }

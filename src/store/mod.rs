@@ -8,6 +8,7 @@ mod operations;
 mod queue;
 mod report;
 mod runs;
+pub mod states;
 mod subscriptions;
 
 pub use boletos::*;
@@ -16,6 +17,7 @@ pub use operations::*;
 pub use queue::*;
 pub use report::*;
 pub use runs::*;
+pub use states::*;
 pub use subscriptions::*;
 
 use std::path::{Path, PathBuf};

@@ -38,8 +38,8 @@ pub struct QueueExport {
     pub id: i64,
     pub entity: String,
     pub record_id: String,
-    pub action: String,
-    pub status: String,
+    pub action: super::QueueAction,
+    pub status: super::QueueStatus,
     pub priority: Option<i64>,
     pub attempts: i64,
     pub external_id: Option<String>,
@@ -379,7 +379,7 @@ impl Store {
     }
 
     /// The status of each item named (`None`: no such item).
-    pub fn item_statuses(&self, ids: &[i64]) -> Result<Vec<(i64, Option<String>)>> {
+    pub fn item_statuses(&self, ids: &[i64]) -> Result<Vec<(i64, Option<super::QueueStatus>)>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT status FROM sync_queue WHERE id = ?1")?;
@@ -785,7 +785,7 @@ impl Store {
     /// Hands queue rows for export to `each`, oldest first, one at a time.
     pub fn export_queue(
         &self,
-        status: Option<&str>,
+        status: Option<super::QueueStatus>,
         each: &mut dyn FnMut(QueueExport) -> Result<()>,
     ) -> Result<()> {
         let mut stmt = self.conn.prepare(&format!(

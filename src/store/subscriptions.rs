@@ -258,7 +258,7 @@ impl Store {
     pub fn set_email_status(
         &mut self,
         id: i64,
-        status: &str,
+        status: super::EmailStatus,
         error: Option<&str>,
         now: &str,
     ) -> Result<()> {
