@@ -6,6 +6,7 @@ mod support;
 
 mod boletos;
 mod corpus;
+mod docs;
 mod fetch;
 mod hardening;
 mod imports;
