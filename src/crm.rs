@@ -1,7 +1,7 @@
-//! The CRM's REST API (SERVICES.md §3): one request per queue item, classified by what the
-//! caller does next; and, pure, what shapes the requests: the translation of ERP references into
-//! CRM ids, the lookup of a record by its natural key, the folding of two changes of a record
-//! into one payload, and the entity names the ERP uses.
+//! The CRM's REST API (docs/src/reference/services.md#the-crm): one request per queue item,
+//! classified by what the caller does next; and, pure, what shapes the requests: the translation of
+//! ERP references into CRM ids, the lookup of a record by its natural key, the folding of two
+//! changes of a record into one payload, and the entity names the ERP uses.
 
 use std::time::Duration;
 

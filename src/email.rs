@@ -1,6 +1,6 @@
-//! The emails of `renew`: subjects (DOMAIN.md), plain-text and HTML bodies from the templates
-//! in `templates/email/` (HTML auto-escaped), dates and money in pt-BR, and a stable
-//! Message-ID per email.
+//! The emails of `renew`: subjects (docs/src/reference/domain.md#subscriptions), plain-text and
+//! HTML bodies from the templates in `templates/email/` (HTML auto-escaped), dates and money in
+//! pt-BR, and a stable Message-ID per email.
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};

@@ -1,6 +1,6 @@
-//! Stripe's subscription endpoint (SERVICES.md §4): one GET per subscription, the answer read
-//! in both API shapes (the current period on each item since 2025-03-31, on the subscription
-//! before), errors classified by what the caller does.
+//! Stripe's subscription endpoint (docs/src/reference/services.md#stripe): one GET per
+//! subscription, the answer read in both API shapes (the current period on each item since
+//! 2025-03-31, on the subscription before), errors classified by what the caller does.
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
-//! `crm-jobs renew`: the subscription lifecycle (DOMAIN.md "Subscriptions"). Steps, in order:
-//! `expiring` (warn subscriptions whose period ends within `--days`, once per period), `expired`
-//! (make overdue ones inactive and take the plan away), `stripe` (ask Stripe about the
-//! subscriptions whose period ends today and store the new period from Stripe's dates), then
-//! `emails` (send the outbox). Each state change, its audit rows and its email are written in
+//! `crm-jobs renew`: the subscription lifecycle (docs/src/reference/domain.md#subscriptions).
+//! Steps, in order: `expiring` (warn subscriptions whose period ends within `--days`, once per
+//! period), `expired` (make overdue ones inactive and take the plan away), `stripe` (ask Stripe
+//! about the subscriptions whose period ends today and store the new period from Stripe's dates),
+//! then `emails` (send the outbox). Each state change, its audit rows and its email are written in
 //! one transaction; an email is sent at most once knowingly, and one whose outcome is unknown is
 //! reported, not resent.
 
@@ -434,7 +434,8 @@ fn record_stripe(
     let cfg = &ctx.loaded.config.renew;
     let now = clock::to_store(ctx.clock.now());
     let current_end = instant(&sub.current_period_end)?;
-    // Only `active` renews: `trialing` (and the rest) is not a paid period (DOMAIN.md).
+    // Only `active` renews: `trialing` (and the rest) is not a paid period
+    // (docs/src/reference/domain.md#subscriptions).
     let renewable = s.status == "active";
     match s.period {
         Some((start, end)) if renewable && end > current_end => {

@@ -462,8 +462,9 @@ impl NioClient {
                         self.cfg.fields.debts
                     )))
                 })?;
-            // `limit` caps the invoices of one answer, summed over its debts (SERVICES.md §1):
-            // a debt may be split over two pages, and a page of few debts may still be full.
+            // `limit` caps the invoices of one answer, summed over its debts
+            // (docs/src/reference/services.md#nio-negocia-api): a debt may be split over two pages,
+            // and a page of few debts may still be full.
             let before = invoices.len();
             let mut listed = 0u32;
             for debt in debts {

@@ -7,6 +7,7 @@ mod support;
 mod architecture;
 mod boletos;
 mod corpus;
+mod docs;
 mod fetch;
 mod hardening;
 mod imports;
