@@ -129,11 +129,7 @@ impl CrmClient {
             maybe_applied: !e.is_connect(),
         })?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let retry_after = crate::retry::retry_after(resp.headers()).map(|d| d.as_secs());
         let body = resp.bytes().await.map_err(|e| CrmError::Transient {
             status: Some(status.as_u16()),
             message: crate::http::describe_error(&e, "CRM"),

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, anyhow};
 use sha2::{Digest, Sha256};
@@ -27,8 +27,8 @@ use crate::store::{
     PdfOutcome, PdfStatus,
 };
 
-/// How long in-flight contracts may finish after SIGTERM/SIGINT before they are abandoned.
-const GRACE: Duration = Duration::from_secs(5);
+// How long in-flight contracts may finish after SIGTERM/SIGINT before they are abandoned.
+use crate::lifecycle::IN_FLIGHT_GRACE as GRACE;
 
 /// Nio statuses that mean the invoice is paid (the API normally lists only open ones).
 const PAID_STATUSES: &[&str] = &["paid", "pago", "paga", "liquidado", "liquidada", "quitado"];

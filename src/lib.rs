@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod nio;
 pub mod output;
 pub mod pings;
+pub mod retry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod schedule;

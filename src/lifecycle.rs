@@ -21,6 +21,11 @@ use crate::job::Job;
 use crate::output::{Printer, human_duration};
 use crate::store::{FinishedRun, NewRun, RunStatus, Store};
 
+/// How long the items in flight are given to end after SIGINT or SIGTERM before they are
+/// abandoned (nothing recorded for them): the same for every job that works in parallel, and
+/// well inside systemd's `TimeoutStopSec` (see `schedule`).
+pub const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Set when SIGINT or SIGTERM arrives: jobs stop taking new items. A tokio-util
 /// `CancellationToken` (what waits on it wakes once) with the signal that cancelled, which
 /// decides the exit code (130 or 143).

@@ -446,11 +446,11 @@ async fn sales_point(
                 }
             },
             _ = cancel.cancelled(), if deadline.is_none() => {
-                deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
+                deadline = Some(tokio::time::Instant::now() + crate::lifecycle::IN_FLIGHT_GRACE);
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 workers.abort_all();
-                tracing::warn!("clients still in flight 5s after the signal were abandoned; nothing was recorded for them");
+                tracing::warn!("clients still in flight {}s after the signal were abandoned; nothing was recorded for them", crate::lifecycle::IN_FLIGHT_GRACE.as_secs());
                 break;
             }
         }

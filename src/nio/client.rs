@@ -362,21 +362,24 @@ impl NioClient {
         else {
             return Err(err);
         };
-        if *tries >= self.cfg.request_retries {
-            return Err(err);
-        }
-        let wait = match retry_after {
-            Some(d) if d.as_secs() > self.cfg.max_retry_after_secs => {
+        let policy = crate::retry::Backoff {
+            retries: self.cfg.request_retries,
+            first: Duration::from_millis(self.cfg.retry_backoff_ms),
+            jitter: 0.0,
+            max_retry_after: Some(Duration::from_secs(self.cfg.max_retry_after_secs)),
+        };
+        let wait = match policy.wait(*tries, *retry_after) {
+            Ok(wait) => wait,
+            Err(crate::retry::GiveUp::TooLong { asked }) => {
                 return Err(NioError::Transient {
                     message: format!(
                         "{message} (Retry-After {}s is longer than `[nio] max_retry_after_secs`)",
-                        d.as_secs()
+                        asked.as_secs()
                     ),
                     retry_after: *retry_after,
                 });
             }
-            Some(d) => *d,
-            None => Duration::from_millis(self.cfg.retry_backoff_ms << (*tries).min(10)),
+            Err(crate::retry::GiveUp::Spent { .. }) => return Err(err),
         };
         *tries += 1;
         tracing::debug!("transient Nio failure ({message}); trying again in {wait:?}");
@@ -642,11 +645,7 @@ fn header_value(v: &str) -> Result<HeaderValue, NioError> {
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    resp.headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+    crate::retry::retry_after(resp.headers())
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> NioError {
