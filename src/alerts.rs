@@ -170,7 +170,7 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
             _ => {}
         }
     }
-    if queued && (s.smtp.host.is_some() || s.smtp.mode == "eml") {
+    if queued && (s.smtp.host.is_some() || s.smtp.mode == crate::config::SmtpMode::Eml) {
         send_alerts(store, s)?;
     }
     Ok(())

@@ -346,10 +346,10 @@ pub struct CanopusConfig {
     pub kind_field: String,
     pub kind_value: String,
     /// Which quotas of a CPF to take: `each`, `first` or `last`.
-    pub quotas: String,
+    pub quotas: QuotaChoice,
     /// Which installment to take: `month` (the one due in the month asked) or `last` (the
     /// grid's last row, as today's users do).
-    pub row: String,
+    pub row: RowChoice,
     pub timeout_secs: u64,
     /// Portal sessions used at once per sales point (each logs in once).
     pub concurrency: u32,
@@ -387,8 +387,8 @@ impl Default for CanopusConfig {
             date_field: "ctl00$Conteudo$edtDT_Compensacao".into(),
             kind_field: "ctl00$Conteudo$rdlTipoEmissao".into(),
             kind_value: "BA".into(),
-            quotas: "each".into(),
-            row: "month".into(),
+            quotas: QuotaChoice::Each,
+            row: RowChoice::Month,
             timeout_secs: 60,
             concurrency: 4,
             retries: 3,
@@ -634,11 +634,11 @@ impl Default for StripeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// `smtp` sends; `eml` writes each message as a `.eml` file into `eml_dir` (development).
-    pub mode: String,
+    pub mode: SmtpMode,
     pub host: Option<String>,
     pub port: u16,
     /// `none`, `starttls` or `tls` (implicit TLS, usually port 465).
-    pub tls: String,
+    pub tls: SmtpTls,
     /// User for AUTH (the password from `CRM_JOBS_SMTP_PASSWORD` or `password_file`); unset:
     /// no AUTH.
     pub user: Option<String>,
@@ -656,10 +656,10 @@ pub struct SmtpConfig {
 impl Default for SmtpConfig {
     fn default() -> Self {
         SmtpConfig {
-            mode: "smtp".into(),
+            mode: SmtpMode::Smtp,
             host: None,
             port: 587,
-            tls: "starttls".into(),
+            tls: SmtpTls::Starttls,
             user: None,
             password_file: None,
             ca_file: None,
@@ -763,6 +763,73 @@ impl Loaded {
     }
 }
 
+/// `[canopus] quotas`: which quotas of a CPF to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaChoice {
+    Each,
+    First,
+    Last,
+}
+
+/// `[canopus] row`: which installment of a quota to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowChoice {
+    /// The one due in the month asked.
+    Month,
+    /// The grid's last row.
+    Last,
+}
+
+/// `[smtp] mode`: send, or write `.eml` files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpMode {
+    Smtp,
+    Eml,
+}
+
+/// `[smtp] tls`: plain, STARTTLS, or implicit TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+impl SmtpTls {
+    /// As written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpTls::None => "none",
+            SmtpTls::Starttls => "starttls",
+            SmtpTls::Tls => "tls",
+        }
+    }
+}
+
+/// Deserializes `table` as a `Config`, an error naming the key it is about (`[canopus]
+/// quotas`: unknown variant `eachh`, expected one of `each`, `first`, `last`).
+fn config_from(table: toml::Table) -> std::result::Result<Config, String> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().message().to_string();
+        match path.rsplit_once('.') {
+            Some((section, key)) if !section.is_empty() => {
+                format!("`[{section}] {key}`: {message}")
+            }
+            // A top-level key is a section.
+            _ if path != "." && !path.is_empty() => format!(
+                "`[{path}]`: {}",
+                message.replacen("unknown field", "unknown section", 1)
+            ),
+            _ => message,
+        }
+    })
+}
+
 /// Loads and validates the configuration.
 pub fn load(flag: Option<&Path>) -> Result<Loaded> {
     let file = locate(flag)?;
@@ -776,12 +843,8 @@ pub fn load(flag: Option<&Path>) -> Result<Loaded> {
             CodedError::config(format!("invalid config file `{}`: {e}", path.display()))
         })?;
         // Validate the file alone first, so that an error names the file.
-        let mut parsed: Config = table.clone().try_into().map_err(|e: toml::de::Error| {
-            CodedError::config(format!(
-                "invalid config file `{}`: {}",
-                path.display(),
-                e.message()
-            ))
+        let mut parsed: Config = config_from(table.clone()).map_err(|e| {
+            CodedError::config(format!("invalid config file `{}`: {e}", path.display()))
         })?;
         let base = path.parent().unwrap_or(Path::new("/"));
         resolve_paths(&mut parsed, base);
@@ -794,9 +857,8 @@ pub fn load(flag: Option<&Path>) -> Result<Loaded> {
             target.insert(k, v);
         }
     }
-    let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
-        CodedError::config(format!("invalid configuration: {}", e.message()))
-    })?;
+    let mut config: Config = config_from(table)
+        .map_err(|e| CodedError::config(format!("invalid configuration: {e}")))?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     resolve_paths(&mut config, &cwd);
     // Job names have `-`, environment variables cannot: `CRM_JOBS_PINGS_FETCH_INVOICES` names
@@ -892,10 +954,9 @@ fn env_overrides() -> Result<(EnvTable, Vec<String>)> {
         // Check the key exists in that section by deserializing it alone.
         let mut probe = toml::Table::new();
         section_table(&mut probe, section).insert(key.clone(), value.clone());
-        if let Err(e) = Config::deserialize(probe) {
+        if let Err(e) = config_from(probe) {
             return Err(CodedError::config(format!(
-                "invalid environment variable `{name}`: {}",
-                e.message()
+                "invalid environment variable `{name}`: {e}"
             )));
         }
         match out.iter_mut().find(|(s, _)| s == section) {
@@ -997,18 +1058,6 @@ fn validate(config: &Config) -> Result<()> {
             "`[canopus] base_url` = `{url}` is not an http(s) URL"
         )));
     }
-    if !["each", "first", "last"].contains(&canopus.quotas.as_str()) {
-        return Err(CodedError::config(format!(
-            "`[canopus] quotas` = `{}` is not one of `each`, `first`, `last`",
-            canopus.quotas
-        )));
-    }
-    if !["month", "last"].contains(&canopus.row.as_str()) {
-        return Err(CodedError::config(format!(
-            "`[canopus] row` = `{}` is not one of `month`, `last`",
-            canopus.row
-        )));
-    }
     let crm = &config.crm;
     if let Some(url) = &crm.base_url
         && !reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http" || u.scheme() == "https")
@@ -1054,14 +1103,6 @@ fn validate(config: &Config) -> Result<()> {
         ));
     }
     let smtp = &config.smtp;
-    if !["smtp", "eml"].contains(&smtp.mode.as_str())
-        || !["none", "starttls", "tls"].contains(&smtp.tls.as_str())
-    {
-        return Err(CodedError::config(format!(
-            "`[smtp] mode` = `{}` / `tls` = `{}`: mode is `smtp` or `eml`, tls is `none`, `starttls` or `tls`",
-            smtp.mode, smtp.tls
-        )));
-    }
     if smtp.from.parse::<lettre::message::Mailbox>().is_err() {
         return Err(CodedError::config(format!(
             "`[smtp] from` = `{}` is not an address (e.g. `Equipe <nao-responda@example.com>`)",

@@ -238,7 +238,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             reach(&mut r, name, url).await;
         }
         // SMTP: the same conversation `renew` starts (connect, EHLO, TLS, AUTH), no message.
-        if cfg.smtp.mode == "smtp"
+        if cfg.smtp.mode == crate::config::SmtpMode::Smtp
             && let Some(host) = &cfg.smtp.host
         {
             let password = match cfg.smtp.user {
@@ -261,7 +261,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                             "ok",
                             format!(
                                 "`{at}` answers (EHLO, TLS `{}`, AUTH when a user is set)",
-                                cfg.smtp.tls
+                                cfg.smtp.tls.as_str()
                             ),
                         ),
                         Err(e @ crate::mailer::Unusable::Credentials(_)) => {

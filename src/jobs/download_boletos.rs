@@ -20,6 +20,7 @@ use crate::boleto_files;
 use crate::canopus::{BoletoRow, Portal, PortalError, QuotaLink};
 use crate::clock::{self, Clock};
 use crate::config::CanopusConfig;
+use crate::config::{QuotaChoice, RowChoice};
 use crate::domain::boleto;
 use crate::domain::cpf::Cpf;
 use crate::exit::{Code, CodedError};
@@ -628,10 +629,10 @@ async fn client_boletos(
         progress.not_client = progress.quotas.is_empty();
         return Ok(());
     }
-    let chosen: Vec<QuotaLink> = match cfg.quotas.as_str() {
-        "first" => links.into_iter().take(1).collect(),
-        "last" => links.pop().into_iter().collect(),
-        _ => links,
+    let chosen: Vec<QuotaLink> = match cfg.quotas {
+        QuotaChoice::First => links.into_iter().take(1).collect(),
+        QuotaChoice::Last => links.pop().into_iter().collect(),
+        QuotaChoice::Each => links,
     };
     progress.count = chosen.len();
     // After a quota failed on a page the portal may be anywhere: search again before the next.
@@ -673,9 +674,9 @@ async fn client_boletos(
             }
         };
         let (year, month) = (s.target.year, s.target.month);
-        let row = match cfg.row.as_str() {
-            "last" => rows.last().cloned(),
-            _ => rows
+        let row = match cfg.row {
+            RowChoice::Last => rows.last().cloned(),
+            RowChoice::Month => rows
                 .iter()
                 .find(|r| r.due.year() == year && r.due.month() == month)
                 .cloned(),

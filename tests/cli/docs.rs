@@ -260,8 +260,21 @@ impl<'de> de::Deserializer<'de> for Walk<'_> {
     }
 
     serde::forward_to_deserialize_any! {
-        f32 f64 char bytes byte_buf unit unit_struct newtype_struct tuple tuple_struct enum
+        f32 f64 char bytes byte_buf unit unit_struct newtype_struct tuple tuple_struct
         identifier ignored_any i128 u128
+    }
+
+    /// A choice among words (`[smtp] tls`): a string in the file.
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.leaf("string");
+        visitor.visit_enum(de::IntoDeserializer::<Error>::into_deserializer(
+            variants[0],
+        ))
     }
 }
 
