@@ -395,8 +395,7 @@ mod tests {
 
     #[test]
     fn singular_names_stand_for_their_entity() {
-        let resources: std::collections::BTreeMap<String, String> =
-            crate::config::CrmConfig::default().resources;
+        let resources: std::collections::BTreeMap<String, String> = CrmConfig::default().resources;
         for (name, entity) in [
             ("cliente", Some("clientes")),
             ("clientes", Some("clientes")),

@@ -620,7 +620,7 @@ impl Store {
     /// Records a transient failure: due again at `due_at`, or `failed` at the attempt limit;
     /// `unknown`: the request may have been applied (a create's outcome is then unknown).
     /// Returns whether it failed for good.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per column written")]
     pub fn record_retry(
         &mut self,
         id: i64,
@@ -645,7 +645,7 @@ impl Store {
     }
 
     /// Appends to the request log.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per column written")]
     pub fn log_request(
         &mut self,
         item_id: i64,
