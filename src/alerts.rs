@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{AlertsConfig, Config, SmtpConfig};
 use crate::mailer::{Mailer, Outcome};
-use crate::schedule::Planned;
 use crate::store::{NewEmail, Store};
+use crate::timers::Planned;
 
 struct Settings {
     alerts: AlertsConfig,
@@ -31,7 +31,7 @@ pub fn configure(config: &Config, password: Option<String>) {
                 smtp: config.smtp.clone(),
                 password,
                 domain: config.renew.message_id_domain.clone(),
-                plan: crate::schedule::plan(config).unwrap_or_default(),
+                plan: crate::timers::plan(config).unwrap_or_default(),
             })
             .ok();
     }
@@ -188,7 +188,7 @@ fn overdue(
     }
     let missed = a.missed_starts as usize;
     let grace = chrono::Duration::minutes(i64::from(a.grace_minutes));
-    let Some(deadline) = crate::schedule::deadline(&s.plan, job, now - grace, missed) else {
+    let Some(deadline) = crate::timers::deadline(&s.plan, job, now - grace, missed) else {
         return Ok(None);
     };
     // A job that never succeeded is measured from its first run, else from the store's.

@@ -26,11 +26,11 @@ pub mod nio;
 pub mod output;
 pub mod pings;
 pub mod sandbox;
-pub mod schedule;
 pub mod secret_box;
 pub mod spreadsheet;
 pub mod store;
 pub mod stripe;
+pub mod timers;
 pub mod tls;
 
 use std::process::ExitCode;

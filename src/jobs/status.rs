@@ -22,11 +22,11 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
         .iter()
         .map(|j| store.job_state(j))
         .collect::<Result<_>>()?;
-    let plan = crate::schedule::plan(&ctx.loaded.config)?;
+    let plan = crate::timers::plan(&ctx.loaded.config)?;
     let now = ctx.clock.now();
     let next: Vec<Option<chrono::DateTime<chrono::Utc>>> = JOBS
         .iter()
-        .map(|j| crate::schedule::next_start(&plan, j, now))
+        .map(|j| crate::timers::next_start(&plan, j, now))
         .collect();
     let today = ctx.clock.today();
     let invoices = store.invoice_status_counts()?;
