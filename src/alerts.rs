@@ -114,11 +114,11 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
         let open = store.open_incident(job, kind)?;
         match (problem, open) {
             (Some(detail), None) => {
-                let subject = format!("🚨 crm-jobs: {}: {detail}", job);
-                let text = format!(
-                    "O job `{}` precisa de atenção: {detail}.\n\nVeja `crm-jobs status` e o último run (`crm-jobs status --json`).\nUm novo email chega quando o problema for resolvido.\n",
-                    job
-                );
+                let subject = format!("🚨 crm-jobs: {job}: {detail}");
+                let (text, html) = bodies(
+                    "opened",
+                    minijinja::context! { job => job, detail => &detail },
+                )?;
                 let key = format!("alert:{}:{kind}:{now}:open", job);
                 let id = format!(
                     "<alert.{}.{kind}.{}.open@{}>",
@@ -131,17 +131,17 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
                     kind,
                     &detail,
                     &now,
-                    &email(&key, &id, &to, &subject, &text),
+                    &email(&key, &id, &to, &subject, &text, &html),
                 )?;
                 tracing::warn!("alert opened for `{}`: {detail}", job);
                 queued = true;
             }
             (None, Some((id, opened))) => {
-                let subject = format!("✅ crm-jobs: {} voltou ao normal ({kind})", job);
-                let text = format!(
-                    "O problema do job `{}` aberto em {opened} foi resolvido.\n",
-                    job
-                );
+                let subject = format!("✅ crm-jobs: {job} voltou ao normal ({kind})");
+                let (text, html) = bodies(
+                    "cleared",
+                    minijinja::context! { job => job, opened => &opened },
+                )?;
                 let key = format!("alert:{}:{kind}:{opened}:clear", job);
                 let mid = format!(
                     "<alert.{}.{kind}.{}.clear@{}>",
@@ -152,7 +152,7 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
                 store.clear_incident_with_email(
                     id,
                     &now,
-                    &email(&key, &mid, &to, &subject, &text),
+                    &email(&key, &mid, &to, &subject, &text, &html),
                 )?;
                 tracing::info!("alert cleared for `{}` ({kind})", job);
                 queued = true;
@@ -219,12 +219,21 @@ fn overdue(
     ))))
 }
 
+/// The plain-text and HTML bodies of an alert email, from `templates/alert/<which>.txt|html`.
+fn bodies(which: &str, ctx: minijinja::Value) -> anyhow::Result<(String, String)> {
+    Ok((
+        crate::templates::render(&format!("alert/{which}.txt"), &ctx)?,
+        crate::templates::render(&format!("alert/{which}.html"), &ctx)?,
+    ))
+}
+
 fn email<'a>(
     key: &'a str,
     id: &'a str,
     to: &'a str,
     subject: &'a str,
     text: &'a str,
+    html: &'a str,
 ) -> NewEmail<'a> {
     NewEmail {
         dedupe_key: key,
@@ -234,7 +243,7 @@ fn email<'a>(
         to,
         subject,
         text,
-        html: text,
+        html,
     }
 }
 
@@ -267,4 +276,44 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
     }
     tokio::task::block_in_place(|| handle.block_on(mailer.close()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job's problem comes from outside (an error a service answered): in the HTML part it is
+    /// text, never markup; the plain-text part keeps it as it is.
+    #[test]
+    fn a_hostile_detail_is_escaped_in_the_html_part_of_an_alert() {
+        let detail = r#"<script>alert("x")</script> & "quoted""#;
+        let (text, html) = bodies(
+            "opened",
+            minijinja::context! { job => "fetch-invoices", detail => detail },
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "O job `fetch-invoices` precisa de atenção: {detail}.\n\nVeja `crm-jobs status` e o último run (`crm-jobs status --json`).\nUm novo email chega quando o problema for resolvido.\n"
+            )
+        );
+        assert!(!html.contains("<script"), "{html}");
+        assert!(
+            html.contains(
+                "precisa de atenção: &lt;script&gt;alert(&quot;x&quot;)&lt;&#x2f;script&gt; &amp; &quot;quoted&quot;."
+            ),
+            "{html}"
+        );
+        let (text, html) = bodies(
+            "cleared",
+            minijinja::context! { job => "renew", opened => "2025-11-10T12:00:00.000Z" },
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "O problema do job `renew` aberto em 2025-11-10T12:00:00.000Z foi resolvido.\n"
+        );
+        assert!(html.contains("<code>renew</code> aberto em"), "{html}");
+    }
 }

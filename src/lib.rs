@@ -30,6 +30,7 @@ pub mod secret_box;
 pub mod spreadsheet;
 pub mod store;
 pub mod stripe;
+pub mod templates;
 pub mod timers;
 pub mod tls;
 
