@@ -129,11 +129,7 @@ impl CrmClient {
             maybe_applied: !e.is_connect(),
         })?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let retry_after = crate::http::retry_after(resp.headers());
         let body = resp.bytes().await.map_err(|e| CrmError::Transient {
             status: Some(status.as_u16()),
             message: crate::http::describe_error(&e, "CRM"),
@@ -173,7 +169,7 @@ impl CrmClient {
                 message()
             ))),
             StatusCode::TOO_MANY_REQUESTS => Err(CrmError::RateLimited {
-                retry_after: Duration::from_secs(retry_after.unwrap_or(1)),
+                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
             }),
             s if s.is_server_error() => Err(CrmError::Transient {
                 status: Some(s.as_u16()),

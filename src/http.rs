@@ -1,8 +1,10 @@
 //! What the HTTP clients share: the client builder (trusting the system's CAs and those of
 //! `[tls] ca_file`, a certificate of which a server may also present as its own: see
-//! [`crate::tls`]) and how a failed request is described to an operator.
+//! [`crate::tls`]), how a failed request is described to an operator, and how long a
+//! `Retry-After` asks to wait.
 
 use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use tokio_rustls::rustls::pki_types::CertificateDer;
@@ -93,9 +95,99 @@ pub fn describe_error(e: &reqwest::Error, service: &str) -> String {
     message
 }
 
+/// How long an answer's `Retry-After` asks to wait (RFC 9110 §10.2.3): delay-seconds, or an
+/// HTTP-date (an instant already past asks for no wait). `None`: no header, or one that is
+/// neither.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, SystemTime::now())
+}
+
+/// A `Retry-After` value read at `now`. The date may be in any of the three forms a recipient
+/// must accept (IMF-fixdate, RFC 850, asctime); the wait is rounded up to whole seconds.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse().ok().map(Duration::from_secs);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
+    Some(Duration::from_secs(
+        wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example date.
+    fn example_date() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)
+    }
+
+    #[test]
+    fn retry_after_in_seconds() {
+        let now = example_date();
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date() {
+        let now = example_date() - Duration::from_secs(90);
+        for form in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",  // IMF-fixdate
+            "Sunday, 06-Nov-94 08:49:37 GMT", // RFC 850
+            "Sun Nov  6 08:49:37 1994",       // asctime
+        ] {
+            assert_eq!(
+                parse_retry_after(form, now),
+                Some(Duration::from_secs(90)),
+                "{form}"
+            );
+        }
+        // Part of a second still to go is waited as a whole one.
+        let now = example_date() - Duration::from_millis(1500);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(2))
+        );
+        // A date already past: no wait.
+        let now = example_date() + Duration::from_secs(3600);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn retry_after_that_is_neither_is_none() {
+        let now = example_date();
+        for garbage in [
+            "",
+            "   ",
+            "soon",
+            "-5",
+            "+5",
+            "1.5",
+            "12s",
+            "99999999999999999999999",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "06 Nov 1994 08:49:37",
+            "2025-11-10T12:00:00Z",
+        ] {
+            assert_eq!(parse_retry_after(garbage, now), None, "{garbage:?}");
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(reqwest::header::RETRY_AFTER, "30".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(30)));
+    }
 
     #[test]
     fn an_id_stays_in_its_path_segment() {

@@ -124,12 +124,7 @@ impl StripeClient {
                 )
             })?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::http::retry_after(resp.headers());
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         let message = body
             .pointer("/error/message")

@@ -256,7 +256,7 @@ impl NioClient {
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Err(NioError::Transient {
                 message: format!("the Nio session endpoint answered {status}"),
-                retry_after: retry_after(&resp),
+                retry_after: crate::http::retry_after(resp.headers()),
             });
         }
         if !status.is_success() {
@@ -428,13 +428,13 @@ impl NioClient {
                 429 => {
                     return Err(PageError::Other(NioError::Transient {
                         message: "the Nio API answered 429 Too Many Requests".into(),
-                        retry_after: retry_after(&resp),
+                        retry_after: crate::http::retry_after(resp.headers()),
                     }));
                 }
                 500..=599 => {
                     return Err(PageError::Other(NioError::Transient {
                         message: format!("the Nio API answered {status}"),
-                        retry_after: retry_after(&resp),
+                        retry_after: crate::http::retry_after(resp.headers()),
                     }));
                 }
                 _ => {
@@ -626,7 +626,7 @@ fn check_status(resp: reqwest::Response, what: &str) -> Result<reqwest::Response
         // 401/403: the session may have just expired; the next attempt bootstraps again.
         401 | 403 | 429 | 500..=599 => Err(NioError::Transient {
             message: format!("{what} answered {status}"),
-            retry_after: retry_after(&resp),
+            retry_after: crate::http::retry_after(resp.headers()),
         }),
         _ => Err(NioError::Permanent(format!("{what} answered {status}"))),
     }
@@ -638,14 +638,6 @@ fn header_value(v: &str) -> Result<HeaderValue, NioError> {
             "the Nio token holds characters not allowed in a header: the API changed".into(),
         )
     })
-}
-
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    resp.headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> NioError {
