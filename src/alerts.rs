@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{AlertsConfig, Config, SmtpConfig};
 use crate::mailer::{Mailer, Outcome};
-use crate::schedule::Planned;
 use crate::store::{EmailStatus, NewEmail, Store};
+use crate::timers::Planned;
 
 struct Settings {
     alerts: AlertsConfig,
@@ -35,7 +35,7 @@ impl Alerts {
                     smtp: config.smtp.clone(),
                     password,
                     domain: config.renew.message_id_domain.clone(),
-                    plan: crate::schedule::plan(config).unwrap_or_default(),
+                    plan: crate::timers::plan(config).unwrap_or_default(),
                 })
             }),
         }
@@ -124,11 +124,11 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
         let open = store.open_incident(job, kind)?;
         match (problem, open) {
             (Some(detail), None) => {
-                let subject = format!("🚨 crm-jobs: {}: {detail}", job);
-                let text = format!(
-                    "O job `{}` precisa de atenção: {detail}.\n\nVeja `crm-jobs status` e o último run (`crm-jobs status --json`).\nUm novo email chega quando o problema for resolvido.\n",
-                    job
-                );
+                let subject = format!("🚨 crm-jobs: {job}: {detail}");
+                let (text, html) = bodies(
+                    "opened",
+                    minijinja::context! { job => job, detail => &detail },
+                )?;
                 let key = format!("alert:{}:{kind}:{now}:open", job);
                 let id = format!(
                     "<alert.{}.{kind}.{}.open@{}>",
@@ -141,17 +141,17 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
                     kind,
                     &detail,
                     &now,
-                    &email(&key, &id, &to, &subject, &text),
+                    &email(&key, &id, &to, &subject, &text, &html),
                 )?;
                 tracing::warn!("alert opened for `{}`: {detail}", job);
                 queued = true;
             }
             (None, Some((id, opened))) => {
-                let subject = format!("✅ crm-jobs: {} voltou ao normal ({kind})", job);
-                let text = format!(
-                    "O problema do job `{}` aberto em {opened} foi resolvido.\n",
-                    job
-                );
+                let subject = format!("✅ crm-jobs: {job} voltou ao normal ({kind})");
+                let (text, html) = bodies(
+                    "cleared",
+                    minijinja::context! { job => job, opened => &opened },
+                )?;
                 let key = format!("alert:{}:{kind}:{opened}:clear", job);
                 let mid = format!(
                     "<alert.{}.{kind}.{}.clear@{}>",
@@ -162,7 +162,7 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
                 store.clear_incident_with_email(
                     id,
                     &now,
-                    &email(&key, &mid, &to, &subject, &text),
+                    &email(&key, &mid, &to, &subject, &text, &html),
                 )?;
                 tracing::info!("alert cleared for `{}` ({kind})", job);
                 queued = true;
@@ -198,7 +198,7 @@ fn overdue(
     }
     let missed = a.missed_starts as usize;
     let grace = chrono::Duration::minutes(i64::from(a.grace_minutes));
-    let Some(deadline) = crate::schedule::deadline(&s.plan, job, now - grace, missed) else {
+    let Some(deadline) = crate::timers::deadline(&s.plan, job, now - grace, missed) else {
         return Ok(None);
     };
     // A job that never succeeded is measured from its first run, else from the store's.
@@ -229,12 +229,21 @@ fn overdue(
     ))))
 }
 
+/// The plain-text and HTML bodies of an alert email, from `templates/alert/<which>.txt|html`.
+fn bodies(which: &str, ctx: minijinja::Value) -> anyhow::Result<(String, String)> {
+    Ok((
+        crate::templates::render(&format!("alert/{which}.txt"), &ctx)?,
+        crate::templates::render(&format!("alert/{which}.html"), &ctx)?,
+    ))
+}
+
 fn email<'a>(
     key: &'a str,
     id: &'a str,
     to: &'a str,
     subject: &'a str,
     text: &'a str,
+    html: &'a str,
 ) -> NewEmail<'a> {
     NewEmail {
         dedupe_key: key,
@@ -244,7 +253,7 @@ fn email<'a>(
         to,
         subject,
         text,
-        html: text,
+        html,
     }
 }
 
@@ -277,4 +286,44 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
     }
     tokio::task::block_in_place(|| handle.block_on(mailer.close()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job's problem comes from outside (an error a service answered): in the HTML part it is
+    /// text, never markup; the plain-text part keeps it as it is.
+    #[test]
+    fn a_hostile_detail_is_escaped_in_the_html_part_of_an_alert() {
+        let detail = r#"<script>alert("x")</script> & "quoted""#;
+        let (text, html) = bodies(
+            "opened",
+            minijinja::context! { job => "fetch-invoices", detail => detail },
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "O job `fetch-invoices` precisa de atenção: {detail}.\n\nVeja `crm-jobs status` e o último run (`crm-jobs status --json`).\nUm novo email chega quando o problema for resolvido.\n"
+            )
+        );
+        assert!(!html.contains("<script"), "{html}");
+        assert!(
+            html.contains(
+                "precisa de atenção: &lt;script&gt;alert(&quot;x&quot;)&lt;&#x2f;script&gt; &amp; &quot;quoted&quot;."
+            ),
+            "{html}"
+        );
+        let (text, html) = bodies(
+            "cleared",
+            minijinja::context! { job => "renew", opened => "2025-11-10T12:00:00.000Z" },
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "O problema do job `renew` aberto em 2025-11-10T12:00:00.000Z foi resolvido.\n"
+        );
+        assert!(html.contains("<code>renew</code> aberto em"), "{html}");
+    }
 }

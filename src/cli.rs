@@ -160,11 +160,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
 }
 
 /// Checks the schedule (`[schedule]`) when the configuration loads: its entries
-/// ([`crate::schedule::plan`]), then each command line (`command`, `then`) against the
+/// ([`crate::timers::plan`]), then each command line (`command`, `then`) against the
 /// arguments of its own subcommand, so that a misspelt flag is a configuration error now
 /// rather than a failed start at 3 a.m.
 fn check_schedule(config: &crate::config::Config) -> anyhow::Result<()> {
-    for p in crate::schedule::plan(config)? {
+    for p in crate::timers::plan(config)? {
         let lines =
             std::iter::once(("command", &p.command)).chain(p.then.iter().map(|t| ("then", t)));
         for (key, words) in lines {

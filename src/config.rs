@@ -84,7 +84,7 @@ pub struct Config {
     /// `[pings]`: a Healthchecks.io-style URL per job (`fetch-invoices = "https://hc-ping.com/..."`).
     pub pings: std::collections::BTreeMap<String, String>,
     /// `[schedule.<name>]`: when each job runs (changes the built-in schedule, see
-    /// `crate::schedule`).
+    /// `crate::timers`).
     pub schedule: std::collections::BTreeMap<String, ScheduleEntry>,
     pub alerts: AlertsConfig,
 }

@@ -129,7 +129,7 @@ impl CrmClient {
             maybe_applied: !e.is_connect(),
         })?;
         let status = resp.status();
-        let retry_after = crate::retry::retry_after(resp.headers()).map(|d| d.as_secs());
+        let retry_after = crate::retry::retry_after(resp.headers());
         let body = resp.bytes().await.map_err(|e| CrmError::Transient {
             status: Some(status.as_u16()),
             message: crate::http::describe_error(&e, "CRM"),
@@ -169,7 +169,7 @@ impl CrmClient {
                 message()
             ))),
             StatusCode::TOO_MANY_REQUESTS => Err(CrmError::RateLimited {
-                retry_after: Duration::from_secs(retry_after.unwrap_or(1)),
+                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
             }),
             s if s.is_server_error() => Err(CrmError::Transient {
                 status: Some(s.as_u16()),
@@ -350,8 +350,7 @@ mod tests {
 
     #[test]
     fn singular_names_stand_for_their_entity() {
-        let resources: std::collections::BTreeMap<String, String> =
-            crate::config::CrmConfig::default().resources;
+        let resources: std::collections::BTreeMap<String, String> = CrmConfig::default().resources;
         for (name, entity) in [
             ("cliente", Some("clientes")),
             ("clientes", Some("clientes")),

@@ -43,7 +43,7 @@ pub struct Engine {
     pub origin: String,
     pub max_attempts: u32,
     /// Attempt times follow `CRM_JOBS_NOW` like every other date.
-    pub clock: crate::clock::Clock,
+    pub clock: clock::Clock,
 }
 
 /// Removes partial PDFs left by a killed run (never under a final name: see `files`).
@@ -377,7 +377,7 @@ async fn fetch_contract(
     work: ContractWork,
     downloads: &std::path::Path,
     pdfs: bool,
-    clock: crate::clock::Clock,
+    clock: clock::Clock,
 ) -> Done {
     let started = Instant::now();
     let started_at = clock::to_store(clock.now());

@@ -184,7 +184,10 @@ pub fn is_name_refused(err: &anyhow::Error) -> bool {
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|e| {
             e.kind() == std::io::ErrorKind::InvalidFilename
-                || matches!(e.raw_os_error(), Some(libc::ENAMETOOLONG | libc::EILSEQ))
+                || matches!(
+                    rustix::io::Errno::from_io_error(e),
+                    Some(rustix::io::Errno::NAMETOOLONG | rustix::io::Errno::ILSEQ)
+                )
         })
 }
 
@@ -218,13 +221,13 @@ mod tests {
     #[test]
     fn an_atomic_write_never_replaces_what_is_not_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("taken")).unwrap();
+        fs::create_dir(dir.path().join("taken")).unwrap();
         let e = write_atomic(dir.path(), "taken", b"x").unwrap_err();
         assert!(e.to_string().contains("is not a regular file"), "{e}");
         assert!(dir.path().join("taken").is_dir());
         write_atomic(dir.path(), "new.txt", b"x").unwrap();
         write_atomic(dir.path(), "new.txt", b"y").unwrap();
-        assert_eq!(std::fs::read(dir.path().join("new.txt")).unwrap(), b"y");
+        assert_eq!(fs::read(dir.path().join("new.txt")).unwrap(), b"y");
     }
 
     #[test]
@@ -257,7 +260,7 @@ mod tests {
         assert!(is_name_refused(&e), "{e:#}");
         write_atomic(&dir.path().join(&ca), "f.pdf", b"%PDF-").unwrap();
         // Another failure (a file where a folder should be) is not about the name.
-        std::fs::write(dir.path().join("file"), b"").unwrap();
+        fs::write(dir.path().join("file"), b"").unwrap();
         let e = write_atomic(&dir.path().join("file"), "f.pdf", b"%PDF-").unwrap_err();
         assert!(!is_name_refused(&e), "{e:#}");
     }

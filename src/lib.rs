@@ -29,11 +29,12 @@ pub mod pings;
 pub mod retry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
-pub mod schedule;
 pub mod secret_box;
 pub mod spreadsheet;
 pub mod store;
 pub mod stripe;
+pub mod templates;
+pub mod timers;
 pub mod tls;
 
 use std::process::ExitCode;

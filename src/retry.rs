@@ -16,21 +16,26 @@ pub fn is_transient_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 425 | 429) || status.is_server_error()
 }
 
-/// How long the server asked to wait before the next request (RFC 9110 §10.2.3): a number of
-/// seconds, or an HTTP date (a date already past is no wait). `None` without the header, or
-/// with one that is neither.
+/// How long an answer's `Retry-After` asks to wait (RFC 9110 §10.2.3): delay-seconds, or an
+/// HTTP-date (an instant already past asks for no wait). `None`: no header, or one that is
+/// neither.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    retry_after_at(headers, SystemTime::now())
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, SystemTime::now())
 }
 
-/// [`retry_after`] as seen at `now`.
-pub fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+/// A `Retry-After` value read at `now`. The date may be in any of the three forms a recipient
+/// must accept (IMF-fixdate, RFC 850, asctime); the wait is rounded up to whole seconds.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse().ok().map(Duration::from_secs);
     }
-    let at = httpdate::parse_http_date(text).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let at = httpdate::parse_http_date(value).ok()?;
+    let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
+    Some(Duration::from_secs(
+        wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+    ))
 }
 
 /// Why no other try is made.
@@ -113,39 +118,73 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
-    fn headers(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
-        h
+    /// Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example date.
+    fn example_date() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)
     }
 
     #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        let at = |v: &str| retry_after_at(&headers(v), now);
-        assert_eq!(at("120"), Some(Duration::from_secs(120)));
-        assert_eq!(at(" 0 "), Some(Duration::ZERO));
-        // The three forms RFC 9110 makes recipients accept.
+    fn retry_after_in_seconds() {
+        let now = example_date();
         assert_eq!(
-            at("Sun, 06 Nov 1994 08:51:37 GMT"),
+            parse_retry_after("120", now),
             Some(Duration::from_secs(120))
         );
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date() {
+        let now = example_date() - Duration::from_secs(90);
+        for form in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",  // IMF-fixdate
+            "Sunday, 06-Nov-94 08:49:37 GMT", // RFC 850
+            "Sun Nov  6 08:49:37 1994",       // asctime
+        ] {
+            assert_eq!(
+                parse_retry_after(form, now),
+                Some(Duration::from_secs(90)),
+                "{form}"
+            );
+        }
+        // Part of a second still to go is waited as a whole one.
+        let now = example_date() - Duration::from_millis(1500);
         assert_eq!(
-            at("Sunday, 06-Nov-94 08:50:37 GMT"),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            at("Sun Nov  6 08:49:47 1994"),
-            Some(Duration::from_secs(10))
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(2))
         );
         // A date already past: no wait.
-        assert_eq!(at("Sun, 06 Nov 1994 08:00:00 GMT"), Some(Duration::ZERO));
-        for garbage in ["-1", "1.5", "soon", "", "Sun, 31 Feb 1994 08:00:00 GMT"] {
-            assert_eq!(at(garbage), None, "{garbage:?}");
+        let now = example_date() + Duration::from_secs(3600);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn retry_after_that_is_neither_is_none() {
+        let now = example_date();
+        for garbage in [
+            "",
+            "   ",
+            "soon",
+            "-5",
+            "+5",
+            "1.5",
+            "12s",
+            "99999999999999999999999",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "06 Nov 1994 08:49:37",
+            "2025-11-10T12:00:00Z",
+        ] {
+            assert_eq!(parse_retry_after(garbage, now), None, "{garbage:?}");
         }
-        assert_eq!(retry_after_at(&HeaderMap::new(), now), None);
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, "30".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(30)));
     }
 
     #[test]

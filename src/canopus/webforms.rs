@@ -655,7 +655,7 @@ impl Browser {
     async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, PortalError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, PortalError>>,
+        Fut: Future<Output = Result<T, PortalError>>,
     {
         crate::retry::Backoff {
             retries: self.retry.retries,

@@ -346,7 +346,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
 
 /// Runs one sales point; returns why it stopped early, if it did (a refused login, or no
 /// session able to log in).
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one sales point's credentials and the run's settings, each read once here"
+)]
 async fn sales_point(
     run: &mut JobRun,
     cfg: &CanopusConfig,
@@ -880,7 +883,10 @@ fn record_client(
 
 /// Writes a client's boleto under its name, never over another client's file. A file of the
 /// same client and month from another year is put aside in a folder named after its year.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the boleto, its client and the parts of its file name"
+)]
 fn save(
     run: &mut JobRun,
     downloads: &Path,

@@ -12,7 +12,7 @@ use chrono::{Datelike, Days, NaiveDate};
 use super::Ctx;
 use crate::clock;
 use crate::domain::cpf::Cpf;
-use crate::domain::{money, schedule};
+use crate::domain::{due_dates, money};
 use crate::exit::Code;
 use crate::store::{ContractImport, ExpectedInvoice};
 
@@ -562,13 +562,13 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
                         continue;
                     }
                 };
-                let expected: Vec<ExpectedInvoice> = (1..=schedule::EXPECTED_INVOICES)
+                let expected: Vec<ExpectedInvoice> = (1..=due_dates::EXPECTED_INVOICES)
                     .map(|n| {
-                        let due = schedule::due_date(installed, n);
+                        let due = due_dates::due_date(installed, n);
                         ExpectedInvoice {
                             number: n,
                             due_date: due,
-                            available_from: schedule::available_from(installed, n, due),
+                            available_from: due_dates::available_from(installed, n, due),
                         }
                     })
                     .collect();
@@ -605,7 +605,7 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
         report.ok,
         sheet.name,
         report.ok - new,
-        schedule::EXPECTED_INVOICES,
+        due_dates::EXPECTED_INVOICES,
         report.bad,
         sheet.ignored_note()
     ));
@@ -632,7 +632,7 @@ fn invoices(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
         let Some(number) = raw_n
             .parse::<u32>()
             .ok()
-            .filter(|n| (1..=schedule::EXPECTED_INVOICES).contains(n))
+            .filter(|n| (1..=due_dates::EXPECTED_INVOICES).contains(n))
         else {
             report.bad(
                 &sheet,

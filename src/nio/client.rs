@@ -256,7 +256,7 @@ impl NioClient {
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Err(NioError::Transient {
                 message: format!("the Nio session endpoint answered {status}"),
-                retry_after: retry_after(&resp),
+                retry_after: crate::retry::retry_after(resp.headers()),
             });
         }
         if !status.is_success() {
@@ -431,13 +431,13 @@ impl NioClient {
                 429 => {
                     return Err(PageError::Other(NioError::Transient {
                         message: "the Nio API answered 429 Too Many Requests".into(),
-                        retry_after: retry_after(&resp),
+                        retry_after: crate::retry::retry_after(resp.headers()),
                     }));
                 }
                 500..=599 => {
                     return Err(PageError::Other(NioError::Transient {
                         message: format!("the Nio API answered {status}"),
-                        retry_after: retry_after(&resp),
+                        retry_after: crate::retry::retry_after(resp.headers()),
                     }));
                 }
                 _ => {
@@ -630,7 +630,7 @@ fn check_status(resp: reqwest::Response, what: &str) -> Result<reqwest::Response
         // 401/403: the session may have just expired; the next attempt bootstraps again.
         401 | 403 | 429 | 500..=599 => Err(NioError::Transient {
             message: format!("{what} answered {status}"),
-            retry_after: retry_after(&resp),
+            retry_after: crate::retry::retry_after(resp.headers()),
         }),
         _ => Err(NioError::Permanent(format!("{what} answered {status}"))),
     }
@@ -642,10 +642,6 @@ fn header_value(v: &str) -> Result<HeaderValue, NioError> {
             "the Nio token holds characters not allowed in a header: the API changed".into(),
         )
     })
-}
-
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    crate::retry::retry_after(resp.headers())
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> NioError {

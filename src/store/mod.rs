@@ -338,8 +338,7 @@ mod tests {
     #[test]
     fn a_new_store_and_its_wal_files_are_private_under_umask_022() {
         use std::os::unix::fs::PermissionsExt;
-        // SAFETY: umask only sets the process's file-creation mask; 022 is the usual default.
-        unsafe { libc::umask(0o022) };
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("crm.db");
         let store = Store::open(&path).unwrap();

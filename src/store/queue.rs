@@ -238,12 +238,12 @@ impl Store {
                 .iter()
                 .rposition(|p| p.action == "delete")
                 .map_or(0, |k| k + 1);
-            let mut merged: Option<serde_json::Value> = None;
+            let mut merged: Option<Value> = None;
             let mut foldable = true;
             if newest.action != "delete" {
                 for p in &items[since_delete..] {
-                    match serde_json::from_str::<serde_json::Value>(&p.payload) {
-                        Ok(v @ serde_json::Value::Object(_)) => match merged.as_mut() {
+                    match serde_json::from_str::<Value>(&p.payload) {
+                        Ok(v @ Value::Object(_)) => match merged.as_mut() {
                             Some(m) => merge(m, v),
                             None => merged = Some(v),
                         },
@@ -621,7 +621,7 @@ impl Store {
     /// Records a transient failure: due again at `due_at`, or `failed` at the attempt limit;
     /// `unknown`: the request may have been applied (a create's outcome is then unknown).
     /// Returns whether it failed for good.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per column written")]
     pub fn record_retry(
         &mut self,
         id: i64,
@@ -646,7 +646,7 @@ impl Store {
     }
 
     /// Appends to the request log.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per column written")]
     pub fn log_request(
         &mut self,
         item_id: i64,

@@ -272,9 +272,7 @@ impl<'de> de::Deserializer<'de> for Walk<'_> {
         visitor: V,
     ) -> Result<V::Value, Error> {
         self.leaf("string");
-        visitor.visit_enum(de::IntoDeserializer::<Error>::into_deserializer(
-            variants[0],
-        ))
+        visitor.visit_enum(IntoDeserializer::<Error>::into_deserializer(variants[0]))
     }
 }
 

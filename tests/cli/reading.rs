@@ -96,7 +96,7 @@ impl<'a> ReadOnly<'a> {
     fn arrange(env: &'a Env) -> ReadOnly<'a> {
         let as_root = is_root();
         let set = |p: &Path, mode: u32| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
         };
         let store = env.path("store/crm.db");
         for side in ["-wal", "-shm"] {

@@ -195,7 +195,7 @@ impl Env {
 
 /// The due date of invoice `n` of a contract installed on 2025-06-05.
 pub fn due(n: u32) -> NaiveDate {
-    crm_jobs::domain::schedule::due_date(date("2025-06-05"), n)
+    crm_jobs::domain::due_dates::due_date(date("2025-06-05"), n)
 }
 
 /// One debt holding open invoices for the given numbers, 99,90 each.

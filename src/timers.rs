@@ -7,6 +7,9 @@
 //! `-`, `/` and the `@daily`-style nicknames, with cron's rule that a restricted day of month and
 //! a restricted day of week match either (not both). croner's extensions (`L`, `W`, `#`, `?`)
 //! are refused, since cron would refuse them.
+//!
+//! (The `schedule` subcommand that shows and writes these is `jobs::schedule`; the due dates of
+//! a contract's invoices are `domain::due_dates`.)
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
