@@ -27,9 +27,6 @@ use crate::store::{
     PdfOutcome, PdfStatus,
 };
 
-// How long in-flight contracts may finish after SIGTERM/SIGINT before they are abandoned.
-use crate::lifecycle::IN_FLIGHT_GRACE as GRACE;
-
 /// Nio statuses that mean the invoice is paid (the API normally lists only open ones).
 const PAID_STATUSES: &[&str] = &["paid", "pago", "paga", "liquidado", "liquidada", "quitado"];
 
@@ -123,38 +120,25 @@ impl Engine {
         drop(tx);
 
         let cancel = run.cancel.clone();
-        let mut deadline: Option<tokio::time::Instant> = None;
         let mut stop_error: Option<String> = None;
         let mut end = PassEnd::default();
         let mut processed = 0usize;
-        loop {
-            tokio::select! {
-                msg = rx.recv() => {
-                    let Some(done) = msg else { break };
-                    processed += 1;
-                    bar.set_message(done.work.contract_number.clone());
-                    if let Err(NioError::Stop(m)) = &done.result {
-                        if stop_error.is_none() {
-                            stop_error = Some(m.clone());
-                        }
-                        continue;
-                    }
-                    if self.record(run, done, retrying)? {
-                        end.transient_failures += 1;
-                    }
-                    bar.inc(1);
+        crate::lifecycle::collect(&mut rx, &mut workers, &cancel, "contracts", |done| {
+            processed += 1;
+            bar.set_message(done.work.contract_number.clone());
+            if let Err(NioError::Stop(m)) = &done.result {
+                if stop_error.is_none() {
+                    stop_error = Some(m.clone());
                 }
-                _ = cancel.cancelled(), if deadline.is_none() => {
-                    deadline = Some(tokio::time::Instant::now() + GRACE);
-                }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                    workers.abort_all();
-                    tracing::warn!("contracts still in flight {}s after the signal were abandoned; nothing was recorded for them", GRACE.as_secs());
-                    break;
-                }
+                return Ok(());
             }
-        }
-        workers.abort_all();
+            if self.record(run, done, retrying)? {
+                end.transient_failures += 1;
+            }
+            bar.inc(1);
+            Ok(())
+        })
+        .await?;
         self.printer.finish_progress(&bar);
         end.abandoned = total - processed;
         if let Some(m) = stop_error {

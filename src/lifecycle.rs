@@ -26,6 +26,45 @@ use crate::store::{FinishedRun, NewRun, RunStatus, Store};
 /// well inside systemd's `TimeoutStopSec` (see `schedule`).
 pub const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Hands what the workers send to `on_message` until they are all done. After SIGINT or
+/// SIGTERM the items in flight get [`IN_FLIGHT_GRACE`] to end; then the workers are aborted
+/// and what they were doing is abandoned (nothing recorded for it), with one warning naming
+/// `what` (`contracts`, `clients`). The one collector of the jobs whose workers take items
+/// from a shared queue (fetch-invoices and retry, download-boletos).
+pub async fn collect<M>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<M>,
+    workers: &mut tokio::task::JoinSet<()>,
+    cancel: &Cancel,
+    what: &str,
+    mut on_message: impl FnMut(M) -> Result<()>,
+) -> Result<()> {
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let result = loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(m) => {
+                    if let Err(e) = on_message(m) {
+                        break Err(e);
+                    }
+                }
+                None => break Ok(()),
+            },
+            _ = cancel.cancelled(), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + IN_FLIGHT_GRACE);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                tracing::warn!(
+                    "{what} still in flight {}s after the signal were abandoned; nothing was recorded for them",
+                    IN_FLIGHT_GRACE.as_secs()
+                );
+                break Ok(());
+            }
+        }
+    };
+    workers.abort_all();
+    result
+}
+
 /// Set when SIGINT or SIGTERM arrives: jobs stop taking new items. A tokio-util
 /// `CancellationToken` (what waits on it wakes once) with the signal that cancelled, which
 /// decides the exit code (130 or 143).

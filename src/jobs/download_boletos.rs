@@ -424,42 +424,31 @@ async fn sales_point(
     let cancel = run.cancel.clone();
     let mut stopped_by = None;
     let mut unreachable = None;
-    let mut deadline: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            msg = rx.recv() => match msg {
-                None => break,
-                Some(Msg::LoginFailed(m)) => {
-                    if stopped_by.is_none() {
-                        let m = format!("sales point {code}: {m}; its clients were left untouched");
-                        tracing::warn!("{m}");
-                        run.event("warn", m.clone());
-                        run.add("login_failed", 1);
-                        stopped_by = Some(m);
-                    }
+    crate::lifecycle::collect(&mut rx, &mut workers, &cancel, "clients", |msg| {
+        match msg {
+            Msg::LoginFailed(m) => {
+                if stopped_by.is_none() {
+                    let m = format!("sales point {code}: {m}; its clients were left untouched");
+                    tracing::warn!("{m}");
+                    run.event("warn", m.clone());
+                    run.add("login_failed", 1);
+                    stopped_by = Some(m);
                 }
-                Some(Msg::Unreachable(m)) => {
-                    tracing::warn!("sales point {code}: a portal session could not log in ({m}); the other sessions go on");
-                    unreachable = Some(m);
-                }
-                Some(Msg::Client(done, ack)) => {
-                    bar.set_message(done.client.name.clone());
-                    record_client(run, &ctx.printer, ctx.clock, downloads, target, done)?;
-                    ack.send(()).ok();
-                    bar.inc(1);
-                }
-            },
-            _ = cancel.cancelled(), if deadline.is_none() => {
-                deadline = Some(tokio::time::Instant::now() + crate::lifecycle::IN_FLIGHT_GRACE);
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                workers.abort_all();
-                tracing::warn!("clients still in flight {}s after the signal were abandoned; nothing was recorded for them", crate::lifecycle::IN_FLIGHT_GRACE.as_secs());
-                break;
+            Msg::Unreachable(m) => {
+                tracing::warn!("sales point {code}: a portal session could not log in ({m}); the other sessions go on");
+                unreachable = Some(m);
+            }
+            Msg::Client(done, ack) => {
+                bar.set_message(done.client.name.clone());
+                record_client(run, &ctx.printer, ctx.clock, downloads, target, done)?;
+                ack.send(()).ok();
+                bar.inc(1);
             }
         }
-    }
-    workers.abort_all();
+        Ok(())
+    })
+    .await?;
     ctx.printer.finish_progress(&bar);
     let left = queue.lock().expect("queue").len();
     if stopped_by.is_none()
