@@ -47,6 +47,124 @@ pub fn read_text_limited(path: &Path, limit: u64) -> std::io::Result<String> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text"))
 }
 
+/// The longest line of an input read by lines (a CSV row, a JSON line): 1 MB. A file of one
+/// endless line (`/dev/zero`) stops there instead of growing the process.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// Why a line of a [`BoundedLines`] could not be read.
+#[derive(Debug)]
+pub enum LineError {
+    /// Line N is longer than [`MAX_LINE`] (no more than that of it was read).
+    TooLong(u64),
+    /// Line N is not UTF-8 text.
+    NotUtf8(u64),
+    /// The file could not be read.
+    Io(std::io::Error),
+}
+
+impl LineError {
+    /// `FILE:LINE: why` (`FILE: why` for a read error), for an input of `kind` (e.g. `a file of
+    /// JSON lines`) of which nothing was `done` (e.g. `imported`).
+    pub fn describe(&self, file: &str, kind: &str, done: &str) -> String {
+        match self {
+            LineError::TooLong(n) => format!(
+                "{file}:{n}: the line is longer than {} MB: it is not {kind}; nothing was {done}",
+                MAX_LINE / (1024 * 1024)
+            ),
+            LineError::NotUtf8(n) => {
+                format!("{file}:{n}: the line is not UTF-8 text; nothing was {done}")
+            }
+            LineError::Io(e) => format!("cannot read `{file}`: {e}; nothing was {done}"),
+        }
+    }
+}
+
+impl From<std::io::Error> for LineError {
+    fn from(e: std::io::Error) -> LineError {
+        LineError::Io(e)
+    }
+}
+
+/// The lines of a text as they come, each at most [`MAX_LINE`] bytes: a longer line is an
+/// error once that much of it was read, so that no line is ever held whole beyond the limit.
+/// `\n` ends a line and a `\r` before it is dropped, as `str::lines` does.
+pub struct BoundedLines<R> {
+    reader: R,
+    /// The number of the next line.
+    line: u64,
+    buf: Vec<u8>,
+}
+
+impl<R: std::io::BufRead> BoundedLines<R> {
+    pub fn new(reader: R) -> BoundedLines<R> {
+        BoundedLines {
+            reader,
+            line: 1,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line, with its number, or `None` at the end of the text.
+    pub fn next_line(&mut self) -> Result<Option<(u64, &str)>, LineError> {
+        use std::io::{BufRead, Read};
+        self.buf.clear();
+        let n = (&mut self.reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut self.buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let line = self.line;
+        self.line += 1;
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+            if self.buf.last() == Some(&b'\r') {
+                self.buf.pop();
+            }
+        } else if n > MAX_LINE {
+            return Err(LineError::TooLong(line));
+        }
+        match std::str::from_utf8(&self.buf) {
+            Ok(text) => Ok(Some((line, text))),
+            Err(_) => Err(LineError::NotUtf8(line)),
+        }
+    }
+
+    /// Skips the blank text at the start (whitespace and empty lines, counted) and tells the
+    /// first byte after it, without taking it; `None` for a text of nothing else.
+    pub fn first_byte(&mut self) -> Result<Option<u8>, LineError> {
+        let mut on_line = 0usize;
+        loop {
+            let buf = self.reader.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let blank = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            let first = buf.get(blank).copied();
+            for &b in &buf[..blank] {
+                if b == b'\n' {
+                    self.line += 1;
+                    on_line = 0;
+                } else {
+                    on_line += 1;
+                }
+            }
+            self.reader.consume(blank);
+            if on_line > MAX_LINE {
+                return Err(LineError::TooLong(self.line));
+            }
+            if first.is_some() {
+                return Ok(first);
+            }
+        }
+    }
+
+    /// The reader, from where the lines stopped.
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+}
+
 /// Writes `bytes` to `dir/name` atomically, private to the owner. Returns the final path.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     write_atomic_with(dir, name, |w| Ok(w.write_all(bytes)?))
@@ -274,5 +392,75 @@ mod tests {
         assert_eq!(names.len(), 1);
         let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    fn all(text: &[u8]) -> Vec<Result<(u64, String), String>> {
+        let mut lines = BoundedLines::new(text);
+        let mut out = Vec::new();
+        loop {
+            match lines.next_line() {
+                Ok(Some((n, l))) => out.push(Ok((n, l.to_string()))),
+                Ok(None) => return out,
+                Err(e) => {
+                    out.push(Err(e.describe("f", "lines", "done")));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lines_are_split_as_str_lines_splits_them() {
+        let text = "a\r\n\nb\rc\nd";
+        let got: Vec<(u64, String)> = all(text.as_bytes())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let want: Vec<(u64, String)> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i as u64 + 1, l.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_stops_after_the_limit() {
+        let mut text = b"{}\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', MAX_LINE));
+        text.extend(b"\n{}\n");
+        // A line of exactly the limit is read.
+        assert_eq!(all(&text).len(), 3);
+        text.insert(5, b'x');
+        assert_eq!(
+            all(&text).last().unwrap(),
+            &Err("f:2: the line is longer than 1 MB: it is not lines; nothing was done".into())
+        );
+        // A reader that never ends (`/dev/zero`).
+        let mut lines = BoundedLines::new(std::io::BufReader::new(std::io::repeat(0)));
+        assert!(matches!(lines.next_line(), Err(LineError::TooLong(1))));
+        assert!(matches!(
+            BoundedLines::new(&b"a\n\xff\n"[..]).next_line(),
+            Ok(Some((1, "a")))
+        ));
+        assert_eq!(
+            all(b"a\n\xff\n").last().unwrap(),
+            &Err("f:2: the line is not UTF-8 text; nothing was done".into())
+        );
+    }
+
+    #[test]
+    fn the_first_byte_after_blank_lines_keeps_the_line_count() {
+        let mut lines = BoundedLines::new(&b"\n  \r\n  [1]\n"[..]);
+        assert_eq!(lines.first_byte().unwrap(), Some(b'['));
+        assert!(matches!(lines.next_line(), Ok(Some((3, "[1]")))));
+        assert_eq!(BoundedLines::new(&b" \n\t"[..]).first_byte().unwrap(), None);
+        let mut spaces = BoundedLines::new(std::io::BufReader::new(std::io::repeat(b' ')));
+        assert!(matches!(spaces.first_byte(), Err(LineError::TooLong(1))));
     }
 }

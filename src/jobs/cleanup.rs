@@ -63,18 +63,16 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     for rule in RETENTION.iter().filter(|r| wanted(r.name)) {
         let cut = cutoff(rule.name);
         let mut removed = 0usize;
-        let mut after = 0i64;
         loop {
             if run.cancel.is_cancelled() {
                 break;
             }
             // One short transaction per batch: the jobs running meanwhile wait milliseconds.
-            let (n, last) = run
-                .store
-                .retention_delete(rule, &cut, cfg.batch_size, after)?;
+            let n = run.store.retention_delete(rule, &cut, cfg.batch_size)?;
             removed += n;
-            let Some(last) = last else { break };
-            after = last;
+            if n < cfg.batch_size as usize {
+                break;
+            }
             tokio::task::yield_now().await;
         }
         run.add(rule.name, removed as i64);

@@ -2,7 +2,7 @@
 //! reported with file, line and reason and enqueues nothing; the others go in one transaction.
 //! A newer pending change of a record supersedes the older one.
 
-use std::io::Read;
+use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::Ctx;
 use crate::clock;
 use crate::exit::Code;
+use crate::files::BoundedLines;
 use crate::store::NewItem;
 
 /// Arguments of `enqueue`.
@@ -23,18 +24,26 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Code> {
-    let (name, text) = match args.file.as_deref() {
-        None => ("stdin".to_string(), read_stdin()?),
-        Some(p) if p.as_os_str() == "-" => ("stdin".to_string(), read_stdin()?),
+    let (name, input): (String, Box<dyn BufRead>) = match args.file.as_deref() {
+        None => ("stdin".to_string(), Box::new(std::io::stdin().lock())),
+        Some(p) if p.as_os_str() == "-" => ("stdin".to_string(), Box::new(std::io::stdin().lock())),
         Some(p) => (
             p.display().to_string(),
-            std::fs::read_to_string(p).with_context(|| format!("cannot read `{}`", p.display()))?,
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(p).with_context(|| format!("cannot read `{}`", p.display()))?,
+            )),
         ),
     };
     let resources = &ctx.loaded.config.crm.resources;
     let mut items = Vec::new();
     let mut bad = 0usize;
-    for (i, line) in text.lines().enumerate() {
+    // Read as it comes, a line at a time, each at most 1 MB: an endless input (`/dev/zero`)
+    // stops there, and nothing is enqueued.
+    let mut lines = BoundedLines::new(input);
+    while let Some((n, line)) = lines
+        .next_line()
+        .map_err(|e| anyhow::anyhow!(e.describe(&name, "a file of JSON lines", "enqueued")))?
+    {
         if line.trim().is_empty() {
             continue;
         }
@@ -42,7 +51,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             Ok(item) => items.push(item),
             Err(reason) => {
                 bad += 1;
-                tracing::warn!("{name}:{}: {reason}; line skipped", i + 1);
+                tracing::warn!("{name}:{n}: {reason}; line skipped");
             }
         }
     }
@@ -63,14 +72,6 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     } else {
         Code::Success
     })
-}
-
-fn read_stdin() -> Result<String> {
-    let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .context("cannot read stdin")?;
-    Ok(text)
 }
 
 /// Reads one JSON line of changes (public for the fuzz target).

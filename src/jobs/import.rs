@@ -3,6 +3,7 @@
 //! column the import does not use is named in its summary, never dropped silently. A bad row is
 //! reported with file, physical line and reason and imports nothing; the other rows import.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +15,7 @@ use crate::clock;
 use crate::domain::cpf::Cpf;
 use crate::domain::{due_dates, money};
 use crate::exit::Code;
-use crate::store::{ContractImport, ExpectedInvoice};
+use crate::store::{ContractImport, ContractRow, ExpectedInvoice};
 
 /// What to import.
 #[derive(Debug, clap::Subcommand)]
@@ -177,6 +178,16 @@ impl Sheet {
             .headers()
             .with_context(|| format!("cannot read the header row of `{name}`"))?
             .clone();
+        // A column the import reads may appear once: which of two `valor` columns holds the
+        // amount is not for the import to guess (issue 15). A second column of a name the
+        // import does not read is harmless, and named among the ignored.
+        let reads = |key: &str| {
+            required.contains(&key)
+                || optional.contains(&key)
+                || SYNONYMS
+                    .iter()
+                    .any(|(s, c)| *s == key && (required.contains(c) || optional.contains(c)))
+        };
         let mut columns: HashMap<String, usize> = HashMap::new();
         let mut repeated = Vec::new();
         for (i, h) in headers.iter().enumerate() {
@@ -185,7 +196,17 @@ impl Sheet {
                 continue;
             }
             match columns.entry(key) {
-                // The first one is read; a second one is named among the ignored.
+                std::collections::hash_map::Entry::Occupied(first) if reads(first.key()) => {
+                    let j = *first.get();
+                    bail!(
+                        "`{name}`: the header has the column `{}` twice, column {} (`{}`) and column {} (`{}`): keep one and import again; nothing was imported",
+                        first.key(),
+                        j + 1,
+                        headers[j].trim(),
+                        i + 1,
+                        h.trim()
+                    );
+                }
                 std::collections::hash_map::Entry::Occupied(_) => repeated.push(i),
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     slot.insert(i);
@@ -331,8 +352,9 @@ impl Sheet {
     }
 }
 
-/// The longest line a CSV import reads (a file of one endless line, `/dev/zero`, stops here).
-const MAX_LINE: usize = 1024 * 1024;
+// The longest line a CSV import reads (a file of one endless line, `/dev/zero`, stops here) is
+// that of JSON lines (`crate::files::BoundedLines`), 1 MB.
+use crate::files::MAX_LINE;
 /// The longest field a CSV import takes.
 const MAX_FIELD: usize = 64 * 1024;
 
@@ -494,6 +516,9 @@ impl Report {
     }
 }
 
+/// Contracts written to the store together (their 500 expected invoices in one statement).
+const CONTRACTS_PER_BATCH: usize = 50;
+
 fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
     let sheet = Sheet::read(
         file,
@@ -507,6 +532,8 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
         .in_one_transaction(|store| {
             let mut report = Report::new(rejects)?;
             let mut new = 0;
+            // Good rows go to the store by batches (fewer, larger statements).
+            let mut batch = Vec::with_capacity(CONTRACTS_PER_BATCH);
             for (line, row) in &sheet.rows {
                 if let Some(m) = Sheet::malformed(row) {
                     report.bad(&sheet, *line, &m);
@@ -543,7 +570,7 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
                     Some(s)
                         if NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").is_ok() =>
                     {
-                        s.to_string()
+                        Cow::Borrowed(s)
                     }
                     Some(s) => {
                         report.bad(
@@ -553,7 +580,7 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
                         );
                         continue;
                     }
-                    None => installed.format("%Y-%m").to_string(),
+                    None => Cow::Owned(installed.format("%Y-%m").to_string()),
                 };
                 let amount = match sheet.amount(row, "valor") {
                     Ok(a) => a,
@@ -572,22 +599,25 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
                         }
                     })
                     .collect();
-                let is_new = store.upsert_contract(
-                    &ContractImport {
+                batch.push(ContractRow {
+                    contract: ContractImport {
                         contract_number: contract,
                         service_order: sheet.get(row, "ordem_servico"),
-                        cpf: cpf.digits(),
+                        cpf: Cow::Owned(cpf.digits().to_string()),
                         customer_name: name,
                         installed_on: installed,
-                        safra: &safra,
+                        safra,
                         expected_amount_centavos: amount,
                     },
-                    &expected,
-                    &now,
-                )?;
-                new += usize::from(is_new);
+                    expected,
+                });
                 report.ok += 1;
+                if batch.len() == CONTRACTS_PER_BATCH {
+                    new += store.upsert_contracts(&batch, &now)?;
+                    batch.clear();
+                }
             }
+            new += store.upsert_contracts(&batch, &now)?;
             Ok((report, new))
         })
         .with_context(|| nothing_imported(&sheet.name))?;
@@ -803,28 +833,34 @@ fn clients(
 fn subscriptions(ctx: &Ctx, file: &Path, collection: Option<Collection>) -> Result<Code> {
     use serde_json::Value;
     let name = file.display().to_string();
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read `{name}`"))?;
-    // `mongoexport --jsonArray` writes one array (maybe over many lines); by default, and as
-    // our own format, one document per line.
-    let array = text.trim_start().starts_with('[');
+    let input = std::fs::File::open(file).with_context(|| format!("cannot read `{name}`"))?;
+    let mut lines = crate::files::BoundedLines::new(std::io::BufReader::new(input));
+    let refused = |e: crate::files::LineError| {
+        anyhow::anyhow!(e.describe(&name, "a file of JSON lines", "imported"))
+    };
+    // `mongoexport --jsonArray` writes one array (maybe over many lines, maybe on one); by
+    // default, and as our own format, one document per line, each at most 1 MB, read as they
+    // come: an endless input (`/dev/zero`) stops there.
+    let array = lines.first_byte().map_err(refused)? == Some(b'[');
     let documents: Vec<(String, std::result::Result<Value, String>)> = if array {
-        let all: Vec<Value> = serde_json::from_str(&text)
+        let all: Vec<Value> = serde_json::from_reader(lines.into_inner())
             .with_context(|| format!("`{name}` begins with `[` but is not a JSON array"))?;
         all.into_iter()
             .enumerate()
             .map(|(i, v)| (format!(" document {}", i + 1), Ok(v)))
             .collect()
     } else {
-        text.lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| {
-                (
-                    (i + 1).to_string(),
-                    serde_json::from_str(line).map_err(|e| format!("not JSON ({e})")),
-                )
-            })
-            .collect()
+        let mut documents = Vec::new();
+        while let Some((n, line)) = lines.next_line().map_err(refused)? {
+            if line.trim().is_empty() {
+                continue;
+            }
+            documents.push((
+                n.to_string(),
+                serde_json::from_str(line).map_err(|e| format!("not JSON ({e})")),
+            ));
+        }
+        documents
     };
     let mut store = ctx.open_store()?;
     let now = clock::to_store(ctx.clock.now());

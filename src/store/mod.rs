@@ -40,6 +40,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../sql/0008_invoice_pdfs_apart.sql")),
         M::up(include_str!("../../sql/0009_sync_sent_and_pause.sql")),
         M::up(include_str!("../../sql/0010_app_data.sql")),
+        M::up(include_str!("../../sql/0011_retention_indexes.sql")),
     ])
 });
 

@@ -131,6 +131,17 @@ pub struct Retention {
     pub condition: &'static str,
 }
 
+impl Retention {
+    /// The query of at most `?2` rows of the rule, cutoff `?1`: what a batch of `cleanup`
+    /// removes. It must find them through an index (the tests check its plan).
+    pub fn select_sql(&self) -> String {
+        format!(
+            "SELECT rowid FROM {} WHERE {} LIMIT ?2",
+            self.table, self.condition
+        )
+    }
+}
+
 /// Every retention rule; each job's rows join this list.
 pub const RETENTION: &[Retention] = &[
     Retention {
@@ -833,41 +844,26 @@ impl Store {
         )?)
     }
 
-    /// Removes at most `batch` rows of a retention rule, of rowid above `after`, in one short
-    /// transaction; returns how many and the last rowid looked at (`None` when no row was
-    /// left). The rows go in rowid order, so that a batch frees neighbouring rows (a few pages)
-    /// rather than rows spread over the whole table, and the whole rule reads the table once.
+    /// Removes at most `batch` rows of a retention rule in one short transaction; returns how
+    /// many. The rows are found through the index on the rule's cutoff column (migration 0011),
+    /// so that a batch reads the rows it removes and not the rows kept around them, and go in
+    /// rowid order within the batch.
     pub fn retention_delete(
         &mut self,
         rule: &Retention,
         cutoff: &str,
         batch: u32,
-        after: i64,
-    ) -> Result<(usize, Option<i64>)> {
+    ) -> Result<usize> {
         let tx = self.conn.transaction()?;
-        // NOT INDEXED: walk the table by rowid, not the retention column's index in its order.
-        let last: Option<i64> = tx.query_row(
-            &format!(
-                "SELECT max(rowid) FROM (SELECT rowid FROM {t} NOT INDEXED WHERE rowid > ?3 AND {c} ORDER BY rowid LIMIT ?2)",
+        let n = tx
+            .prepare_cached(&format!(
+                "DELETE FROM {t} WHERE rowid IN ({select})",
                 t = rule.table,
-                c = rule.condition
-            ),
-            params![cutoff, batch, after],
-            |r| r.get(0),
-        )?;
-        let Some(last) = last else {
-            return Ok((0, None));
-        };
-        let n = tx.execute(
-            &format!(
-                "DELETE FROM {t} WHERE rowid > ?2 AND rowid <= ?3 AND {c}",
-                t = rule.table,
-                c = rule.condition
-            ),
-            params![cutoff, after, last],
-        )?;
+                select = rule.select_sql()
+            ))?
+            .execute(params![cutoff, batch])?;
         tx.commit()?;
-        Ok((n, Some(last)))
+        Ok(n)
     }
 
     /// Gives the free pages back to the file system (`auto_vacuum = INCREMENTAL`); a store made

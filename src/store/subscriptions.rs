@@ -70,6 +70,14 @@ pub struct OutboxEmail {
     pub attempts: i64,
 }
 
+/// The sessions `cleanup` soft-deletes, a batch at a time (cutoff `?1`, batch `?2`), through
+/// the index `sessions_to_expire` (migration 0011; the tests check the plan).
+pub const SESSIONS_TO_SOFT_DELETE: &str =
+    "SELECT id, expires_at FROM sessions WHERE deleted_at IS NULL AND expires_at < ?1 LIMIT ?2";
+
+/// The payments `cleanup` cancels, a batch at a time, through the index `payments_pending`.
+pub const PAYMENTS_TO_CANCEL: &str = "SELECT id FROM payments WHERE status = 'pending' AND deleted_at IS NULL AND created_at < ?1 LIMIT ?2";
+
 const SUBSCRIPTION_COLUMNS: &str =
     "s.id, s.external_id, u.id, u.name, u.email, p.id, p.name, p.price_centavos,
     s.status, s.current_period_start, s.current_period_end, s.gateway_subscription_id";
@@ -294,6 +302,7 @@ impl Store {
     }
 
     /// Soft-deletes sessions expired before `cutoff`, each with an audit row. Returns how many.
+    /// A batch at a time, through an index (migration 0011).
     pub fn soft_delete_sessions(
         &mut self,
         cutoff: &str,
@@ -303,22 +312,18 @@ impl Store {
     ) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let ids: Vec<(i64, String)> = {
-            let mut stmt = tx.prepare(
-                "SELECT id, expires_at FROM sessions WHERE deleted_at IS NULL AND expires_at < ?1 LIMIT ?2",
-            )?;
+            let mut stmt = tx.prepare(SESSIONS_TO_SOFT_DELETE)?;
             stmt.query_map(params![cutoff, batch], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?
         };
         for (id, expires) in &ids {
-            tx.execute(
-                "UPDATE sessions SET deleted_at = ?2 WHERE id = ?1",
-                params![id, now],
-            )?;
-            tx.execute(
+            tx.prepare_cached("UPDATE sessions SET deleted_at = ?2 WHERE id = ?1")?
+                .execute(params![id, now])?;
+            tx.prepare_cached(
                 "INSERT INTO audit_log (at, run_id, entity, entity_id, action, before, after, reason)
                  VALUES (?1, ?2, 'session', ?3, 'soft_deleted', '{\"deleted_at\":null}', json_object('deleted_at', ?1), 'expired ' || ?4 || ', more than the retention ago')",
-                params![now, run_id, id, expires],
-            )?;
+            )?
+            .execute(params![now, run_id, id, expires])?;
         }
         tx.commit()?;
         Ok(ids.len())
@@ -334,22 +339,20 @@ impl Store {
     ) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let ids: Vec<i64> = {
-            let mut stmt = tx.prepare(
-                "SELECT id FROM payments WHERE status = 'pending' AND deleted_at IS NULL AND created_at < ?1 LIMIT ?2",
-            )?;
+            let mut stmt = tx.prepare(PAYMENTS_TO_CANCEL)?;
             stmt.query_map(params![cutoff, batch], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
         for id in &ids {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE payments SET status = 'cancelled', updated_at = ?2 WHERE id = ?1",
-                params![id, now],
-            )?;
-            tx.execute(
+            )?
+            .execute(params![id, now])?;
+            tx.prepare_cached(
                 "INSERT INTO audit_log (at, run_id, entity, entity_id, action, before, after, reason)
                  VALUES (?1, ?2, 'payment', ?3, 'cancelled', '{\"status\":\"pending\"}', '{\"status\":\"cancelled\"}', 'pending for longer than the retention')",
-                params![now, run_id, id],
-            )?;
+            )?
+            .execute(params![now, run_id, id])?;
         }
         tx.commit()?;
         Ok(ids.len())

@@ -398,3 +398,139 @@ fn a_subscription_import_the_store_gives_up_on_leaves_nothing() {
     let users: i64 = env.query("SELECT COUNT(*) FROM users");
     assert_eq!(users, 0, "not the first two, nor the last two one by one");
 }
+
+/// Issue 15: every rule of `cleanup` finds its rows through an index on the column it compares
+/// with its cutoff (migration 0011), never by reading the whole table: a store of a million
+/// interleaved rows is cleaned in seconds, and the rows it keeps are not read.
+#[test]
+fn every_cleanup_rule_finds_its_rows_through_an_index() {
+    let env = Env::new();
+    assert_eq!(env.run(&["status"]).code, 0);
+    let db = env.db();
+    let mut queries: Vec<(String, String)> = crm_jobs::store::RETENTION
+        .iter()
+        .map(|r| (r.name.to_string(), r.select_sql()))
+        .collect();
+    queries.push((
+        "sessions".into(),
+        crm_jobs::store::SESSIONS_TO_SOFT_DELETE.into(),
+    ));
+    queries.push((
+        "payments".into(),
+        crm_jobs::store::PAYMENTS_TO_CANCEL.into(),
+    ));
+    for (rule, sql) in queries {
+        let plan: Vec<String> = db
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params!["2025-01-01T00:00:00.000Z", 1000], |r| {
+                r.get(3)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join(" | ");
+        assert!(
+            plan.starts_with("SEARCH ") && plan.contains(" INDEX ") && !plan.contains("SCAN "),
+            "rule `{rule}`: {plan}"
+        );
+    }
+}
+
+/// Issue 15: a JSON line over 1 MB (`enqueue`, `import subscriptions`) stops the input at that
+/// line, named `FILE:LINE`, after reading no more than 1 MB of it; nothing is written.
+#[test]
+fn a_json_line_over_a_megabyte_is_refused_with_its_place() {
+    let env = Env::new();
+    assert_eq!(env.run(&["status"]).code, 0);
+    let long = format!(
+        "{{\"type\": \"user\", \"id\": \"u2\", \"name\": \"{}\", \"email\": \"u2@example.com\"}}",
+        "A".repeat(1024 * 1024)
+    );
+    let file = env.path("subs.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"type\": \"user\", \"id\": \"u1\", \"name\": \"U1\", \"email\": \"u1@example.com\"}}\n\n{long}\n"
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["import", "subscriptions", file.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "error: {}:3: the line is longer than 1 MB: it is not a file of JSON lines; nothing was imported",
+            file.display()
+        )),
+        "{out:?}"
+    );
+    let users: i64 = env.query("SELECT COUNT(*) FROM users");
+    assert_eq!(users, 0, "not the good line before it either");
+
+    let file = env.path("changes.jsonl");
+    let long = format!(
+        "{{\"entity\": \"produtos\", \"record_id\": \"2\", \"action\": \"upsert\", \"payload\": {{\"nome\": \"{}\"}}}}",
+        "P".repeat(2 * 1024 * 1024)
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"entity\": \"produtos\", \"record_id\": \"1\", \"action\": \"upsert\", \"payload\": {{\"nome\": \"P1\"}}}}\n{long}"
+        ),
+    )
+    .unwrap();
+    for (args, name) in [
+        (
+            vec!["enqueue", file.to_str().unwrap()],
+            file.display().to_string(),
+        ),
+        (vec!["enqueue", "-"], "stdin".to_string()),
+    ] {
+        let (out, _) = env.run_measured(&args, Some(&file));
+        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "error: {name}:2: the line is longer than 1 MB: it is not a file of JSON lines; nothing was enqueued"
+            )),
+            "{out:?}"
+        );
+    }
+    let queued: i64 = env.query("SELECT COUNT(*) FROM sync_queue");
+    assert_eq!(queued, 0);
+}
+
+/// Issue 15: `/dev/zero` (an input that never ends, with no line break) given to any import or
+/// to `enqueue`, as a file or as stdin, stops after 1 MB with a clear error, and the process
+/// stays small (it grew to 24 GB).
+#[test]
+fn an_endless_input_stops_after_a_megabyte_without_growing_memory() {
+    let env = Env::new();
+    assert_eq!(env.run(&["status"]).code, 0);
+    let zero = std::path::Path::new("/dev/zero");
+    for (args, message) in [
+        (
+            &["enqueue", "/dev/zero"][..],
+            "/dev/zero:1: the line is longer than 1 MB: it is not a file of JSON lines; nothing was enqueued",
+        ),
+        (
+            &["enqueue"][..],
+            "stdin:1: the line is longer than 1 MB: it is not a file of JSON lines; nothing was enqueued",
+        ),
+        (
+            &["import", "subscriptions", "/dev/zero"][..],
+            "/dev/zero:1: the line is longer than 1 MB: it is not a file of JSON lines; nothing was imported",
+        ),
+        (
+            &["import", "contracts", "/dev/zero"][..],
+            "`/dev/zero`: line 1 is longer than 1 MB: it is not a CSV file of rows; nothing was imported",
+        ),
+    ] {
+        let (out, peak_kb) = env.run_measured(args, Some(zero));
+        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(message), "{args:?}: {out:?}");
+        assert!(
+            peak_kb < 64 * 1024,
+            "{args:?}: peak memory {peak_kb} kB, expected under 64 MB"
+        );
+    }
+}

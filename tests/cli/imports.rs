@@ -269,16 +269,60 @@ fn rejected_rows_name_their_physical_line() {
     assert_eq!(names, "ANA|CARLA\r\nDE SOUZA|FABI");
 }
 
-/// A second column of a name already read, and a column without a name that holds a value, are
-/// named too; an empty unnamed column (a trailing `;`) is not.
+/// Issue 15 (it overrides issue 12's "the first is read"): a column the import reads, twice in
+/// the header, refuses the file with both places: which `valor` holds the amount is not for the
+/// import to guess.
 #[test]
-fn repeated_and_unnamed_columns_are_named_in_the_summary() {
+fn a_column_the_import_reads_twice_in_the_header_refuses_the_file() {
+    let env = Env::new();
+    assert_eq!(env.run(&["status"]).code, 0);
+    let file = env.path("extra.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "contrato;cpf;nome;data_instalacao;valor;Valor ;;\nA1;{};ANA;2025-06-05;99,90;120,00;nota;\n",
+            cpf(36).formatted()
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["import", "contracts", file.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "error: `{}`: the header has the column `valor` twice, column 5 (`valor`) and column 6 (`Valor`): keep one and import again; nothing was imported",
+            file.display()
+        )),
+        "{out:?}"
+    );
+    let contracts: i64 = env.query("SELECT COUNT(*) FROM contracts");
+    assert_eq!(contracts, 0);
+    // `import invoices` likewise.
+    let file = env.path("due.csv");
+    std::fs::write(
+        &file,
+        "contrato,numero,vencimento,NUMERO\nA1,1,2025-07-10,2\n",
+    )
+    .unwrap();
+    let out = env.run(&["import", "invoices", file.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "the header has the column `numero` twice, column 2 (`numero`) and column 4 (`NUMERO`)"
+        ),
+        "{out:?}"
+    );
+}
+
+/// A second column of a name the import does not read, and a column without a name that holds
+/// a value, are named in the summary; an empty unnamed column (a trailing `;`) is not.
+#[test]
+fn repeated_unused_and_unnamed_columns_are_named_in_the_summary() {
     let env = Env::new();
     let file = env.path("extra.csv");
     std::fs::write(
         &file,
         format!(
-            "contrato;cpf;nome;data_instalacao;valor;Valor;;\nA1;{};ANA;2025-06-05;99,90;120,00;nota;\n",
+            "contrato;cpf;nome;data_instalacao;valor;obs;Obs;;\nA1;{};ANA;2025-06-05;99,90;a;b;nota;\n",
             cpf(36).formatted()
         ),
     )
@@ -287,16 +331,16 @@ fn repeated_and_unnamed_columns_are_named_in_the_summary() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stderr
-            .ends_with("; ignored column(s): Valor (repeated), column 7 (no name)\n"),
+            .ends_with("; ignored column(s): obs, Obs (repeated), column 8 (no name)\n"),
         "{out:?}"
     );
     let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
         json["ignored_columns"],
-        serde_json::json!(["Valor (repeated)", "column 7 (no name)"])
+        serde_json::json!(["obs", "Obs (repeated)", "column 8 (no name)"])
     );
     let amount: i64 = env.query("SELECT expected_amount_centavos FROM invoices WHERE number = 1");
-    assert_eq!(amount, 9_990, "the first `valor` is read");
+    assert_eq!(amount, 9_990);
 }
 
 #[test]

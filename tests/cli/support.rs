@@ -153,6 +153,47 @@ impl Env {
         Out::from(self.cmd(args).output().unwrap())
     }
 
+    /// Runs the binary with stdin read from `stdin` (else nothing) and its data capped at 1 GB
+    /// (`RLIMIT_DATA`: a runaway read fails at once instead of filling the machine); returns
+    /// its output and its peak resident memory in kB, as the kernel counted it (`wait4`).
+    pub fn run_measured(&self, args: &[&str], stdin: Option<&Path>) -> (Out, i64) {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let (out_path, err_path) = (self.path("measured.out"), self.path("measured.err"));
+        let mut cmd = self.cmd(args);
+        cmd.stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        if let Some(p) = stdin {
+            cmd.stdin(std::fs::File::open(p).unwrap());
+        }
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let cap = libc::rlimit {
+                    rlim_cur: 1 << 30,
+                    rlim_max: 1 << 30,
+                };
+                if libc::setrlimit(libc::RLIMIT_DATA, &cap) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // Reaped below by wait4, which also tells its peak memory.
+        #[allow(clippy::zombie_processes)]
+        let child = cmd.spawn().unwrap();
+        let pid = child.id() as libc::pid_t;
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is valid; wait4 fills it for our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+        let out = Out::from(Output {
+            status: std::process::ExitStatus::from_raw(status),
+            stdout: std::fs::read(&out_path).unwrap(),
+            stderr: std::fs::read(&err_path).unwrap(),
+        });
+        (out, usage.ru_maxrss)
+    }
+
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.cmd(args)
             .stdout(Stdio::piped())
