@@ -3,6 +3,8 @@
 //! and turns its outcome into the process exit code; it is the only place that prints an error
 //! chain.
 
+#![forbid(unsafe_code)]
+
 pub mod alerts;
 pub mod boleto_files;
 pub mod canopus;

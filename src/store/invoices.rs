@@ -331,14 +331,15 @@ impl Store {
             };
             let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 6);
             for i in chunk {
-                values.extend([
-                    &i.contract_id as &dyn rusqlite::ToSql,
+                let row: [&dyn rusqlite::ToSql; 6] = [
+                    &i.contract_id,
                     &i.number,
                     &i.due,
                     &i.available,
                     &i.amount,
                     &i.source,
-                ]);
+                ];
+                values.extend(row);
             }
             insert.execute(values.as_slice())?;
         }
