@@ -5,6 +5,8 @@
 //! `cargo bench --bench download_boletos` (defaults: 500 clients, 50 ms, 8 sessions); override
 //! with BENCH_CLIENTS, BENCH_LATENCY_MS, BENCH_CONCURRENCY.
 
+#![allow(clippy::print_stdout, reason = "a benchmark's figures are its output")]
+
 mod common;
 
 use std::io::Write;

@@ -5,6 +5,8 @@
 //! `cargo bench --bench fetch_invoices` (defaults: 1000 contracts, 50 ms, concurrency 16);
 //! override with BENCH_CONTRACTS, BENCH_LATENCY_MS, BENCH_CONCURRENCY, BENCH_PDFS=1.
 
+#![allow(clippy::print_stdout, reason = "a benchmark's figures are its output")]
+
 mod common;
 
 use std::process::Command;

@@ -13,6 +13,8 @@
 //!
 //! `cargo bench --bench renew`; BENCH_ONLY=stripe or BENCH_ONLY=emails runs one.
 
+#![allow(clippy::print_stdout, reason = "a benchmark's figures are its output")]
+
 mod common;
 
 use std::path::Path;

@@ -15,6 +15,8 @@
 //! BENCH_CONCURRENCY (16), BENCH_LIMITED_ITEMS (1000), BENCH_ENQUEUE (100000),
 //! BENCH_CLEANUP (1000000), BENCH_429_ITEMS (60), BENCH_429_SCALE (10).
 
+#![allow(clippy::print_stdout, reason = "a benchmark's figures are its output")]
+
 mod common;
 
 use std::process::Command;

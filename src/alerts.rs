@@ -3,14 +3,12 @@
 //! queue one email in the outbox to `[alerts] to`, sent at once when SMTP is configured (else by
 //! the next `renew --step emails`). A failure here is logged and never fails the job.
 
-use std::sync::OnceLock;
-
 use chrono::{DateTime, Utc};
 
 use crate::config::{AlertsConfig, Config, SmtpConfig};
 use crate::mailer::{Mailer, Outcome};
-use crate::schedule::Planned;
-use crate::store::{NewEmail, Store};
+use crate::store::{EmailStatus, NewEmail, Store};
+use crate::timers::Planned;
 
 struct Settings {
     alerts: AlertsConfig,
@@ -20,26 +18,42 @@ struct Settings {
     plan: Vec<Planned>,
 }
 
-static SETTINGS: OnceLock<Settings> = OnceLock::new();
-
-/// Sets the alert settings once per process (from the configuration).
-pub fn configure(config: &Config, password: Option<String>) {
-    if config.alerts.to.is_some() {
-        SETTINGS
-            .set(Settings {
-                alerts: config.alerts.clone(),
-                smtp: config.smtp.clone(),
-                password,
-                domain: config.renew.message_id_domain.clone(),
-                plan: crate::schedule::plan(config).unwrap_or_default(),
-            })
-            .ok();
-    }
+/// The alerts of this process's runs: off unless `[alerts] to` is set. Built from the
+/// configuration when the command starts and handed to each run (no global state).
+#[derive(Clone, Default)]
+pub struct Alerts {
+    settings: Option<std::sync::Arc<Settings>>,
 }
 
-/// Whether alerts are on (`[alerts] to` set): only then do runs measure the work waiting.
-pub fn enabled() -> bool {
-    SETTINGS.get().is_some_and(|s| s.alerts.idle_with_work)
+impl Alerts {
+    /// The alerts `config` asks for (`password`: the SMTP password, if any).
+    pub fn from_config(config: &Config, password: Option<String>) -> Alerts {
+        Alerts {
+            settings: config.alerts.to.is_some().then(|| {
+                std::sync::Arc::new(Settings {
+                    alerts: config.alerts.clone(),
+                    smtp: config.smtp.clone(),
+                    password,
+                    domain: config.renew.message_id_domain.clone(),
+                    plan: crate::timers::plan(config).unwrap_or_default(),
+                })
+            }),
+        }
+    }
+
+    /// Whether runs measure the work waiting when they start (for the "idle with work" alert).
+    pub fn measure_work_due(&self) -> bool {
+        self.settings
+            .as_ref()
+            .is_some_and(|s| s.alerts.idle_with_work)
+    }
+
+    /// Looks at the job's incidents after a run; never fails the job.
+    pub fn after_run(&self, store: &mut Store, facts: &RunFacts) {
+        if let Some(settings) = &self.settings {
+            after_run(store, settings, facts);
+        }
+    }
 }
 
 /// What a finished run says.
@@ -56,11 +70,7 @@ pub struct RunFacts<'a> {
     pub credentials: &'a [(&'static str, Option<String>)],
 }
 
-/// Looks at the job's incidents after a run; never fails the job.
-pub fn after_run(store: &mut Store, facts: &RunFacts) {
-    let Some(settings) = SETTINGS.get() else {
-        return;
-    };
+fn after_run(store: &mut Store, settings: &Settings, facts: &RunFacts) {
     if let Err(e) = evaluate(store, settings, facts) {
         tracing::warn!("alerts: {e:#}");
     }
@@ -102,7 +112,7 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
     let mut checks: Vec<(&str, &str, Option<String>)> =
         checks.into_iter().map(|(k, p)| (f.job, k, p)).collect();
     // Every job's staleness, after any job's run: a job that stopped running says nothing.
-    for job in crate::lifecycle::JOBS {
+    for job in crate::job::Job::ALL.map(crate::job::Job::as_str) {
         if let Some(problem) = overdue(store, s, job, f.now)? {
             checks.push((job, "stale", problem));
         }
@@ -114,11 +124,11 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
         let open = store.open_incident(job, kind)?;
         match (problem, open) {
             (Some(detail), None) => {
-                let subject = format!("🚨 crm-jobs: {}: {detail}", job);
-                let text = format!(
-                    "O job `{}` precisa de atenção: {detail}.\n\nVeja `crm-jobs status` e o último run (`crm-jobs status --json`).\nUm novo email chega quando o problema for resolvido.\n",
-                    job
-                );
+                let subject = format!("🚨 crm-jobs: {job}: {detail}");
+                let (text, html) = bodies(
+                    "opened",
+                    minijinja::context! { job => job, detail => &detail },
+                )?;
                 let key = format!("alert:{}:{kind}:{now}:open", job);
                 let id = format!(
                     "<alert.{}.{kind}.{}.open@{}>",
@@ -131,17 +141,17 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
                     kind,
                     &detail,
                     &now,
-                    &email(&key, &id, &to, &subject, &text),
+                    &email(&key, &id, &to, &subject, &text, &html),
                 )?;
                 tracing::warn!("alert opened for `{}`: {detail}", job);
                 queued = true;
             }
             (None, Some((id, opened))) => {
-                let subject = format!("✅ crm-jobs: {} voltou ao normal ({kind})", job);
-                let text = format!(
-                    "O problema do job `{}` aberto em {opened} foi resolvido.\n",
-                    job
-                );
+                let subject = format!("✅ crm-jobs: {job} voltou ao normal ({kind})");
+                let (text, html) = bodies(
+                    "cleared",
+                    minijinja::context! { job => job, opened => &opened },
+                )?;
                 let key = format!("alert:{}:{kind}:{opened}:clear", job);
                 let mid = format!(
                     "<alert.{}.{kind}.{}.clear@{}>",
@@ -152,7 +162,7 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
                 store.clear_incident_with_email(
                     id,
                     &now,
-                    &email(&key, &mid, &to, &subject, &text),
+                    &email(&key, &mid, &to, &subject, &text, &html),
                 )?;
                 tracing::info!("alert cleared for `{}` ({kind})", job);
                 queued = true;
@@ -160,7 +170,7 @@ fn evaluate(store: &mut Store, s: &Settings, f: &RunFacts) -> anyhow::Result<()>
             _ => {}
         }
     }
-    if queued && (s.smtp.host.is_some() || s.smtp.mode == "eml") {
+    if queued && (s.smtp.host.is_some() || s.smtp.mode == crate::config::SmtpMode::Eml) {
         send_alerts(store, s)?;
     }
     Ok(())
@@ -188,7 +198,7 @@ fn overdue(
     }
     let missed = a.missed_starts as usize;
     let grace = chrono::Duration::minutes(i64::from(a.grace_minutes));
-    let Some(deadline) = crate::schedule::deadline(&s.plan, job, now - grace, missed) else {
+    let Some(deadline) = crate::timers::deadline(&s.plan, job, now - grace, missed) else {
         return Ok(None);
     };
     // A job that never succeeded is measured from its first run, else from the store's.
@@ -219,12 +229,21 @@ fn overdue(
     ))))
 }
 
+/// The plain-text and HTML bodies of an alert email, from `templates/alert/<which>.txt|html`.
+fn bodies(which: &str, ctx: minijinja::Value) -> anyhow::Result<(String, String)> {
+    Ok((
+        crate::templates::render(&format!("alert/{which}.txt"), &ctx)?,
+        crate::templates::render(&format!("alert/{which}.html"), &ctx)?,
+    ))
+}
+
 fn email<'a>(
     key: &'a str,
     id: &'a str,
     to: &'a str,
     subject: &'a str,
     text: &'a str,
+    html: &'a str,
 ) -> NewEmail<'a> {
     NewEmail {
         dedupe_key: key,
@@ -234,7 +253,7 @@ fn email<'a>(
         to,
         subject,
         text,
-        html: text,
+        html,
     }
 }
 
@@ -250,13 +269,13 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
         .filter(|e| e.kind == "alert")
     {
         let now = crate::clock::to_store(Utc::now());
-        store.set_email_status(e.id, "sending", None, &now)?;
+        store.set_email_status(e.id, EmailStatus::Sending, None, &now)?;
         let outcome = tokio::task::block_in_place(|| handle.block_on(mailer.send(&e)));
         let (status, error) = match outcome {
-            Outcome::Sent => ("sent", None),
-            Outcome::Retry(m) | Outcome::NotSent(m) => ("pending", Some(m)),
-            Outcome::Failed(m) => ("failed", Some(m)),
-            Outcome::Unknown(m) => ("unknown", Some(m)),
+            Outcome::Sent => (EmailStatus::Sent, None),
+            Outcome::Retry(m) | Outcome::NotSent(m) => (EmailStatus::Pending, Some(m)),
+            Outcome::Failed(m) => (EmailStatus::Failed, Some(m)),
+            Outcome::Unknown(m) => (EmailStatus::Unknown, Some(m)),
         };
         store.set_email_status(
             e.id,
@@ -267,4 +286,44 @@ fn send_alerts(store: &mut Store, s: &Settings) -> anyhow::Result<()> {
     }
     tokio::task::block_in_place(|| handle.block_on(mailer.close()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job's problem comes from outside (an error a service answered): in the HTML part it is
+    /// text, never markup; the plain-text part keeps it as it is.
+    #[test]
+    fn a_hostile_detail_is_escaped_in_the_html_part_of_an_alert() {
+        let detail = r#"<script>alert("x")</script> & "quoted""#;
+        let (text, html) = bodies(
+            "opened",
+            minijinja::context! { job => "fetch-invoices", detail => detail },
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "O job `fetch-invoices` precisa de atenção: {detail}.\n\nVeja `crm-jobs status` e o último run (`crm-jobs status --json`).\nUm novo email chega quando o problema for resolvido.\n"
+            )
+        );
+        assert!(!html.contains("<script"), "{html}");
+        assert!(
+            html.contains(
+                "precisa de atenção: &lt;script&gt;alert(&quot;x&quot;)&lt;&#x2f;script&gt; &amp; &quot;quoted&quot;."
+            ),
+            "{html}"
+        );
+        let (text, html) = bodies(
+            "cleared",
+            minijinja::context! { job => "renew", opened => "2025-11-10T12:00:00.000Z" },
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "O problema do job `renew` aberto em 2025-11-10T12:00:00.000Z foi resolvido.\n"
+        );
+        assert!(html.contains("<code>renew</code> aberto em"), "{html}");
+    }
 }

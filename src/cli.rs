@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::exit::Code;
 use crate::jobs;
+pub use crate::output::LogFormat;
+use crate::output::OutputOptions;
 
 /// Back-office jobs for cron and systemd timers, over one SQLite store.
 ///
@@ -50,13 +53,16 @@ pub struct GlobalArgs {
     pub log_format: LogFormat,
 }
 
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One readable line per event (cron mail, a terminal).
-    Text,
-    /// One JSON object per line (journald, log shippers).
-    Json,
+impl GlobalArgs {
+    /// The options that concern output, for the layers below the command line.
+    pub fn output(&self) -> OutputOptions {
+        OutputOptions {
+            quiet: self.quiet,
+            verbose: self.verbose,
+            json: self.json,
+            log_format: self.log_format,
+        }
+    }
 }
 
 /// The subcommands.
@@ -105,8 +111,133 @@ pub enum Command {
     Completions(jobs::completions::Args),
     /// Print the man page (roff).
     Man,
-    /// Serve the built-in sandbox (fake Nio API) in the foreground for manual tries.
+    /// Serve the built-in sandbox (fake services) in the foreground for manual tries.
+    #[cfg(feature = "sandbox")]
     Sandbox(jobs::sandbox::Args),
     /// Run every job end to end against the built-in sandbox, in a temporary folder.
+    #[cfg(feature = "sandbox")]
     Demo(jobs::demo::Args),
+}
+
+/// Runs the chosen subcommand.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
+    use jobs::*;
+    let output = cli.global.output();
+    match cli.command {
+        #[cfg(feature = "sandbox")]
+        Command::Sandbox(args) => sandbox::run(args).await,
+        #[cfg(feature = "sandbox")]
+        Command::Demo(args) => demo::run(args, &output).await,
+        Command::Completions(args) => completions::completions(args, Cli::command()),
+        Command::Man => completions::man(Cli::command()),
+        command => {
+            let ctx = Ctx::load(cli.global.config.as_deref(), cli.global.db, output)?;
+            check_schedule(&ctx.loaded.config)?;
+            match command {
+                Command::FetchInvoices(args) => fetch_invoices::run(&ctx, args).await,
+                Command::Retry(args) => retry::run(&ctx, args).await,
+                Command::DownloadBoletos(args) => download_boletos::run(&ctx, args).await,
+                Command::Credentials(c) => credentials::run(&ctx, c),
+                Command::Enqueue(args) => enqueue::run(&ctx, args),
+                Command::SyncQueue(args) => sync_queue::run(&ctx, args).await,
+                Command::Cleanup(args) => cleanup::run(&ctx, args).await,
+                Command::Renew(args) => renew::run(&ctx, args).await,
+                Command::Status(args) => status::run(&ctx, args),
+                Command::Schedule(c) => schedule::run(&ctx, c),
+                Command::Report(args) => report::run(&ctx, args),
+                Command::Doctor(args) => doctor::run(&ctx, args).await,
+                Command::Pause(args) => pause::pause(&ctx, args),
+                Command::Resume(args) => pause::resume(&ctx, args),
+                Command::Import(c) => import::run(&ctx, c),
+                Command::Export(c) => export::run(&ctx, c),
+                Command::Config(c) => config::run(&ctx, c),
+                #[cfg(feature = "sandbox")]
+                Command::Sandbox(_) | Command::Demo(_) => unreachable!("handled above"),
+                Command::Completions(_) | Command::Man => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+/// Checks the schedule (`[schedule]`) when the configuration loads: its entries
+/// ([`crate::timers::plan`]), then each command line (`command`, `then`) against the
+/// arguments of its own subcommand, so that a misspelt flag is a configuration error now
+/// rather than a failed start at 3 a.m.
+fn check_schedule(config: &crate::config::Config) -> anyhow::Result<()> {
+    for p in crate::timers::plan(config)? {
+        let lines =
+            std::iter::once(("command", &p.command)).chain(p.then.iter().map(|t| ("then", t)));
+        for (key, words) in lines {
+            if let Err(why) = check_command_line(words) {
+                return Err(crate::exit::CodedError::config(format!(
+                    "`[schedule.{}] {key}` = `{}` is not a crm-jobs command line: {why}",
+                    p.name,
+                    words.join(" ")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses `words` (a subcommand and its flags) with that subcommand's own arguments (and the
+/// global options), not the whole command line; the first line of clap's error otherwise.
+pub fn check_command_line(words: &[String]) -> Result<(), String> {
+    let mut cli = Cli::command();
+    cli.build();
+    let Some((first, rest)) = words.split_first() else {
+        return Err("it is empty".into());
+    };
+    let Some(sub) = cli.find_subcommand(first) else {
+        return Err(format!("unrecognized subcommand '{first}'"));
+    };
+    sub.clone()
+        .no_binary_name(true)
+        .try_get_matches_from(rest)
+        .map(drop)
+        .map_err(|e| {
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ")
+                .to_string()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn a_scheduled_command_is_checked_against_its_own_subcommand() {
+        assert_eq!(
+            check_command_line(&words("fetch-invoices --limit 20 --quiet")),
+            Ok(())
+        );
+        assert_eq!(check_command_line(&words("renew --step emails")), Ok(()));
+        let e = check_command_line(&words("fetch-invoices --limt 20")).unwrap_err();
+        assert!(e.contains("--limt"), "{e}");
+        let e = check_command_line(&words("fetch --limit 20")).unwrap_err();
+        assert!(e.contains("fetch"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_flag_in_the_schedule_names_its_key() {
+        let mut c = crate::config::Config::default();
+        c.schedule.insert(
+            "fetch-invoices".into(),
+            crate::config::ScheduleEntry {
+                command: Some("fetch-invoices --limt 20".into()),
+                ..Default::default()
+            },
+        );
+        let e = format!("{:#}", check_schedule(&c).unwrap_err());
+        assert!(e.contains("[schedule.fetch-invoices] command"), "{e}");
+        assert!(e.contains("--limt"), "{e}");
+    }
 }

@@ -84,7 +84,7 @@ pub struct Config {
     /// `[pings]`: a Healthchecks.io-style URL per job (`fetch-invoices = "https://hc-ping.com/..."`).
     pub pings: std::collections::BTreeMap<String, String>,
     /// `[schedule.<name>]`: when each job runs (changes the built-in schedule, see
-    /// `crate::schedule`).
+    /// `crate::timers`).
     pub schedule: std::collections::BTreeMap<String, ScheduleEntry>,
     pub alerts: AlertsConfig,
 }
@@ -182,7 +182,7 @@ pub struct DownloadsConfig {
     pub dir: Option<PathBuf>,
 }
 
-/// `[nio]`: the Nio Negocia API (SERVICES.md §1).
+/// `[nio]`: the Nio Negocia API (docs/src/reference/services.md#nio-negocia-api).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NioConfig {
@@ -302,8 +302,9 @@ pub struct CredentialsConfig {
     pub fernet_key_file: Option<PathBuf>,
 }
 
-/// `[canopus]`: the Canopus portal (SERVICES.md §2). Control names and paths are the real
-/// ones by default, so that a changed portal is reached by configuration alone.
+/// `[canopus]`: the Canopus portal (docs/src/reference/services.md#canopus-portal). Control names
+/// and paths are the real ones by default, so that a changed portal is reached by configuration
+/// alone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CanopusConfig {
@@ -345,10 +346,10 @@ pub struct CanopusConfig {
     pub kind_field: String,
     pub kind_value: String,
     /// Which quotas of a CPF to take: `each`, `first` or `last`.
-    pub quotas: String,
+    pub quotas: QuotaChoice,
     /// Which installment to take: `month` (the one due in the month asked) or `last` (the
     /// grid's last row, as today's users do).
-    pub row: String,
+    pub row: RowChoice,
     pub timeout_secs: u64,
     /// Portal sessions used at once per sales point (each logs in once).
     pub concurrency: u32,
@@ -386,8 +387,8 @@ impl Default for CanopusConfig {
             date_field: "ctl00$Conteudo$edtDT_Compensacao".into(),
             kind_field: "ctl00$Conteudo$rdlTipoEmissao".into(),
             kind_value: "BA".into(),
-            quotas: "each".into(),
-            row: "month".into(),
+            quotas: QuotaChoice::Each,
+            row: RowChoice::Month,
             timeout_secs: 60,
             concurrency: 4,
             retries: 3,
@@ -396,7 +397,7 @@ impl Default for CanopusConfig {
     }
 }
 
-/// `[crm]`: the external CRM's REST API (SERVICES.md §3).
+/// `[crm]`: the external CRM's REST API (docs/src/reference/services.md#the-crm).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CrmConfig {
@@ -598,7 +599,7 @@ impl Default for CleanupConfig {
     }
 }
 
-/// `[stripe]`: Stripe's API (SERVICES.md §4).
+/// `[stripe]`: Stripe's API (docs/src/reference/services.md#stripe).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StripeConfig {
@@ -628,16 +629,16 @@ impl Default for StripeConfig {
     }
 }
 
-/// `[smtp]`: how `renew` sends its emails (SERVICES.md §5).
+/// `[smtp]`: how `renew` sends its emails (docs/src/reference/services.md#smtp).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// `smtp` sends; `eml` writes each message as a `.eml` file into `eml_dir` (development).
-    pub mode: String,
+    pub mode: SmtpMode,
     pub host: Option<String>,
     pub port: u16,
     /// `none`, `starttls` or `tls` (implicit TLS, usually port 465).
-    pub tls: String,
+    pub tls: SmtpTls,
     /// User for AUTH (the password from `CRM_JOBS_SMTP_PASSWORD` or `password_file`); unset:
     /// no AUTH.
     pub user: Option<String>,
@@ -655,10 +656,10 @@ pub struct SmtpConfig {
 impl Default for SmtpConfig {
     fn default() -> Self {
         SmtpConfig {
-            mode: "smtp".into(),
+            mode: SmtpMode::Smtp,
             host: None,
             port: 587,
-            tls: "starttls".into(),
+            tls: SmtpTls::Starttls,
             user: None,
             password_file: None,
             ca_file: None,
@@ -762,6 +763,73 @@ impl Loaded {
     }
 }
 
+/// `[canopus] quotas`: which quotas of a CPF to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaChoice {
+    Each,
+    First,
+    Last,
+}
+
+/// `[canopus] row`: which installment of a quota to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowChoice {
+    /// The one due in the month asked.
+    Month,
+    /// The grid's last row.
+    Last,
+}
+
+/// `[smtp] mode`: send, or write `.eml` files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpMode {
+    Smtp,
+    Eml,
+}
+
+/// `[smtp] tls`: plain, STARTTLS, or implicit TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+impl SmtpTls {
+    /// As written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpTls::None => "none",
+            SmtpTls::Starttls => "starttls",
+            SmtpTls::Tls => "tls",
+        }
+    }
+}
+
+/// Deserializes `table` as a `Config`, an error naming the key it is about (`[canopus]
+/// quotas`: unknown variant `eachh`, expected one of `each`, `first`, `last`).
+fn config_from(table: toml::Table) -> std::result::Result<Config, String> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().message().to_string();
+        match path.rsplit_once('.') {
+            Some((section, key)) if !section.is_empty() => {
+                format!("`[{section}] {key}`: {message}")
+            }
+            // A top-level key is a section.
+            _ if path != "." && !path.is_empty() => format!(
+                "`[{path}]`: {}",
+                message.replacen("unknown field", "unknown section", 1)
+            ),
+            _ => message,
+        }
+    })
+}
+
 /// Loads and validates the configuration.
 pub fn load(flag: Option<&Path>) -> Result<Loaded> {
     let file = locate(flag)?;
@@ -775,12 +843,8 @@ pub fn load(flag: Option<&Path>) -> Result<Loaded> {
             CodedError::config(format!("invalid config file `{}`: {e}", path.display()))
         })?;
         // Validate the file alone first, so that an error names the file.
-        let mut parsed: Config = table.clone().try_into().map_err(|e: toml::de::Error| {
-            CodedError::config(format!(
-                "invalid config file `{}`: {}",
-                path.display(),
-                e.message()
-            ))
+        let mut parsed: Config = config_from(table.clone()).map_err(|e| {
+            CodedError::config(format!("invalid config file `{}`: {e}", path.display()))
         })?;
         let base = path.parent().unwrap_or(Path::new("/"));
         resolve_paths(&mut parsed, base);
@@ -793,9 +857,8 @@ pub fn load(flag: Option<&Path>) -> Result<Loaded> {
             target.insert(k, v);
         }
     }
-    let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
-        CodedError::config(format!("invalid configuration: {}", e.message()))
-    })?;
+    let mut config: Config = config_from(table)
+        .map_err(|e| CodedError::config(format!("invalid configuration: {e}")))?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     resolve_paths(&mut config, &cwd);
     // Job names have `-`, environment variables cannot: `CRM_JOBS_PINGS_FETCH_INVOICES` names
@@ -891,10 +954,9 @@ fn env_overrides() -> Result<(EnvTable, Vec<String>)> {
         // Check the key exists in that section by deserializing it alone.
         let mut probe = toml::Table::new();
         section_table(&mut probe, section).insert(key.clone(), value.clone());
-        if let Err(e) = Config::deserialize(probe) {
+        if let Err(e) = config_from(probe) {
             return Err(CodedError::config(format!(
-                "invalid environment variable `{name}`: {}",
-                e.message()
+                "invalid environment variable `{name}`: {e}"
             )));
         }
         match out.iter_mut().find(|(s, _)| s == section) {
@@ -996,18 +1058,6 @@ fn validate(config: &Config) -> Result<()> {
             "`[canopus] base_url` = `{url}` is not an http(s) URL"
         )));
     }
-    if !["each", "first", "last"].contains(&canopus.quotas.as_str()) {
-        return Err(CodedError::config(format!(
-            "`[canopus] quotas` = `{}` is not one of `each`, `first`, `last`",
-            canopus.quotas
-        )));
-    }
-    if !["month", "last"].contains(&canopus.row.as_str()) {
-        return Err(CodedError::config(format!(
-            "`[canopus] row` = `{}` is not one of `month`, `last`",
-            canopus.row
-        )));
-    }
     let crm = &config.crm;
     if let Some(url) = &crm.base_url
         && !reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http" || u.scheme() == "https")
@@ -1053,14 +1103,6 @@ fn validate(config: &Config) -> Result<()> {
         ));
     }
     let smtp = &config.smtp;
-    if !["smtp", "eml"].contains(&smtp.mode.as_str())
-        || !["none", "starttls", "tls"].contains(&smtp.tls.as_str())
-    {
-        return Err(CodedError::config(format!(
-            "`[smtp] mode` = `{}` / `tls` = `{}`: mode is `smtp` or `eml`, tls is `none`, `starttls` or `tls`",
-            smtp.mode, smtp.tls
-        )));
-    }
     if smtp.from.parse::<lettre::message::Mailbox>().is_err() {
         return Err(CodedError::config(format!(
             "`[smtp] from` = `{}` is not an address (e.g. `Equipe <nao-responda@example.com>`)",
@@ -1080,10 +1122,10 @@ fn validate(config: &Config) -> Result<()> {
         )));
     }
     for (job, url) in &config.pings {
-        if !crate::lifecycle::JOBS.contains(&job.as_str()) {
+        if job.parse::<crate::job::Job>().is_err() {
             return Err(CodedError::config(format!(
                 "`[pings] {job}`: `{job}` is not a job ({})",
-                crate::lifecycle::JOBS.join(", ")
+                crate::job::Job::names()
             )));
         }
         if !reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http" || u.scheme() == "https") {
@@ -1092,7 +1134,6 @@ fn validate(config: &Config) -> Result<()> {
             )));
         }
     }
-    crate::schedule::plan(config)?;
     if config.alerts.missed_starts == 0 {
         return Err(CodedError::config(
             "`[alerts] missed_starts` must be at least 1",
@@ -1130,7 +1171,7 @@ fn validate(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Every duration and count of the config with its documented range (README, Configuration),
+/// Every duration and count of the config with its range (shown by the configuration reference),
 /// checked when the config loads: a value `config check` accepts never overflows a date or a
 /// wait in a job (`CRM_JOBS_CLEANUP_SYNC_LOG_DAYS=4294967295` was a panic in cleanup).
 fn ranges(c: &Config) -> Vec<(&'static str, u64, u64, u64)> {
@@ -1270,6 +1311,20 @@ fn ranges(c: &Config) -> Vec<(&'static str, u64, u64, u64)> {
         ),
         ("[fetch] limit", u(c.fetch.limit), 1, 1_000_000),
         ("[retry] max_attempts", u(c.retry.max_attempts), 1, 100),
+        // Checked above too, with messages of their own; listed here so that the configuration
+        // reference shows their ranges.
+        ("[nio] concurrency", u(c.nio.concurrency), 1, 64),
+        ("[nio] page_size", u(c.nio.page_size), 1, 500),
+        ("[canopus] concurrency", u(c.canopus.concurrency), 1, 16),
+        ("[canopus] retries", u(c.canopus.retries), 0, 10),
+        ("[canopus] backoff_ms", c.canopus.backoff_ms, 0, 60_000),
+        ("[crm] concurrency", u(c.crm.concurrency), 1, 64),
+        (
+            "[stripe] concurrency",
+            u(c.stripe.concurrency),
+            1,
+            u64::from(u32::MAX),
+        ),
     ]
 }
 
@@ -1335,5 +1390,1207 @@ fn data_home() -> Result<PathBuf> {
     match std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
         Some(h) => Ok(PathBuf::from(h)),
         None => Ok(home()?.join(".local").join("share")),
+    }
+}
+
+/// One key of the configuration, as the configuration reference documents it
+/// (`docs/src/reference/config.md`, rendered by [`reference_markdown`]). Its default is not
+/// written here: it is read from [`Config::default`], and its range from the checks made when
+/// the config loads.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    /// The section, dotted as in the file: `nio`, `nio.fields`, `crm.resources`,
+    /// `schedule.<name>`.
+    pub section: &'static str,
+    /// The key; `<entity>` or `<job>` for an entry of a table of entries.
+    pub key: &'static str,
+    /// `string`, `integer`, `boolean`, `path`, `URL`, `address` or `array of strings`.
+    pub kind: &'static str,
+    /// For a key without a default value: what leaving it out means. Empty for a key with one.
+    pub unset: &'static str,
+    /// What the key does (Markdown, links relative to `docs/src/reference/`).
+    pub doc: &'static str,
+}
+
+const fn key(
+    section: &'static str,
+    key: &'static str,
+    kind: &'static str,
+    unset: &'static str,
+    doc: &'static str,
+) -> KeyDoc {
+    KeyDoc {
+        section,
+        key,
+        kind,
+        unset,
+        doc,
+    }
+}
+
+/// Each section of the configuration, in the reference's order, with what it is for.
+pub const SECTION_DOCS: &[(&str, &str)] = &[
+    ("store", "Where the SQLite store lives."),
+    (
+        "downloads",
+        "Where the files the jobs download are written (invoice PDFs, boletos).",
+    ),
+    (
+        "nio",
+        "The Nio Negocia API, for `fetch-invoices` and `retry` (see [Services](services.md#nio-negocia-api) and [fetch-invoices](../jobs/fetch-invoices.md)).",
+    ),
+    (
+        "nio.fields",
+        "The JSON field names of the Nio API's answers, so that a differently dressed API is reached by configuration alone (see [A differently dressed API](../commands/config.md#a-differently-dressed-api)).",
+    ),
+    ("fetch", "Defaults of `fetch-invoices`."),
+    (
+        "retry",
+        "Defaults of `retry` and of the final retry pass of `fetch-invoices` (see [retry](../jobs/retry.md)).",
+    ),
+    (
+        "canopus",
+        "The Canopus portal, for `download-boletos` (see [Services](services.md#canopus-portal) and [download-boletos](../jobs/download-boletos.md)). Paths and control names default to the real portal's, so that a changed portal is reached by configuration alone (see [A changed portal](../commands/config.md#a-changed-portal)).",
+    ),
+    (
+        "credentials",
+        "How the portal passwords stored by `credentials set` are sealed (see [credentials](../commands/credentials.md)).",
+    ),
+    (
+        "crm",
+        "The CRM's REST API, for `sync-queue` (see [Services](services.md#the-crm) and [sync-queue](../jobs/sync-queue.md)).",
+    ),
+    (
+        "crm.resources",
+        "Each entity's resource path under `[crm] base_url`; the entities `enqueue` accepts. Written in the file, this table replaces the default one as a whole: list every entity (one left out cannot be enqueued).",
+    ),
+    (
+        "crm.references",
+        "The references of each entity's payload translated to CRM ids before it is sent (see [References](../jobs/sync-queue.md#references)). Merged with the defaults entity by entity: an entity written here replaces that entity's default, the others keep theirs.",
+    ),
+    (
+        "crm.natural_keys",
+        "How a record is looked up at the CRM before a create whose outcome is unknown is sent again (see [Unknown outcomes](../jobs/sync-queue.md#unknown-outcomes)). Merged with the defaults entity by entity.",
+    ),
+    ("sync", "The CRM outbox drain, `sync-queue`."),
+    (
+        "sync.priorities",
+        "The priority of each entity, higher first; an item's own `priority` wins. Merged with the defaults entity by entity.",
+    ),
+    (
+        "cleanup",
+        "Retention of old rows, in days, and the size of the batches of `cleanup` (see [cleanup](../jobs/cleanup.md)).",
+    ),
+    (
+        "stripe",
+        "Stripe's API, for `renew --step stripe` (see [Services](services.md#stripe) and [renew](../jobs/renew.md)).",
+    ),
+    (
+        "smtp",
+        "How `renew` and the alerts send their emails (see [Services](services.md#smtp) and [The outbox](../jobs/renew.md#the-outbox)).",
+    ),
+    (
+        "renew",
+        "The subscription steps of `renew` (see [renew](../jobs/renew.md)).",
+    ),
+    (
+        "metrics",
+        "The Prometheus textfile written after every run (see [Metrics](../operating/monitoring.md#metrics-node_exporters-textfile-collector)).",
+    ),
+    (
+        "tls",
+        "What the HTTPS clients (Nio, Canopus, CRM, Stripe, pings, `doctor`) trust besides the system's certificate authorities.",
+    ),
+    (
+        "pings",
+        "A Healthchecks.io-style ping URL per job (see [Health pings](../operating/monitoring.md#health-pings)).",
+    ),
+    (
+        "alerts",
+        "Incidents and their emails (see [Alerts](../operating/monitoring.md#alerts)).",
+    ),
+    (
+        "alerts.stale_hours",
+        "Per job: hours without a successful run that open a `stale` incident, instead of the schedule's rule.",
+    ),
+    (
+        "schedule.<name>",
+        "When each job runs: the one source of `schedule crontab`, `schedule systemd`, `status`'s next start and the `stale` alert (see [schedule](../commands/schedule.md)). A config without `[schedule]` gets the built-in entries; a `[schedule.<name>]` of a built-in entry changes only the keys it sets, and a new name adds an entry (`cron` and `command` required). Schedule keys have no environment variables.",
+    ),
+];
+
+/// Every key the configuration accepts, by section (a test checks that the parser accepts
+/// exactly these, and that `docs/src/reference/config.md` is their rendering).
+pub const KEYS: &[KeyDoc] = &[
+    key(
+        "store",
+        "path",
+        "path",
+        "`$XDG_DATA_HOME/crm-jobs/crm-jobs.db`, else `~/.local/share/crm-jobs/crm-jobs.db`",
+        "The SQLite store. `--db FILE` wins over it.",
+    ),
+    key(
+        "downloads",
+        "dir",
+        "path",
+        "a folder `downloads` beside the store",
+        "Root of the downloaded files: `faturas/` for the invoice PDFs, one folder per consultant for the boletos.",
+    ),
+    key(
+        "nio",
+        "base_url",
+        "URL",
+        "required by `fetch-invoices` and `retry`, which exit 78 without it",
+        "The site's root; the real one is `https://negociacao.niointernet.com.br`.",
+    ),
+    key(
+        "nio",
+        "params_path",
+        "string",
+        "",
+        "Bootstrap path under `base_url`, answering the encrypted params.",
+    ),
+    key(
+        "nio",
+        "session_path",
+        "string",
+        "",
+        "Session path under the API server.",
+    ),
+    key(
+        "nio",
+        "debts_path",
+        "string",
+        "",
+        "Debts path under the API server; must hold `{cpf}`, replaced by the CPF's 11 digits.",
+    ),
+    key(
+        "nio",
+        "origin",
+        "string",
+        "",
+        "The `origin` query parameter of the debts request.",
+    ),
+    key(
+        "nio",
+        "page_size",
+        "integer",
+        "",
+        "Invoices asked per page (`limit`), summed over the debts of an answer; the next page is asked while an answer holds this many invoices.",
+    ),
+    key(
+        "nio",
+        "token_header",
+        "string",
+        "",
+        "Header carrying the raw token.",
+    ),
+    key(
+        "nio",
+        "session_header",
+        "string",
+        "",
+        "Header carrying the session id.",
+    ),
+    key(
+        "nio",
+        "pdf_url_template",
+        "string",
+        "no PDFs: invoices are recorded without one",
+        "URL of an invoice's PDF; `{api}`, `{base}`, `{debtId}`, `{invoiceId}` and `{cpf}` are replaced (e.g. `{api}/debts/{debtId}/invoices/{invoiceId}/pdf`). See [PDFs](../jobs/fetch-invoices.md#pdfs).",
+    ),
+    key(
+        "nio",
+        "passphrase_file",
+        "path",
+        "the passphrase comes from the environment only",
+        "File holding the passphrase, after `CRM_JOBS_NIO_PASSPHRASE` and `CRM_JOBS_NIO_PASSPHRASE_FILE` (see [Secrets](../commands/config.md#secrets)).",
+    ),
+    key(
+        "nio",
+        "bootstrap_ttl_minutes",
+        "integer",
+        "",
+        "How long the bootstrap (params and session) is reused, across runs too (the site's own cache lives 30 minutes).",
+    ),
+    key(
+        "nio",
+        "connect_timeout_secs",
+        "integer",
+        "",
+        "TCP connect timeout, in seconds.",
+    ),
+    key(
+        "nio",
+        "timeout_secs",
+        "integer",
+        "",
+        "Whole-request timeout, in seconds.",
+    ),
+    key(
+        "nio",
+        "concurrency",
+        "integer",
+        "",
+        "Customers queried at once; `--concurrency` wins.",
+    ),
+    key(
+        "nio",
+        "request_retries",
+        "integer",
+        "",
+        "Extra tries of a request after a transient failure (`429`, `5xx`, a timeout, a reset), in place.",
+    ),
+    key(
+        "nio",
+        "retry_backoff_ms",
+        "integer",
+        "",
+        "First wait between those tries, in milliseconds, doubled each time (a `Retry-After` wins).",
+    ),
+    key(
+        "nio",
+        "max_retry_after_secs",
+        "integer",
+        "",
+        "Longest `Retry-After` honoured, in seconds; a longer one fails the request at once, as transient.",
+    ),
+    key(
+        "nio.fields",
+        "params_token",
+        "string",
+        "",
+        "The token in the decrypted params.",
+    ),
+    key(
+        "nio.fields",
+        "params_api_url",
+        "string",
+        "",
+        "The API server's URL in the decrypted params.",
+    ),
+    key(
+        "nio.fields",
+        "session_token",
+        "string",
+        "",
+        "The session id in the session answer.",
+    ),
+    key(
+        "nio.fields",
+        "debts",
+        "string",
+        "",
+        "The list of debts in the debts answer.",
+    ),
+    key("nio.fields", "debt_id", "string", "", "A debt's id."),
+    key(
+        "nio.fields",
+        "invoices",
+        "string",
+        "",
+        "A debt's list of invoices.",
+    ),
+    key("nio.fields", "invoice_id", "string", "", "An invoice's id."),
+    key(
+        "nio.fields",
+        "amount",
+        "string",
+        "",
+        "An invoice's amount: reais, a JSON number (`99.9`) or text (`\"99,90\"`).",
+    ),
+    key(
+        "nio.fields",
+        "due_date",
+        "string",
+        "",
+        "An invoice's due date, `YYYYMMDD` or `YYYY-MM-DD`.",
+    ),
+    key(
+        "nio.fields",
+        "reference_month",
+        "string",
+        "",
+        "An invoice's reference month, `YYYYMM`.",
+    ),
+    key("nio.fields", "status", "string", "", "An invoice's status."),
+    key(
+        "nio.fields",
+        "barcode",
+        "string",
+        "",
+        "An invoice's boleto: the linha digitável (47 digits) or the barcode (44 digits).",
+    ),
+    key(
+        "nio.fields",
+        "pix_code",
+        "array of strings",
+        "",
+        "An invoice's PIX code, tried in order: the first that is not empty.",
+    ),
+    key(
+        "nio.fields",
+        "pdf_url",
+        "string",
+        "",
+        "The field of a JSON PDF answer that holds the file's URL.",
+    ),
+    key(
+        "fetch",
+        "limit",
+        "integer",
+        "",
+        "Contracts per `fetch-invoices` run; `--limit` wins.",
+    ),
+    key(
+        "retry",
+        "max_attempts",
+        "integer",
+        "",
+        "Transient failures in a row after which an invoice (or its PDF) is `gave_up`; `--max-attempts` wins.",
+    ),
+    key(
+        "canopus",
+        "base_url",
+        "URL",
+        "required by `download-boletos`, which exits 78 without it",
+        "The portal's root; the real one is `https://cnp3.consorciocanopus.com.br`.",
+    ),
+    key(
+        "canopus",
+        "login_path",
+        "string",
+        "",
+        "The login page under `base_url`. A page that ends on it means the session expired.",
+    ),
+    key(
+        "canopus",
+        "search_path",
+        "string",
+        "",
+        "The search page under `base_url`.",
+    ),
+    key(
+        "canopus",
+        "boletos_path",
+        "string",
+        "",
+        "The boleto page under `base_url`.",
+    ),
+    key(
+        "canopus",
+        "user_field",
+        "string",
+        "",
+        "The login form's user field.",
+    ),
+    key(
+        "canopus",
+        "password_field",
+        "string",
+        "",
+        "The login form's password field.",
+    ),
+    key(
+        "canopus",
+        "login_button",
+        "string",
+        "",
+        "The login form's button.",
+    ),
+    key(
+        "canopus",
+        "user_code_digits",
+        "integer",
+        "",
+        "The user code is left-padded with zeros to this many digits.",
+    ),
+    key(
+        "canopus",
+        "login_message_id",
+        "string",
+        "",
+        "Id fragment of the login page's error message.",
+    ),
+    key(
+        "canopus",
+        "criterion_field",
+        "string",
+        "",
+        "The search criterion (an auto-postback).",
+    ),
+    key(
+        "canopus",
+        "criterion_cpf",
+        "string",
+        "",
+        "The criterion's value that searches by CPF.",
+    ),
+    key(
+        "canopus",
+        "search_field",
+        "string",
+        "",
+        "The search box (the CPF is typed as `000.000.000-00`).",
+    ),
+    key(
+        "canopus",
+        "search_button",
+        "string",
+        "",
+        "The search button.",
+    ),
+    key(
+        "canopus",
+        "results_grid",
+        "string",
+        "",
+        "Id fragment of the result grid (rows without a quota link are an error).",
+    ),
+    key(
+        "canopus",
+        "quota_link",
+        "string",
+        "",
+        "Id fragment of the quota links of the result grid.",
+    ),
+    key(
+        "canopus",
+        "not_found_text",
+        "string",
+        "",
+        "The search answer for a CPF that is not a client.",
+    ),
+    key(
+        "canopus",
+        "not_selected_text",
+        "string",
+        "",
+        "The search page's answer to a grid link that was not a quota (the quota is then not opened).",
+    ),
+    key(
+        "canopus",
+        "client_cpf_id",
+        "string",
+        "",
+        "Id fragment of the client page's element that must show the CPF searched; empty: anywhere in the page's text.",
+    ),
+    key(
+        "canopus",
+        "boletos_grid",
+        "string",
+        "",
+        "Id fragment of the boleto grid.",
+    ),
+    key(
+        "canopus",
+        "emit_image",
+        "string",
+        "",
+        "Name fragment of each boleto row's image button.",
+    ),
+    key(
+        "canopus",
+        "no_boleto_text",
+        "string",
+        "",
+        "The boleto page of a quota without an open installment.",
+    ),
+    key(
+        "canopus",
+        "emit_button",
+        "string",
+        "",
+        "The emit form's button.",
+    ),
+    key(
+        "canopus",
+        "date_field",
+        "string",
+        "",
+        "The emit form's date field (today, `dd/mm/yyyy`).",
+    ),
+    key(
+        "canopus",
+        "kind_field",
+        "string",
+        "",
+        "The emit form's emission kind.",
+    ),
+    key(
+        "canopus",
+        "kind_value",
+        "string",
+        "",
+        "The emission kind posted.",
+    ),
+    key(
+        "canopus",
+        "quotas",
+        "string",
+        "",
+        "Which quotas of a CPF to take: `each`, `first` or `last`.",
+    ),
+    key(
+        "canopus",
+        "row",
+        "string",
+        "",
+        "Which installment to take: `month` (the one due in the month asked) or `last` (the grid's last row, as today's users do).",
+    ),
+    key(
+        "canopus",
+        "timeout_secs",
+        "integer",
+        "",
+        "Whole-request timeout, in seconds (the connect timeout is 10 s).",
+    ),
+    key(
+        "canopus",
+        "concurrency",
+        "integer",
+        "",
+        "Portal sessions at once per sales point, each logged in once; `--concurrency` wins.",
+    ),
+    key(
+        "canopus",
+        "retries",
+        "integer",
+        "",
+        "Extra tries of one request (logins included) after a transient failure, in place.",
+    ),
+    key(
+        "canopus",
+        "backoff_ms",
+        "integer",
+        "",
+        "First wait before such a try, in milliseconds, doubled each time, plus up to 50% at random.",
+    ),
+    key(
+        "credentials",
+        "fernet_key_file",
+        "path",
+        "the key comes from the environment only",
+        "File holding the Fernet key, after `CRM_JOBS_FERNET_KEY` and `CRM_JOBS_FERNET_KEY_FILE` (see [Secrets](../commands/config.md#secrets)).",
+    ),
+    key(
+        "crm",
+        "base_url",
+        "URL",
+        "required by `sync-queue`, which exits 78 without it",
+        "The API's root; the real one is `https://api.beteltecnologia.com`.",
+    ),
+    key(
+        "crm",
+        "access_token_header",
+        "string",
+        "",
+        "Header carrying the access token (`CRM_JOBS_CRM_ACCESS_TOKEN`).",
+    ),
+    key(
+        "crm",
+        "secret_token_header",
+        "string",
+        "",
+        "Header carrying the secret token (`CRM_JOBS_CRM_SECRET_ACCESS_TOKEN`).",
+    ),
+    key(
+        "crm",
+        "access_token_file",
+        "path",
+        "the token comes from the environment only",
+        "File holding the access token, after `CRM_JOBS_CRM_ACCESS_TOKEN` and `CRM_JOBS_CRM_ACCESS_TOKEN_FILE`.",
+    ),
+    key(
+        "crm",
+        "secret_token_file",
+        "path",
+        "the token comes from the environment only",
+        "File holding the secret token, after `CRM_JOBS_CRM_SECRET_ACCESS_TOKEN` and `CRM_JOBS_CRM_SECRET_ACCESS_TOKEN_FILE`.",
+    ),
+    key(
+        "crm",
+        "id_pointer",
+        "string",
+        "",
+        "JSON pointer of the record's id in an answer (a string or a number).",
+    ),
+    key(
+        "crm",
+        "message_pointer",
+        "string",
+        "",
+        "JSON pointer of the message in an error answer.",
+    ),
+    key(
+        "crm",
+        "rate_limit_per_minute",
+        "integer",
+        "",
+        "Requests a minute, for every process together; `0`: no limit of our own (see [The rate limit](../jobs/sync-queue.md#the-rate-limit)).",
+    ),
+    key(
+        "crm",
+        "timeout_secs",
+        "integer",
+        "",
+        "Whole-request timeout, in seconds (the connect timeout is 10 s).",
+    ),
+    key(
+        "crm",
+        "concurrency",
+        "integer",
+        "",
+        "Requests in flight at once; `sync-queue --concurrency` wins.",
+    ),
+    key(
+        "crm",
+        "list_pointer",
+        "string",
+        "",
+        "JSON pointer of the records of a list answer (for the lookups by natural key).",
+    ),
+    key(
+        "crm",
+        "list_id_pointer",
+        "string",
+        "",
+        "JSON pointer of a record's id within one record of a list answer.",
+    ),
+    key(
+        "crm.resources",
+        "<entity>",
+        "string",
+        "",
+        "The entity's resource path, e.g. `atividades = \"/orcamentos\"`.",
+    ),
+    key(
+        "crm.references",
+        "<entity>",
+        "array of strings",
+        "",
+        "The entity's references, each `\"/json/pointer=entity\"`: a JSON pointer into the payload, `*` standing for every element of a list, and the entity whose ids are found there (an entity of `[crm.resources]`). `[]`: translate none.",
+    ),
+    key(
+        "crm.natural_keys",
+        "<entity>",
+        "string",
+        "",
+        "The entity's natural key, `\"/json/pointer=filter\"`: the payload's value at the pointer, asked with the list filter of that name (an entity of `[crm.resources]`).",
+    ),
+    key(
+        "sync",
+        "batch",
+        "integer",
+        "",
+        "Items sent per `sync-queue` run; `--batch` wins.",
+    ),
+    key(
+        "sync",
+        "max_attempts",
+        "integer",
+        "",
+        "Transient failures after which an item is `failed`; `--max-attempts` wins.",
+    ),
+    key(
+        "sync",
+        "backoff_secs",
+        "integer",
+        "",
+        "Wait after the first transient failure, in seconds, doubled at each further one.",
+    ),
+    key(
+        "sync",
+        "defer_secs",
+        "integer",
+        "",
+        "Wait of an item whose reference has no CRM id yet, in seconds (woken sooner when it is synced).",
+    ),
+    key(
+        "sync",
+        "max_retry_after_secs",
+        "integer",
+        "",
+        "Longest `429` pause waited out, and kept in the store, in seconds; a `429` asking for more ends the run's sending (items untouched; a run that sent nothing then fails, saying so).",
+    ),
+    key(
+        "sync.priorities",
+        "<entity>",
+        "integer",
+        "",
+        "The entity's priority, higher first.",
+    ),
+    key(
+        "cleanup",
+        "sync_log_days",
+        "integer",
+        "",
+        "Retention of the CRM request log.",
+    ),
+    key(
+        "cleanup",
+        "queue_done_days",
+        "integer",
+        "",
+        "Retention of queue items `done` or `superseded`.",
+    ),
+    key(
+        "cleanup",
+        "queue_failed_days",
+        "integer",
+        "",
+        "Retention of queue items `failed`.",
+    ),
+    key(
+        "cleanup",
+        "runs_days",
+        "integer",
+        "",
+        "Retention of the run history, and of the skipped starts of paused jobs.",
+    ),
+    key(
+        "cleanup",
+        "email_outbox_days",
+        "integer",
+        "",
+        "Retention of emails `sent` or `failed` (from when they were queued).",
+    ),
+    key(
+        "cleanup",
+        "sessions_days",
+        "integer",
+        "",
+        "Sessions expired longer ago than this are soft-deleted.",
+    ),
+    key(
+        "cleanup",
+        "pending_payments_days",
+        "integer",
+        "",
+        "Payments pending for longer than this are cancelled.",
+    ),
+    key(
+        "cleanup",
+        "diagnostics_days",
+        "integer",
+        "",
+        "Saved portal pages (`diagnostics/` beside the store) older than this are removed.",
+    ),
+    key(
+        "cleanup",
+        "batch_size",
+        "integer",
+        "",
+        "Rows deleted (or changed) per transaction: the write lock is held that long only.",
+    ),
+    key(
+        "stripe",
+        "base_url",
+        "URL",
+        "required by `renew --step stripe`, which exits 78 without it",
+        "The API's root; the real one is `https://api.stripe.com`.",
+    ),
+    key(
+        "stripe",
+        "api_version",
+        "string",
+        "",
+        "The pinned `Stripe-Version` header; answers of older versions are read too.",
+    ),
+    key(
+        "stripe",
+        "secret_key_file",
+        "path",
+        "the key comes from the environment only",
+        "File holding the secret key, after `CRM_JOBS_STRIPE_SECRET_KEY` and `CRM_JOBS_STRIPE_SECRET_KEY_FILE`. A restricted key that may read subscriptions is enough.",
+    ),
+    key(
+        "stripe",
+        "timeout_secs",
+        "integer",
+        "",
+        "Whole-request timeout, in seconds (the connect timeout is 10 s).",
+    ),
+    key(
+        "stripe",
+        "concurrency",
+        "integer",
+        "",
+        "Subscriptions asked at once.",
+    ),
+    key(
+        "stripe",
+        "retries",
+        "integer",
+        "",
+        "Extra tries of a request after a `429` (as `Retry-After` says), a `5xx`, a timeout or a connection failure. A `429` asking to wait more than 120 s is not waited out: that subscription's error for this run.",
+    ),
+    key(
+        "smtp",
+        "mode",
+        "string",
+        "",
+        "`smtp` sends; `eml` writes each message as a `.eml` file into `eml_dir` (development).",
+    ),
+    key(
+        "smtp",
+        "host",
+        "string",
+        "required by `renew --step emails` in `smtp` mode, which exits 78 without it",
+        "The SMTP server.",
+    ),
+    key(
+        "smtp",
+        "port",
+        "integer",
+        "",
+        "Its port (465 for `tls`, 25 or 587 for `none` and `starttls`).",
+    ),
+    key(
+        "smtp",
+        "tls",
+        "string",
+        "",
+        "`none`, `starttls` (required: no message goes out in clear text) or `tls` (implicit TLS from the first byte).",
+    ),
+    key(
+        "smtp",
+        "user",
+        "string",
+        "no AUTH",
+        "User for AUTH; the password comes from `CRM_JOBS_SMTP_PASSWORD` or `password_file`, and is read only when a user is set.",
+    ),
+    key(
+        "smtp",
+        "password_file",
+        "path",
+        "the password comes from the environment only",
+        "File holding the password, after `CRM_JOBS_SMTP_PASSWORD` and `CRM_JOBS_SMTP_PASSWORD_FILE`.",
+    ),
+    key(
+        "smtp",
+        "ca_file",
+        "path",
+        "the OS's CAs",
+        "PEM certificates to trust instead of the OS's CAs: the server's own certificate (a self-signed one, `CA:TRUE` or not, is accepted as the server's when it presents exactly that certificate), or the CA that signed it. The name is still checked (see `tls_server_name`), and so are the dates. A file that cannot be read or holds no certificate exits 78.",
+    ),
+    key(
+        "smtp",
+        "tls_server_name",
+        "string",
+        "the name in `host`",
+        "The name the server's certificate must carry.",
+    ),
+    key(
+        "smtp",
+        "from",
+        "address",
+        "",
+        "The sender, `From:`; must be an address (`Equipe <nao-responda@example.com>`).",
+    ),
+    key(
+        "smtp",
+        "eml_dir",
+        "path",
+        "required in `eml` mode",
+        "Folder of the `.eml` files (created if needed).",
+    ),
+    key(
+        "smtp",
+        "timeout_secs",
+        "integer",
+        "",
+        "Network timeout of the SMTP connection, in seconds: to connect, for the TLS handshake, for each write and for each reply.",
+    ),
+    key(
+        "renew",
+        "days",
+        "integer",
+        "",
+        "Warn the subscriptions whose period ends within this many days; `--days` wins.",
+    ),
+    key(
+        "renew",
+        "app_name",
+        "string",
+        "",
+        "The product's name in the emails (`{{ app }}`).",
+    ),
+    key(
+        "renew",
+        "message_id_domain",
+        "string",
+        "",
+        "Domain of the Message-IDs; set it to a domain of yours.",
+    ),
+    key(
+        "renew",
+        "email_batch",
+        "integer",
+        "",
+        "Emails sent per run at most.",
+    ),
+    key(
+        "renew",
+        "stripe_grace_days",
+        "integer",
+        "",
+        "A Stripe subscription (`gateway = 'stripe'`) whose period ended less than this many days ago is not expired, and the `stripe` step looks back this far; `0`: today only, expired as soon as ended.",
+    ),
+    key(
+        "metrics",
+        "textfile_dir",
+        "path",
+        "no file",
+        "Folder of `crm_jobs.prom`, rewritten after every run for node_exporter's textfile collector.",
+    ),
+    key(
+        "tls",
+        "ca_file",
+        "path",
+        "the system's CAs only",
+        "PEM file of extra certificates trusted by the HTTPS clients besides the system's: CAs (a company proxy's), or a server's own self-signed certificate (as for `[smtp] ca_file`). Certificates are always verified, and a refused one says to look here. `[smtp] ca_file` is SMTP's own. A file that cannot be read or holds no certificate exits 78.",
+    ),
+    key(
+        "pings",
+        "<job>",
+        "URL",
+        "no ping",
+        "The job's Healthchecks.io ping URL, e.g. `sync-queue = \"https://hc-ping.com/<uuid>\"`. Keys are job names (`fetch-invoices`, `retry`, `download-boletos`, `sync-queue`, `cleanup`, `renew`); a `_` stands for `-`, so that the environment can name them.",
+    ),
+    key(
+        "alerts",
+        "to",
+        "address",
+        "no alert",
+        "Who gets the alerts: one email per incident, and one when it clears.",
+    ),
+    key(
+        "alerts",
+        "consecutive_failures",
+        "integer",
+        "",
+        "Failed runs in a row that open a `consecutive_failures` incident.",
+    ),
+    key(
+        "alerts",
+        "error_rate_percent",
+        "integer",
+        "",
+        "A run of at least 5 items with more than this share of failed items opens an `error_rate` incident.",
+    ),
+    key(
+        "alerts",
+        "max_run_minutes",
+        "integer",
+        "",
+        "A run longer than this opens a `slow_run` incident.",
+    ),
+    key(
+        "alerts",
+        "missed_starts",
+        "integer",
+        "",
+        "Scheduled starts a job may miss (no success since) before a `stale` incident opens.",
+    ),
+    key(
+        "alerts",
+        "grace_minutes",
+        "integer",
+        "",
+        "Minutes a scheduled start is given to succeed before it counts as missed.",
+    ),
+    key(
+        "alerts",
+        "idle_with_work",
+        "boolean",
+        "",
+        "A run that did nothing while work was waiting for it opens an `idle` incident.",
+    ),
+    key(
+        "alerts.stale_hours",
+        "<job>",
+        "integer",
+        "the schedule's rule: `missed_starts` and `grace_minutes`",
+        "Hours without a successful run of this job that open a `stale` incident. A `_` in the key stands for `-`.",
+    ),
+    key(
+        "schedule.<name>",
+        "cron",
+        "string",
+        "the built-in entry's; required for a new entry",
+        "A crontab(5) expression: five fields of numbers, names, `*`, `,`, `-`, `/`, or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`. A restricted day of month and a restricted day of week match either, as in cron; croner's extensions `L`, `W`, `#` and `?` are refused, since cron would refuse them.",
+    ),
+    key(
+        "schedule.<name>",
+        "timezone",
+        "string",
+        "read in `America/Sao_Paulo`",
+        "The IANA zone the expression is read in.",
+    ),
+    key(
+        "schedule.<name>",
+        "command",
+        "string",
+        "the built-in entry's; required for a new entry",
+        "The crm-jobs subcommand and its flags, checked as a command line when the config loads (a typo fails `config check`, not at 3 a.m.); no quotes, no shell syntax, no `%`, which cron would turn into a newline.",
+    ),
+    key(
+        "schedule.<name>",
+        "then",
+        "string",
+        "nothing runs after",
+        "A command run right after: in cron after `;`, under systemd as `ExecStartPost=`, which runs when the command ended 0, 3 or 75.",
+    ),
+    key(
+        "schedule.<name>",
+        "description",
+        "string",
+        "the built-in entry's",
+        "One line: the crontab comment and the unit's `Description=`.",
+    ),
+    key(
+        "schedule.<name>",
+        "randomized_delay",
+        "string",
+        "a delay of `2min`",
+        "systemd's `RandomizedDelaySec=`; `\"0\"`: none. cron has none.",
+    ),
+    key(
+        "schedule.<name>",
+        "quiet",
+        "boolean",
+        "not quiet",
+        "Under cron, run with `--quiet`: mail only warnings and errors.",
+    ),
+    key(
+        "schedule.<name>",
+        "enabled",
+        "boolean",
+        "enabled",
+        "`false` drops the entry.",
+    ),
+];
+
+/// The environment variable that sets a key (`CRM_JOBS_<SECTION>_<KEY>`, upper case); `None`
+/// for the schedule, which has none.
+pub fn env_var(section: &str, key: &str) -> Option<String> {
+    if section.starts_with("schedule") {
+        return None;
+    }
+    Some(
+        format!(
+            "CRM_JOBS_{}_{}",
+            section.replace('.', "_"),
+            key.replace('-', "_")
+        )
+        .to_uppercase(),
+    )
+}
+
+/// The configuration reference, `docs/src/reference/config.md`: every key of [`KEYS`] by
+/// section, with its default read from [`Config::default`] and its range from the checks of
+/// `validate`. A test keeps the file equal to this text.
+pub fn reference_markdown() -> String {
+    use std::fmt::Write;
+    let defaults = toml::Table::try_from(Config::default()).expect("the defaults encode as TOML");
+    let ranges = ranges(&Config::default());
+    let mut out = String::from(
+        "<!-- Generated from src/config.rs (`config::KEYS`, `config::reference_markdown`): do not edit.\n     \
+         After changing a key, run `UPDATE_DOCS=1 cargo test --test cli docs::` to write this file again. -->\n\n\
+         # Configuration reference\n\n\
+         Every key of the configuration file, by section, as the code defines it: the defaults are\n\
+         those of the code, the ranges those checked when the configuration loads (a value out of\n\
+         range exits 78, naming the key). Each key can also be set by its environment variable,\n\
+         which wins over the file; a command-line flag wins over both (see\n\
+         [config](../commands/config.md) for where the file is found, the precedence and the\n\
+         secrets, which never live in the file). `config.example.toml` holds every key with a\n\
+         comment.\n",
+    );
+    for (section, about) in SECTION_DOCS {
+        let _ = write!(out, "\n## `[{section}]`\n\n{about}\n");
+        for k in KEYS.iter().filter(|k| k.section == *section) {
+            let _ = write!(out, "\n### `[{section}] {}`\n\n{}\n\n", k.key, k.doc);
+            let range = ranges
+                .iter()
+                .find(|(name, ..)| *name == format!("[{section}] {}", k.key))
+                .map(|(_, _, min, max)| {
+                    if *max >= u64::from(u32::MAX) {
+                        format!(", at least {min}")
+                    } else {
+                        format!(", {min} to {max}")
+                    }
+                })
+                .unwrap_or_default();
+            let _ = writeln!(out, "- Type: {}{range}", k.kind);
+            let _ = writeln!(out, "- Default: {}", default_text(&defaults, k));
+            match env_var(section, k.key) {
+                Some(var) if RESERVED_ENV.contains(&var.as_str()) => {
+                    let _ = writeln!(
+                        out,
+                        "- Environment: `{var}`, the secret's own variable, which wins over this key (see [Secrets](../commands/config.md#secrets))"
+                    );
+                }
+                Some(var) => {
+                    let _ = writeln!(out, "- Environment: `{var}`");
+                }
+                None => out.push_str("- Environment: none\n"),
+            }
+        }
+    }
+    out
+}
+
+/// A key's default as the reference shows it: the TOML value of [`Config::default`] (every
+/// entry, for a table of entries), else what leaving it out means.
+fn default_text(defaults: &toml::Table, k: &KeyDoc) -> String {
+    let mut value = Some(defaults);
+    for part in k.section.split('.') {
+        value = value.and_then(|t| t.get(part)).and_then(|v| v.as_table());
+    }
+    let shown = match value {
+        Some(table) if k.key.starts_with('<') && !table.is_empty() => Some(
+            table
+                .iter()
+                .map(|(name, v)| format!("`{name} = {v}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Some(table) => table.get(k.key).map(|v| format!("`{v}`")),
+        None => None,
+    };
+    match shown {
+        Some(text) => text,
+        None => format!("unset ({})", k.unset),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The environment variable the reference names for each key is the one `env_overrides`
+    /// reads as that key: its section is found the same way (the longest section first).
+    #[test]
+    fn each_documented_variable_sets_its_key() {
+        for k in KEYS {
+            let key = if k.key.starts_with('<') { "x" } else { k.key };
+            let Some(name) = env_var(k.section, key) else {
+                assert!(k.section.starts_with("schedule"), "{k:?} has no variable");
+                continue;
+            };
+            if RESERVED_ENV.contains(&name.as_str()) {
+                // A secret's own `*_FILE` variable, which the reference says wins over the key.
+                assert!(key.ends_with("_file"), "{name} is reserved");
+                continue;
+            }
+            let rest = name["CRM_JOBS_".len()..].to_ascii_lowercase();
+            let section = SECTIONS
+                .iter()
+                .find(|s| rest.starts_with(&format!("{}_", s.replace('.', "_"))))
+                .unwrap_or_else(|| panic!("{name} names no section"));
+            assert_eq!(*section, k.section, "{name}");
+            assert_eq!(&rest[section.len() + 1..], key, "{name}");
+        }
     }
 }

@@ -1,7 +1,7 @@
-//! The CRM's REST API (SERVICES.md §3): one request per queue item, classified by what the
-//! caller does next; and, pure, what shapes the requests: the translation of ERP references into
-//! CRM ids, the lookup of a record by its natural key, the folding of two changes of a record
-//! into one payload, and the entity names the ERP uses.
+//! The CRM's REST API (docs/src/reference/services.md#the-crm): one request per queue item,
+//! classified by what the caller does next; and, pure, what shapes the requests: the translation of
+//! ERP references into CRM ids, the lookup of a record by its natural key, the folding of two
+//! changes of a record into one payload, and the entity names the ERP uses.
 
 use std::time::Duration;
 
@@ -129,11 +129,7 @@ impl CrmClient {
             maybe_applied: !e.is_connect(),
         })?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let retry_after = crate::retry::retry_after(resp.headers());
         let body = resp.bytes().await.map_err(|e| CrmError::Transient {
             status: Some(status.as_u16()),
             message: crate::http::describe_error(&e, "CRM"),
@@ -173,7 +169,7 @@ impl CrmClient {
                 message()
             ))),
             StatusCode::TOO_MANY_REQUESTS => Err(CrmError::RateLimited {
-                retry_after: Duration::from_secs(retry_after.unwrap_or(1)),
+                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
             }),
             s if s.is_server_error() => Err(CrmError::Transient {
                 status: Some(s.as_u16()),
@@ -208,24 +204,6 @@ pub fn canonical_entity<'a>(
     [name.to_string(), format!("{name}s"), format!("{name}es")]
         .iter()
         .find_map(|n| resources.get_key_value(n).map(|(k, _)| k.as_str()))
-}
-
-/// Folds a later change of a record over an earlier one: the later's fields win, objects merge
-/// key by key (at every depth), anything else (a list, a text, `null`) is replaced whole.
-pub fn merge(earlier: &mut Value, later: Value) {
-    match (earlier, later) {
-        (Value::Object(e), Value::Object(l)) => {
-            for (k, v) in l {
-                match e.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => {
-                        e.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, later) => *slot = later,
-    }
 }
 
 /// How a record is found at the CRM by a value of its own (a client's CPF or CNPJ, a
@@ -371,32 +349,8 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_later_change_folds_over_an_earlier_one_field_by_field() {
-        let mut create = json!({"nome": "Maria", "email": "m@x.com", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "extra": {"a": "1", "b": "2"}});
-        merge(
-            &mut create,
-            json!({"telefone": "62 9999", "nome": "Maria S", "extra": {"b": "3", "c": null}}),
-        );
-        assert_eq!(
-            create,
-            json!({"nome": "Maria S", "email": "m@x.com", "telefone": "62 9999", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "extra": {"a": "1", "b": "3", "c": null}})
-        );
-        // A list is replaced whole, a null wins.
-        let mut venda = json!({"produtos": [{"produto": {"id": "1"}}], "obs": "x"});
-        merge(
-            &mut venda,
-            json!({"produtos": [{"produto": {"id": "2"}}], "obs": null}),
-        );
-        assert_eq!(
-            venda,
-            json!({"produtos": [{"produto": {"id": "2"}}], "obs": null})
-        );
-    }
-
-    #[test]
     fn singular_names_stand_for_their_entity() {
-        let resources: std::collections::BTreeMap<String, String> =
-            crate::config::CrmConfig::default().resources;
+        let resources: std::collections::BTreeMap<String, String> = CrmConfig::default().resources;
         for (name, entity) in [
             ("cliente", Some("clientes")),
             ("clientes", Some("clientes")),

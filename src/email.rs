@@ -1,11 +1,11 @@
-//! The emails of `renew`: subjects (DOMAIN.md), plain-text and HTML bodies from the templates
-//! in `templates/email/` (HTML auto-escaped), dates and money in pt-BR, and a stable
-//! Message-ID per email.
+//! The emails of `renew`: subjects (docs/src/reference/domain.md#subscriptions), plain-text and
+//! HTML bodies from the templates in `templates/email/` (rendered by [`crate::templates`], HTML
+//! auto-escaped), dates and money in pt-BR, and a stable Message-ID per email.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use chrono_tz::America::Sao_Paulo;
-use minijinja::{Environment, context};
+use minijinja::context;
 
 use crate::domain::money::format_brl;
 use crate::store::SubscriptionRow;
@@ -35,41 +35,6 @@ pub struct Rendered {
     pub html: String,
 }
 
-fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    // `.html` templates are auto-escaped, `.txt` ones are not.
-    for (name, source) in [
-        (
-            "expiring.txt",
-            include_str!("../templates/email/expiring.txt"),
-        ),
-        (
-            "expiring.html",
-            include_str!("../templates/email/expiring.html"),
-        ),
-        (
-            "expired.txt",
-            include_str!("../templates/email/expired.txt"),
-        ),
-        (
-            "expired.html",
-            include_str!("../templates/email/expired.html"),
-        ),
-        (
-            "renewed.txt",
-            include_str!("../templates/email/renewed.txt"),
-        ),
-        (
-            "renewed.html",
-            include_str!("../templates/email/renewed.html"),
-        ),
-    ] {
-        env.add_template(name, source)
-            .expect("the repo's templates parse");
-    }
-    env
-}
-
 /// `dd/mm/yyyy` in America/Sao_Paulo.
 pub fn date_br(t: DateTime<Utc>) -> String {
     t.with_timezone(&Sao_Paulo).format("%d/%m/%Y").to_string()
@@ -84,7 +49,6 @@ pub fn render(
     days: i64,
     period: (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<Rendered> {
-    let env = environment();
     let ctx = context! {
         nome => sub.user_name,
         plano => sub.plan_name,
@@ -94,12 +58,8 @@ pub fn render(
         fim => date_br(period.1),
         app => app,
     };
-    let render = |suffix: &str| -> Result<String> {
-        let name = format!("{}.{suffix}", kind.as_str());
-        env.get_template(&name)
-            .and_then(|t| t.render(&ctx))
-            .with_context(|| format!("cannot render the email template `{name}`"))
-    };
+    let render =
+        |suffix: &str| crate::templates::render(&format!("email/{}.{suffix}", kind.as_str()), &ctx);
     let subject = match kind {
         Kind::Expiring => format!("⚠️ Sua assinatura expira em {days} dias"),
         Kind::Expired => "❌ Sua assinatura expirou".to_string(),

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, anyhow};
 use sha2::{Digest, Sha256};
@@ -22,10 +22,10 @@ use crate::files;
 use crate::lifecycle::JobRun;
 use crate::nio::{Answer, NioClient, NioError, NioInvoice};
 use crate::output::Printer;
-use crate::store::{Attempt, ContractWork, InvoiceAnswer, PdfOutcome};
-
-/// How long in-flight contracts may finish after SIGTERM/SIGINT before they are abandoned.
-const GRACE: Duration = Duration::from_secs(5);
+use crate::store::{
+    Attempt, ContractWork, ErrorKind, FetchStatus, InvoiceAnswer, MatchState, PaymentStatus,
+    PdfOutcome, PdfStatus,
+};
 
 /// Nio statuses that mean the invoice is paid (the API normally lists only open ones).
 const PAID_STATUSES: &[&str] = &["paid", "pago", "paga", "liquidado", "liquidada", "quitado"];
@@ -40,7 +40,7 @@ pub struct Engine {
     pub origin: String,
     pub max_attempts: u32,
     /// Attempt times follow `CRM_JOBS_NOW` like every other date.
-    pub clock: crate::clock::Clock,
+    pub clock: clock::Clock,
 }
 
 /// Removes partial PDFs left by a killed run (never under a final name: see `files`).
@@ -120,38 +120,25 @@ impl Engine {
         drop(tx);
 
         let cancel = run.cancel.clone();
-        let mut deadline: Option<tokio::time::Instant> = None;
         let mut stop_error: Option<String> = None;
         let mut end = PassEnd::default();
         let mut processed = 0usize;
-        loop {
-            tokio::select! {
-                msg = rx.recv() => {
-                    let Some(done) = msg else { break };
-                    processed += 1;
-                    bar.set_message(done.work.contract_number.clone());
-                    if let Err(NioError::Stop(m)) = &done.result {
-                        if stop_error.is_none() {
-                            stop_error = Some(m.clone());
-                        }
-                        continue;
-                    }
-                    if self.record(run, done, retrying)? {
-                        end.transient_failures += 1;
-                    }
-                    bar.inc(1);
+        crate::lifecycle::collect(&mut rx, &mut workers, &cancel, "contracts", |done| {
+            processed += 1;
+            bar.set_message(done.work.contract_number.clone());
+            if let Err(NioError::Stop(m)) = &done.result {
+                if stop_error.is_none() {
+                    stop_error = Some(m.clone());
                 }
-                _ = cancel.cancelled(), if deadline.is_none() => {
-                    deadline = Some(tokio::time::Instant::now() + GRACE);
-                }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                    workers.abort_all();
-                    tracing::warn!("contracts still in flight {}s after the signal were abandoned; nothing was recorded for them", GRACE.as_secs());
-                    break;
-                }
+                return Ok(());
             }
-        }
-        workers.abort_all();
+            if self.record(run, done, retrying)? {
+                end.transient_failures += 1;
+            }
+            bar.inc(1);
+            Ok(())
+        })
+        .await?;
         self.printer.finish_progress(&bar);
         end.abandoned = total - processed;
         if let Some(m) = stop_error {
@@ -180,8 +167,13 @@ impl Engine {
             run.add("retried", 1);
         }
         if let Some(reason) = done.skipped {
-            run.store
-                .record_failure(work.id, &invoice_ids, &attempt, &reason, "permanent")?;
+            run.store.record_failure(
+                work.id,
+                &invoice_ids,
+                &attempt,
+                &reason,
+                ErrorKind::Permanent,
+            )?;
             run.counts.skipped += 1;
             run.add("skipped_invalid_cpf", 1);
             tracing::warn!("{who}: skipped: {reason}");
@@ -220,12 +212,12 @@ impl Engine {
                     "warn",
                     format!("contract `{}`: {err}", work.contract_number),
                 );
-                Ok(kind == "transient")
+                Ok(kind == ErrorKind::Transient)
             }
             Ok(answers) => {
                 let transient = answers.iter().any(|a| {
-                    matches!(a.problem, Some((_, "transient")))
-                        || pdf_failure(a) == Some("transient")
+                    matches!(a.problem, Some((_, ErrorKind::Transient)))
+                        || pdf_failure(a) == Some(ErrorKind::Transient)
                 });
                 // A PDF not saved leaves the contract's work undone: the contract is failed,
                 // although every invoice's answer (and payment) was recorded.
@@ -233,15 +225,15 @@ impl Engine {
                 let recorded = run.store.record_answers(work.id, &answers, &attempt)?;
                 let mut parts: Vec<(String, i64)> = Vec::new();
                 for (a, r) in answers.iter().zip(&recorded) {
-                    run.add(a.outcome, 1);
-                    match parts.iter_mut().find(|(k, _)| k == a.outcome) {
+                    run.add(a.outcome.as_str(), 1);
+                    match parts.iter_mut().find(|(k, _)| a.outcome == k.as_str()) {
                         Some((_, n)) => *n += 1,
                         None => parts.push((a.outcome.to_string(), 1)),
                     }
-                    if r.fetch_status == "gave_up" {
+                    if r.fetch_status == FetchStatus::GaveUp {
                         run.add("gave_up", 1);
                     }
-                    if a.payment_status == Some("paid") {
+                    if a.payment_status == Some(PaymentStatus::Paid) {
                         run.add("paid", 1);
                         tracing::info!(
                             "{who}: invoice {}: {}",
@@ -253,7 +245,7 @@ impl Engine {
                         Some(PdfOutcome::Saved { .. }) => run.add("pdfs_saved", 1),
                         Some(PdfOutcome::Failed { error, kind }) => {
                             run.add("pdf_errors", 1);
-                            let gave_up = r.pdf_status.as_deref() == Some("gave_up");
+                            let gave_up = r.pdf_status == Some(PdfStatus::GaveUp);
                             if gave_up {
                                 run.add("pdf_gave_up", 1);
                             }
@@ -284,7 +276,7 @@ impl Engine {
                             number_of(work, a.invoice_id)
                         );
                     }
-                    if matches!(a.outcome, "ambiguous" | "value_mismatch") {
+                    if matches!(a.outcome, MatchState::Ambiguous | MatchState::ValueMismatch) {
                         let detail = a.detail.clone().unwrap_or_default();
                         tracing::warn!(
                             "{who}: invoice {}: {}: {detail}",
@@ -327,9 +319,9 @@ impl Engine {
 }
 
 /// The kind of the PDF failure of an answer, if its PDF was tried and not saved.
-fn pdf_failure(a: &InvoiceAnswer) -> Option<&'static str> {
+fn pdf_failure(a: &InvoiceAnswer) -> Option<ErrorKind> {
     match &a.pdf {
-        Some(PdfOutcome::Failed { kind, .. }) => Some(kind),
+        Some(PdfOutcome::Failed { kind, .. }) => Some(*kind),
         _ => None,
     }
 }
@@ -369,7 +361,7 @@ async fn fetch_contract(
     work: ContractWork,
     downloads: &std::path::Path,
     pdfs: bool,
-    clock: crate::clock::Clock,
+    clock: clock::Clock,
 ) -> Done {
     let started = Instant::now();
     let started_at = clock::to_store(clock.now());
@@ -487,7 +479,7 @@ pub fn match_all(work: &ContractWork, found: &[NioInvoice], no_debts: bool) -> V
             let outcome = matching::match_invoice(&expected, &candidates);
             let mut a = InvoiceAnswer {
                 invoice_id: inv.id,
-                outcome: outcome.as_str(),
+                outcome: MatchState::from(&outcome),
                 ..InvoiceAnswer::default()
             };
             let due = inv.due_date.map(|d| d.format("%d/%m/%Y").to_string()).unwrap_or_default();
@@ -505,7 +497,7 @@ pub fn match_all(work: &ContractWork, found: &[NioInvoice], no_debts: bool) -> V
                         } else {
                             format!(" as invoice `{was}`")
                         };
-                        a.payment_status = Some("paid");
+                        a.payment_status = Some(PaymentStatus::Paid);
                         a.detail = Some(if no_debts {
                             format!("paid: Nio listed it open{was} before, and lists no open debt for this CPF now")
                         } else {
@@ -547,7 +539,11 @@ fn fill_matched(a: &mut InvoiceAnswer, f: &NioInvoice) {
         .status
         .as_deref()
         .is_some_and(|s| PAID_STATUSES.contains(&s.to_lowercase().as_str()));
-    a.payment_status = Some(if paid { "paid" } else { "open" });
+    a.payment_status = Some(if paid {
+        PaymentStatus::Paid
+    } else {
+        PaymentStatus::Open
+    });
     if paid {
         a.detail = Some(format!(
             "paid: Nio lists invoice `{}` with the status `{}`",
@@ -572,6 +568,6 @@ fn fill_matched(a: &mut InvoiceAnswer, f: &NioInvoice) {
         problems.push("Nio gave no readable amount".into());
     }
     if !problems.is_empty() {
-        a.problem = Some((problems.join("; "), "permanent"));
+        a.problem = Some((problems.join("; "), ErrorKind::Permanent));
     }
 }

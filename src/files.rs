@@ -167,6 +167,18 @@ impl<R: std::io::BufRead> BoundedLines<R> {
 
 /// Writes `bytes` to `dir/name` atomically, private to the owner. Returns the final path.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    write_atomic_with(dir, name, |w| Ok(w.write_all(bytes)?))
+}
+
+/// Writes what `fill` writes to `dir/name` atomically (through a buffer into a temporary file,
+/// synced, then renamed), private to the owner: a file of any size is streamed, never held in
+/// memory. When `fill` fails, nothing is left under the name (a file already there is kept as
+/// it was). Returns the final path.
+pub fn write_atomic_with(
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<PathBuf> {
     create_private_dir(dir).with_context(|| format!("cannot create folder `{}`", dir.display()))?;
     let target = dir.join(name);
     // Never rename over a device, a pipe or a folder (as root, `/dev/null` would become a file).
@@ -184,14 +196,18 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         .suffix(PART_SUFFIX)
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in `{}`", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| {
-            format!(
-                "cannot write `{}` (is the disk full?); nothing was saved under that name",
-                target.display()
-            )
-        })?;
+    let cannot = || {
+        format!(
+            "cannot write `{}` (is the disk full?); nothing was saved under that name",
+            target.display()
+        )
+    };
+    {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
+        fill(&mut w).with_context(cannot)?;
+        w.flush().with_context(cannot)?;
+    }
+    tmp.as_file().sync_all().with_context(cannot)?;
     tmp.persist(&target)
         .with_context(|| format!("cannot move the new file into `{}`", target.display()))?;
     if let Ok(d) = fs::File::open(dir) {
@@ -204,9 +220,24 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
 /// place) for a file, straight into it for a device or a pipe (`/dev/stdout`, a FIFO), which a
 /// rename would replace.
 pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_output_with(path, |w| Ok(w.write_all(bytes)?))
+}
+
+/// [`write_output`] for output streamed by `fill` (an export of any size).
+pub fn write_output_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
     if path.exists() && !path.is_file() && !path.is_dir() {
-        return fs::write(path, bytes)
-            .with_context(|| format!("cannot write `{}`", path.display()));
+        let cannot = || format!("cannot write `{}`", path.display());
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .with_context(cannot)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+        fill(&mut w).with_context(cannot)?;
+        return w.flush().with_context(cannot);
     }
     let dir = path
         .parent()
@@ -216,7 +247,7 @@ pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .context("`--out` needs a file name")?
         .to_string_lossy();
-    write_atomic(dir, &name, bytes)?;
+    write_atomic_with(dir, &name, fill)?;
     Ok(())
 }
 
@@ -271,7 +302,10 @@ pub fn is_name_refused(err: &anyhow::Error) -> bool {
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|e| {
             e.kind() == std::io::ErrorKind::InvalidFilename
-                || matches!(e.raw_os_error(), Some(libc::ENAMETOOLONG | libc::EILSEQ))
+                || matches!(
+                    rustix::io::Errno::from_io_error(e),
+                    Some(rustix::io::Errno::NAMETOOLONG | rustix::io::Errno::ILSEQ)
+                )
         })
 }
 
@@ -305,13 +339,13 @@ mod tests {
     #[test]
     fn an_atomic_write_never_replaces_what_is_not_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("taken")).unwrap();
+        fs::create_dir(dir.path().join("taken")).unwrap();
         let e = write_atomic(dir.path(), "taken", b"x").unwrap_err();
         assert!(e.to_string().contains("is not a regular file"), "{e}");
         assert!(dir.path().join("taken").is_dir());
         write_atomic(dir.path(), "new.txt", b"x").unwrap();
         write_atomic(dir.path(), "new.txt", b"y").unwrap();
-        assert_eq!(std::fs::read(dir.path().join("new.txt")).unwrap(), b"y");
+        assert_eq!(fs::read(dir.path().join("new.txt")).unwrap(), b"y");
     }
 
     #[test]
@@ -344,7 +378,7 @@ mod tests {
         assert!(is_name_refused(&e), "{e:#}");
         write_atomic(&dir.path().join(&ca), "f.pdf", b"%PDF-").unwrap();
         // Another failure (a file where a folder should be) is not about the name.
-        std::fs::write(dir.path().join("file"), b"").unwrap();
+        fs::write(dir.path().join("file"), b"").unwrap();
         let e = write_atomic(&dir.path().join("file"), "f.pdf", b"%PDF-").unwrap_err();
         assert!(!is_name_refused(&e), "{e:#}");
     }

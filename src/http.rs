@@ -1,6 +1,7 @@
 //! What the HTTP clients share: the client builder (trusting the system's CAs and those of
 //! `[tls] ca_file`, a certificate of which a server may also present as its own: see
-//! [`crate::tls`]) and how a failed request is described to an operator.
+//! [`crate::tls`]), how a failed request is described to an operator, and how long a
+//! `Retry-After` asks to wait.
 
 use std::sync::OnceLock;
 

@@ -3,6 +3,8 @@
 //! and turns its outcome into the process exit code; it is the only place that prints an error
 //! chain.
 
+#![forbid(unsafe_code)]
+
 pub mod alerts;
 pub mod boleto_files;
 pub mod canopus;
@@ -17,6 +19,7 @@ pub mod exit;
 pub mod fetching;
 pub mod files;
 pub mod http;
+pub mod job;
 pub mod jobs;
 pub mod lifecycle;
 pub mod logging;
@@ -25,12 +28,15 @@ pub mod metrics;
 pub mod nio;
 pub mod output;
 pub mod pings;
+pub mod retry;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
-pub mod schedule;
 pub mod secret_box;
 pub mod spreadsheet;
 pub mod store;
 pub mod stripe;
+pub mod templates;
+pub mod timers;
 pub mod tls;
 
 use std::process::ExitCode;
@@ -41,7 +47,7 @@ use clap::Parser;
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let color = output::use_color();
-    if let Err(err) = logging::init(&cli.global, color) {
+    if let Err(err) = logging::init(&cli.global.output(), color) {
         eprintln!("error: {}", output::printable(&format!("{err:#}")));
         return exit::Code::Config.into();
     }
@@ -56,7 +62,7 @@ pub fn main() -> ExitCode {
             return exit::Code::Failure.into();
         }
     };
-    let outcome = runtime.block_on(jobs::dispatch(cli));
+    let outcome = runtime.block_on(cli::dispatch(cli));
     // Workers left behind by an interrupted run must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     let code = match outcome {

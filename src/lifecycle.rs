@@ -13,18 +13,65 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, Clock};
 use crate::exit::{Code, CodedError};
+use crate::job::Job;
 use crate::output::{Printer, human_duration};
-use crate::store::{FinishedRun, NewRun, Store};
+use crate::store::{FinishedRun, NewRun, RunStatus, Store};
 
-/// Set when SIGINT or SIGTERM arrives: jobs stop taking new items.
+/// How long the items in flight are given to end after SIGINT or SIGTERM before they are
+/// abandoned (nothing recorded for them): the same for every job that works in parallel, and
+/// well inside systemd's `TimeoutStopSec` (see `schedule`).
+pub const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands what the workers send to `on_message` until they are all done. After SIGINT or
+/// SIGTERM the items in flight get [`IN_FLIGHT_GRACE`] to end; then the workers are aborted
+/// and what they were doing is abandoned (nothing recorded for it), with one warning naming
+/// `what` (`contracts`, `clients`). The one collector of the jobs whose workers take items
+/// from a shared queue (fetch-invoices and retry, download-boletos).
+pub async fn collect<M>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<M>,
+    workers: &mut tokio::task::JoinSet<()>,
+    cancel: &Cancel,
+    what: &str,
+    mut on_message: impl FnMut(M) -> Result<()>,
+) -> Result<()> {
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let result = loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(m) => {
+                    if let Err(e) = on_message(m) {
+                        break Err(e);
+                    }
+                }
+                None => break Ok(()),
+            },
+            _ = cancel.cancelled(), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + IN_FLIGHT_GRACE);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                tracing::warn!(
+                    "{what} still in flight {}s after the signal were abandoned; nothing was recorded for them",
+                    IN_FLIGHT_GRACE.as_secs()
+                );
+                break Ok(());
+            }
+        }
+    };
+    workers.abort_all();
+    result
+}
+
+/// Set when SIGINT or SIGTERM arrives: jobs stop taking new items. A tokio-util
+/// `CancellationToken` (what waits on it wakes once) with the signal that cancelled, which
+/// decides the exit code (130 or 143).
 #[derive(Clone, Default)]
 pub struct Cancel {
     signal: Arc<AtomicU8>,
-    notify: Arc<Notify>,
+    token: CancellationToken,
 }
 
 impl Cancel {
@@ -61,22 +108,16 @@ impl Cancel {
                 if sig == 2 { "SIGINT" } else { "SIGTERM" }
             );
         }
-        self.notify.notify_waiters();
+        self.token.cancel();
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.signal.load(Ordering::SeqCst) != 0
+        self.token.is_cancelled()
     }
 
     /// Resolves once cancelled.
     pub async fn cancelled(&self) {
-        loop {
-            let notified = self.notify.notified();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
+        self.token.cancelled().await;
     }
 
     fn exit_code(&self) -> Option<Code> {
@@ -117,7 +158,8 @@ pub struct JobRun {
     planned: Option<i64>,
     /// When the counts so far were last written to the run's row.
     progress_at: Instant,
-    job: &'static str,
+    job: Job,
+    after: AfterRun,
     clock: Clock,
     started: Instant,
     started_at: String,
@@ -126,15 +168,15 @@ pub struct JobRun {
     _lock: File,
 }
 
-/// Every job that records runs (and can be paused).
-pub const JOBS: &[&str] = &[
-    "fetch-invoices",
-    "retry",
-    "download-boletos",
-    "sync-queue",
-    "cleanup",
-    "renew",
-];
+/// What runs after each run of a job, and around it: alerts, the metrics file, health pings.
+/// Built from the configuration when the command starts (`Ctx::load`) and handed to the run:
+/// a value, not global state, so that two configurations in one process cannot mix.
+#[derive(Clone, Default)]
+pub struct AfterRun {
+    pub alerts: crate::alerts::Alerts,
+    pub metrics: crate::metrics::Metrics,
+    pub pings: crate::pings::Pings,
+}
 
 /// The origin of a run started without one: `manual` from a terminal, else `automatic` (cron,
 /// systemd).
@@ -159,15 +201,25 @@ impl JobRun {
     pub fn start(
         store_path: &Path,
         clock: Clock,
-        job: &'static str,
+        after: &AfterRun,
+        job: Job,
         lock: &str,
         origin: &str,
         safra: Option<&str>,
     ) -> Result<JobRun> {
         let lock_file = lock_path(store_path, lock);
         if let Some(dir) = lock_file.parent() {
-            crate::files::create_private_dir(dir)
-                .with_context(|| format!("cannot create the lock folder `{}`", dir.display()))?;
+            crate::files::create_private_dir(dir).map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (this user cannot write beside the store: run the job as the store's owner; `status`, `export`, `report` and `--dry-run` only read)"
+                } else {
+                    ""
+                };
+                anyhow::Error::new(e).context(format!(
+                    "cannot create the lock folder `{}`{hint}",
+                    dir.display()
+                ))
+            })?;
         }
         let mut lock = OpenOptions::new()
             .read(true)
@@ -188,7 +240,7 @@ impl JobRun {
                     .split_once(": ")
                     .map(|(j, w)| (j.to_string(), w.to_string()))
                     .unwrap_or_else(|| (job.to_string(), "another process".to_string()));
-                let message = if other == job {
+                let message = if other == job.as_str() {
                     format!(
                         "`{job}` is already running ({who}); this start does nothing. Wait for it to end, or stop it if it is stuck"
                     )
@@ -209,8 +261,8 @@ impl JobRun {
         }
         let mut store = Store::open(store_path)?;
         let now = clock::to_store(clock.now());
-        if let Some(pause) = store.pause_of(job)? {
-            store.record_skip(job, pause.reason.as_deref(), &now)?;
+        if let Some(pause) = store.pause_of(job.as_str())? {
+            store.record_skip(job.as_str(), pause.reason.as_deref(), &now)?;
             let why = pause.reason.map(|r| format!(": {r}")).unwrap_or_default();
             return Err(CodedError {
                 code: Code::Success,
@@ -224,7 +276,7 @@ impl JobRun {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let args = serde_json::to_string(&args)?;
         let run_id = store.insert_run(&NewRun {
-            job,
+            job: job.as_str(),
             origin,
             args: &args,
             safra,
@@ -252,6 +304,7 @@ impl JobRun {
             planned: None,
             progress_at: Instant::now(),
             job,
+            after: after.clone(),
             clock,
             started: Instant::now(),
             started_at: now.clone(),
@@ -260,14 +313,14 @@ impl JobRun {
             _lock: lock,
         };
         // Measured only for the "idle with work" alert.
-        if crate::alerts::enabled() {
+        if after.alerts.measure_work_due() {
             run.work_due = run
                 .store
-                .work_due(job, &now, run.clock.today())
+                .work_due(job.as_str(), &now, run.clock.today())
                 .unwrap_or(None);
         }
-        crate::pings::start(job, run_id);
-        let stale = run.store.mark_interrupted(job, &now, run_id)?;
+        after.pings.start(job.as_str(), run_id);
+        let stale = run.store.mark_interrupted(job.as_str(), &now, run_id)?;
         for id in stale {
             let msg = format!(
                 "run #{id} of `{job}` was left running by a process that died: marked `interrupted`"
@@ -340,13 +393,13 @@ impl JobRun {
     ) -> Result<Code> {
         let elapsed = self.started.elapsed().as_millis() as i64;
         let (status, code) = if let Some(code) = self.cancel.exit_code() {
-            ("interrupted", code)
+            (RunStatus::Interrupted, code)
         } else if stop.is_some() || (self.counts.failed > 0 && self.counts.ok == 0) {
-            ("failed", Code::Failure)
+            (RunStatus::Failed, Code::Failure)
         } else if self.counts.failed > 0 || self.degraded {
-            ("partial", Code::Partial)
+            (RunStatus::Partial, Code::Partial)
         } else {
-            ("success", Code::Success)
+            (RunStatus::Success, Code::Success)
         };
         let error = stop.as_ref().map(|e| format!("{e:#}"));
         if let Some(e) = &error {
@@ -378,10 +431,10 @@ impl JobRun {
                 log: &Value::Array(self.log.clone()).to_string(),
             },
         )?;
-        crate::alerts::after_run(
+        self.after.alerts.after_run(
             &mut self.store,
             &crate::alerts::RunFacts {
-                job: self.job,
+                job: self.job.as_str(),
                 total: self.counts.total,
                 failed: self.counts.failed,
                 duration_ms: elapsed,
@@ -389,16 +442,16 @@ impl JobRun {
                 // Known only for runs that ended normally: did nothing while work waited?
                 credentials: &self.credentials,
                 idle_with_work: match status {
-                    "success" | "partial" => self
+                    RunStatus::Success | RunStatus::Partial => self
                         .work_due
                         .map(|due| (self.counts.total == 0 && due > 0).then_some(due)),
                     _ => None,
                 },
             },
         );
-        crate::metrics::write(&self.store);
-        crate::pings::finish(
-            self.job,
+        self.after.metrics.write(&self.store);
+        self.after.pings.finish(
+            self.job.as_str(),
             self.run_id,
             code as u8,
             &format!("{status}: {detail}"),
@@ -411,7 +464,7 @@ impl JobRun {
             detail
         );
         match status {
-            "success" => tracing::info!("{line}"),
+            RunStatus::Success => tracing::info!("{line}"),
             _ => tracing::warn!("{line}"),
         }
         if printer.json {

@@ -3,32 +3,18 @@
 //! drawn go above it. `CRM_JOBS_LOG` takes a tracing filter (e.g. `crm_jobs=debug`).
 
 use std::io::{self, Write};
-use std::sync::Mutex;
 
 use anyhow::Result;
-use indicatif::ProgressBar;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{GlobalArgs, LogFormat};
+use crate::output::{LogFormat, OutputOptions};
 
-static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
-
-/// Routes log lines above `bar` while it is drawn (`None` when it is gone).
-pub fn set_progress_bar(bar: Option<ProgressBar>) {
-    if let Ok(mut slot) = BAR.lock() {
-        *slot = bar;
-    }
-}
-
+/// stderr, above the progress bar when one is drawn.
 struct Stderr;
 
 impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let bar = BAR.lock().ok().and_then(|b| b.clone());
-        match bar {
-            Some(bar) if !bar.is_hidden() => bar.suspend(|| io::stderr().write(buf)),
-            _ => io::stderr().write(buf),
-        }
+        crate::output::write_stderr_above_bar(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -54,7 +40,7 @@ fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 
 }
 
 /// Installs the global subscriber.
-pub fn init(global: &GlobalArgs, color: bool) -> Result<()> {
+pub fn init(global: &OutputOptions, color: bool) -> Result<()> {
     // The certificate verifier logs its refusals as errors of its own; the request's error
     // already says it, with what to do, so it is heard only with -vv.
     let default = if global.quiet {

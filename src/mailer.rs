@@ -15,7 +15,7 @@ use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
 use tokio_rustls::rustls::pki_types::ServerName;
 
-use crate::config::SmtpConfig;
+use crate::config::{SmtpConfig, SmtpMode, SmtpTls};
 use crate::store::OutboxEmail;
 use client::{Connection, OpenError, SendError, Settings, TlsMode};
 
@@ -88,7 +88,7 @@ impl Mailer {
             .from
             .parse()
             .with_context(|| format!("`[smtp] from` = `{}` is not an address", cfg.from))?;
-        if cfg.mode == "eml" {
+        if cfg.mode == SmtpMode::Eml {
             let dir = cfg
                 .eml_dir
                 .clone()
@@ -109,8 +109,8 @@ impl Mailer {
             Some(path) => Some(crate::tls::read_pem(path, "[smtp] ca_file")?),
             None => None,
         };
-        let tls_config = match (cfg.tls.as_str(), pinned) {
-            ("none", _) => None,
+        let tls_config = match (cfg.tls, pinned) {
+            (SmtpTls::None, _) => None,
             (_, Some(certs)) => Some(crate::tls::PinningVerifier::new(certs, false)?),
             (_, None) => Some(crate::tls::PinningVerifier::new(Vec::new(), true)?),
         }
@@ -129,10 +129,10 @@ impl Mailer {
             settings: Box::new(Settings {
                 host,
                 port: cfg.port,
-                tls: match cfg.tls.as_str() {
-                    "tls" => TlsMode::Implicit,
-                    "starttls" => TlsMode::StartTls,
-                    _ => TlsMode::None,
+                tls: match cfg.tls {
+                    SmtpTls::Tls => TlsMode::Implicit,
+                    SmtpTls::Starttls => TlsMode::StartTls,
+                    SmtpTls::None => TlsMode::None,
                 },
                 server_name,
                 tls_config,

@@ -1,20 +1,16 @@
 //! The Prometheus textfile (node_exporter's textfile collector): after every run, the state of
 //! every job and of the queues, written atomically to `[metrics] textfile_dir`/crm_jobs.prom.
 
+use crate::job::Job;
+use crate::store::Store;
 use std::fmt::Write;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
-use crate::lifecycle::JOBS;
-use crate::store::Store;
-
-static DIR: OnceLock<PathBuf> = OnceLock::new();
-
-/// Sets the folder once per process (from the configuration).
-pub fn configure(dir: Option<PathBuf>) {
-    if let Some(d) = dir {
-        DIR.set(d).ok();
-    }
+/// Where the textfile goes after each run (`[metrics] textfile_dir`), if anywhere: built from
+/// the configuration when the command starts and handed to each run.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub dir: Option<PathBuf>,
 }
 
 /// The file's text.
@@ -28,9 +24,9 @@ pub fn render(store: &Store) -> anyhow::Result<String> {
     let header = |out: &mut String, name: &str, help: &str| {
         writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge").ok();
     };
-    let states: Vec<_> = JOBS
+    let states: Vec<_> = Job::ALL
         .iter()
-        .map(|j| store.job_state(j))
+        .map(|j| store.job_state(j.as_str()))
         .collect::<anyhow::Result<_>>()?;
     header(
         &mut out,
@@ -69,8 +65,8 @@ pub fn render(store: &Store) -> anyhow::Result<String> {
         "crm_jobs_last_run_items",
         "Items of the job's last finished run, by outcome.",
     );
-    for job in JOBS {
-        if let Some((ok, failed, skipped)) = store.last_run_items(job)? {
+    for job in Job::ALL {
+        if let Some((ok, failed, skipped)) = store.last_run_items(job.as_str())? {
             for (outcome, n) in [("ok", ok), ("failed", failed), ("skipped", skipped)] {
                 writeln!(
                     out,
@@ -130,9 +126,15 @@ pub fn render(store: &Store) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Writes the file if a folder is configured; a failure is logged and never fails the job.
-pub fn write(store: &Store) {
-    let Some(dir) = DIR.get() else { return };
+impl Metrics {
+    /// Writes the file if a folder is configured; a failure is logged and never fails the job.
+    pub fn write(&self, store: &Store) {
+        let Some(dir) = &self.dir else { return };
+        write(dir, store);
+    }
+}
+
+fn write(dir: &std::path::Path, store: &Store) {
     let result = render(store)
         .and_then(|text| crate::files::write_atomic(dir, "crm_jobs.prom", text.as_bytes()));
     if let Err(e) = result {

@@ -9,7 +9,44 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::{GlobalArgs, LogFormat};
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event (cron mail, a terminal).
+    Text,
+    /// One JSON object per line (journald, log shippers).
+    Json,
+}
+
+/// How this process shows things: the global options that concern output (`--quiet`, `-v`,
+/// `--json`, `--log-format`), turned once (in `lib.rs`) into this value, which logging and the
+/// [`Printer`] read. The layers below the command line never see the command line itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputOptions {
+    pub quiet: bool,
+    pub verbose: u8,
+    pub json: bool,
+    pub log_format: LogFormat,
+}
+
+/// The progress bar drawn now, if any: log lines go above it.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Routes log lines above `bar` while it is drawn (`None` when it is gone).
+fn set_progress_bar(bar: Option<ProgressBar>) {
+    if let Ok(mut slot) = BAR.lock() {
+        *slot = bar;
+    }
+}
+
+/// Writes `buf` to stderr above the progress bar drawn now, if any (the logger's writer).
+pub fn write_stderr_above_bar(buf: &[u8]) -> std::io::Result<usize> {
+    let bar = BAR.lock().ok().and_then(|b| b.clone());
+    match bar {
+        Some(bar) if !bar.is_hidden() => bar.suspend(|| std::io::stderr().write(buf)),
+        _ => std::io::stderr().write(buf),
+    }
+}
 
 /// Whether stderr gets colors: a terminal, and `NO_COLOR` unset.
 pub fn use_color() -> bool {
@@ -29,7 +66,7 @@ pub struct Printer {
 }
 
 impl Printer {
-    pub fn new(global: &GlobalArgs) -> Printer {
+    pub fn new(global: &OutputOptions) -> Printer {
         Printer {
             quiet: global.quiet,
             json: global.json,
@@ -64,14 +101,14 @@ impl Printer {
         );
         bar.set_prefix(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(120));
-        crate::logging::set_progress_bar(Some(bar.clone()));
+        set_progress_bar(Some(bar.clone()));
         bar
     }
 
     /// Removes a bar and stops routing log lines around it.
     pub fn finish_progress(&self, bar: &ProgressBar) {
         bar.finish_and_clear();
-        crate::logging::set_progress_bar(None);
+        set_progress_bar(None);
     }
 
     /// A line for people (stderr), unless quiet; a log event when logs are JSON.
@@ -104,17 +141,46 @@ static WRITE_ERROR: Mutex<Option<String>> = Mutex::new(None);
 /// is dropped and the command ends as it would have, quietly, as ripgrep and other Unix tools
 /// do. Any other failure is kept for [`stdout_error`].
 pub fn stdout(bytes: &[u8]) {
-    if READER_GONE.load(Ordering::Relaxed) {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            READER_GONE.store(true, Ordering::Relaxed);
-        } else if let Ok(mut first) = WRITE_ERROR.lock() {
-            first.get_or_insert_with(|| e.to_string());
+    StdoutSink.write_all(bytes).ok();
+}
+
+/// Stdout as a [`Write`] for output streamed in pieces (an export of a million rows, through a
+/// `BufWriter`), with the rules of [`stdout`]: once the reader went away or a write failed,
+/// every write fails at once, so that the producer stops; the entry point reports a failure
+/// other than a reader gone away, once.
+pub struct StdoutSink;
+
+impl Write for StdoutSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if stdout_failed() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "stdout is closed",
+            ));
+        }
+        let mut out = std::io::stdout().lock();
+        match out.write_all(bytes).and_then(|()| out.flush()) {
+            Ok(()) => Ok(bytes.len()),
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    READER_GONE.store(true, Ordering::Relaxed);
+                } else if let Ok(mut first) = WRITE_ERROR.lock() {
+                    first.get_or_insert_with(|| e.to_string());
+                }
+                Err(e)
+            }
         }
     }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether writing stdout has ended: its reader went away, or a write failed (then
+/// [`stdout_error`] says why).
+pub fn stdout_failed() -> bool {
+    READER_GONE.load(Ordering::Relaxed) || WRITE_ERROR.lock().is_ok_and(|e| e.is_some())
 }
 
 /// The first failure to write stdout, if any; a reader that went away is not one.

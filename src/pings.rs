@@ -4,20 +4,40 @@
 //! is logged and never fails the job.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-static URLS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
-
-/// Sets the URLs once per process (from the configuration).
-pub fn configure(urls: BTreeMap<String, String>) {
-    URLS.set(urls).ok();
+/// The ping URLs by job (`[pings]`): built from the configuration when the command starts and
+/// handed to each run.
+#[derive(Debug, Clone, Default)]
+pub struct Pings {
+    pub urls: BTreeMap<String, String>,
 }
 
-fn url(job: &str) -> Option<String> {
-    URLS.get()?
-        .get(job)
-        .map(|u| u.trim_end_matches('/').to_string())
+impl Pings {
+    fn url(&self, job: &str) -> Option<String> {
+        self.urls
+            .get(job)
+            .map(|u| u.trim_end_matches('/').to_string())
+    }
+
+    /// The start ping of a run.
+    pub fn start(&self, job: &str, run_id: i64) {
+        if let Some(u) = self.url(job) {
+            send(format!("{u}/start?rid={run_id}"), String::new());
+        }
+    }
+
+    /// The end ping of a run: success, or its exit code.
+    pub fn finish(&self, job: &str, run_id: i64, code: u8, summary: &str) {
+        if let Some(u) = self.url(job) {
+            let target = if code == 0 {
+                format!("{u}?rid={run_id}")
+            } else {
+                format!("{u}/{code}?rid={run_id}")
+            };
+            send(target, summary.to_string());
+        }
+    }
 }
 
 /// Sends one ping and waits for it (at most 10 s), from synchronous code inside the runtime.
@@ -43,24 +63,5 @@ fn send(target: String, body: String) {
             "health ping failed ({}); the job goes on",
             crate::http::describe_error(&e, "ping URL")
         );
-    }
-}
-
-/// The start ping of a run.
-pub fn start(job: &str, run_id: i64) {
-    if let Some(u) = url(job) {
-        send(format!("{u}/start?rid={run_id}"), String::new());
-    }
-}
-
-/// The end ping of a run: success, or its exit code.
-pub fn finish(job: &str, run_id: i64, code: u8, summary: &str) {
-    if let Some(u) = url(job) {
-        let target = if code == 0 {
-            format!("{u}?rid={run_id}")
-        } else {
-            format!("{u}/{code}?rid={run_id}")
-        };
-        send(target, summary.to_string());
     }
 }

@@ -1,6 +1,6 @@
-//! Stripe's subscription endpoint (SERVICES.md §4): one GET per subscription, the answer read
-//! in both API shapes (the current period on each item since 2025-03-31, on the subscription
-//! before), errors classified by what the caller does.
+//! Stripe's subscription endpoint (docs/src/reference/services.md#stripe): one GET per
+//! subscription, the answer read in both API shapes (the current period on each item since
+//! 2025-03-31, on the subscription before), errors classified by what the caller does.
 
 use std::time::Duration;
 
@@ -87,27 +87,28 @@ impl StripeClient {
 
     /// GETs a subscription, trying again in place on 429 (as `Retry-After` says) and 5xx.
     pub async fn subscription(&self, id: &str) -> Result<StripeSubscription, StripeError> {
-        let mut tries = 0;
-        loop {
-            match self.once(id).await {
-                Err((StripeError::Transient(m), wait)) if tries < self.retries => {
-                    tries += 1;
-                    tracing::debug!("Stripe: {m}; trying again in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                }
-                Err((e, _)) => return Err(e),
-                Ok(s) => return Ok(s),
-            }
+        crate::retry::Backoff {
+            retries: self.retries,
+            first: Duration::from_millis(500),
+            jitter: 0.5,
+            max_retry_after: None,
         }
+        .run(
+            "Stripe request",
+            || self.once(id),
+            |f: &Failed| matches!(f.0, StripeError::Transient(_)).then_some(f.1),
+            |f, _| f,
+        )
+        .await
+        .map_err(|f| f.0)
     }
 
-    async fn once(&self, id: &str) -> Result<StripeSubscription, (StripeError, Duration)> {
-        let backoff = Duration::from_millis(500);
+    async fn once(&self, id: &str) -> Result<StripeSubscription, Failed> {
         // The id is one path segment whatever it holds: never a way to another endpoint.
         let Some(segment) = crate::http::path_segment(id) else {
-            return Err((
+            return Err(Failed(
                 StripeError::Permanent(format!("`{id}` is not a Stripe subscription id")),
-                backoff,
+                None,
             ));
         };
         let resp = self
@@ -118,18 +119,13 @@ impl StripeClient {
             .send()
             .await
             .map_err(|e| {
-                (
+                Failed(
                     StripeError::Transient(crate::http::describe_error(&e, "Stripe API")),
-                    backoff,
+                    None,
                 )
             })?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::retry::retry_after(resp.headers());
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         let message = body
             .pointer("/error/message")
@@ -143,42 +139,52 @@ impl StripeClient {
             .to_string();
         match status.as_u16() {
             200 => parse_subscription(&body).ok_or_else(|| {
-                (
+                Failed(
                     StripeError::Permanent(format!(
                         "Stripe's answer for `{id}` has no status: the API changed?"
                     )),
-                    backoff,
+                    None,
                 )
             }),
-            401 | 403 => Err((
+            401 | 403 => Err(Failed(
                 StripeError::Stop(format!(
                     "Stripe refused the secret key ({status}: {message}): check `CRM_JOBS_STRIPE_SECRET_KEY`; the step stopped"
                 )),
-                backoff,
+                None,
             )),
             // A Retry-After longer than 2 minutes is not waited out in place: the next run tries.
-            429 if retry_after.is_some_and(|d| d > Duration::from_secs(120)) => Err((
+            429 if retry_after.is_some_and(|d| d > Duration::from_secs(120)) => Err(Failed(
                 StripeError::Permanent(format!(
                     "Stripe answered 429 ({message}) asking to wait {}s: left for the next run",
                     retry_after.unwrap_or_default().as_secs()
                 )),
-                backoff,
+                None,
             )),
-            429 => Err((
+            429 => Err(Failed(
                 StripeError::Transient(format!("Stripe answered 429 ({message})")),
-                retry_after.unwrap_or(Duration::from_secs(1)),
+                retry_after,
             )),
-            500..=599 => Err((
+            500..=599 => Err(Failed(
                 StripeError::Transient(format!("Stripe answered {status}")),
-                retry_after.unwrap_or(backoff),
+                retry_after,
             )),
-            _ => Err((
+            _ => Err(Failed(
                 StripeError::Permanent(format!(
                     "Stripe answered {status} for `{id}` ({code}: {message})"
                 )),
-                backoff,
+                None,
             )),
         }
+    }
+}
+
+/// A failed request and the wait its server asked for, if any.
+#[derive(Debug)]
+struct Failed(StripeError, Option<Duration>);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The Canopus portal (SERVICES.md §2): a WebForms client and the user's steps on it.
+//! The Canopus portal (docs/src/reference/services.md#canopus-portal): a WebForms client and the
+//! user's steps on it.
 
 pub mod portal;
 pub mod webforms;

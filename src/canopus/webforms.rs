@@ -652,24 +652,24 @@ impl Browser {
     }
 
     /// Runs one request, again after a transient failure (with backoff), up to the retries.
-    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, PortalError>
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, PortalError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, PortalError>>,
+        Fut: Future<Output = Result<T, PortalError>>,
     {
-        let mut tries = 0;
-        loop {
-            match attempt().await {
-                Err(PortalError::Transient(m)) if tries < self.retry.retries => {
-                    tries += 1;
-                    let wait = self.retry.backoff.saturating_mul(1 << (tries - 1).min(10));
-                    let wait = wait + wait.mul_f64(fastrand::f64() * 0.5);
-                    tracing::debug!("portal request failed ({m}); trying again in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
+        crate::retry::Backoff {
+            retries: self.retry.retries,
+            first: self.retry.backoff,
+            jitter: 0.5,
+            max_retry_after: None,
         }
+        .run(
+            "portal request",
+            attempt,
+            |e| matches!(e, PortalError::Transient(_)).then_some(None),
+            |e, _| e,
+        )
+        .await
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, PortalError> {
@@ -746,7 +746,7 @@ impl Browser {
 
 fn status_error(status: reqwest::StatusCode, url: &Url) -> PortalError {
     let m = format!("the portal answered {status} to `{}`", url.path());
-    if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+    if crate::retry::is_transient_status(status) {
         PortalError::Transient(m)
     } else {
         PortalError::Unexpected(m)

@@ -147,7 +147,8 @@ pub fn factor_for(due: NaiveDate) -> u16 {
 
 /// Builds a valid linha digitável (for the sandbox). The bank is taken as its digits, left-padded
 /// to 3; the free field as its digits, left-padded with zeros and cut to 25; the amount is
-/// clamped to 0..=9_999_999_999 centavos.
+/// clamped to 0..=9_999_999_999 centavos. For the sandbox (and tests) only.
+#[cfg(any(test, feature = "sandbox"))]
 pub fn build_linha(bank: &str, due: NaiveDate, amount_centavos: i64, free_field: &str) -> String {
     let bank: String = format!("{:0>3}", keep_digits(bank))
         .chars()
@@ -245,6 +246,7 @@ fn digit_at(digits: &str, i: usize) -> u8 {
     digits.as_bytes()[i] - b'0'
 }
 
+#[cfg(any(test, feature = "sandbox"))]
 fn keep_digits(s: &str) -> String {
     s.chars().filter(char::is_ascii_digit).collect()
 }

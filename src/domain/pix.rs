@@ -98,7 +98,8 @@ pub fn with_crc(payload_without_crc_field: &str) -> String {
 /// txid (`***` when empty), and the CRC.
 ///
 /// Values longer than their field allows are truncated (key 77 characters, txid 25) so that the
-/// result is always well formed. Meant for the sandbox.
+/// result is always well formed. For the sandbox (and tests) only.
+#[cfg(any(test, feature = "sandbox"))]
 pub fn build(
     key: &str,
     merchant_name: &str,
@@ -133,10 +134,12 @@ pub fn build(
 }
 
 /// One field: id, 2-digit character count, value.
+#[cfg(any(test, feature = "sandbox"))]
 fn tlv(id: &str, value: &str) -> String {
     format!("{id}{:02}{value}", value.chars().count())
 }
 
+#[cfg(any(test, feature = "sandbox"))]
 fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
 }

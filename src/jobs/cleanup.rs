@@ -9,7 +9,7 @@ use chrono::Duration;
 use super::Ctx;
 use crate::clock;
 use crate::exit::Code;
-use crate::lifecycle::JobRun;
+use crate::job::Job;
 use crate::store::RETENTION;
 
 /// Arguments of `cleanup`.
@@ -40,7 +40,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let cutoff = |name: &str| clock::to_store(now - Duration::days(i64::from(days(name))));
     let saved_pages = crate::diagnostics::folder(&ctx.store_path()?);
     if args.dry_run {
-        let store = ctx.open_store()?;
+        let store = ctx.open_store_for_reading()?;
         for rule in RETENTION.iter().filter(|r| wanted(r.name)) {
             let n = store.retention_count(rule, &cutoff(rule.name))?;
             crate::outln!("{}\t{n}\tolder than {} days", rule.name, days(rule.name));
@@ -58,14 +58,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         return Ok(Code::Success);
     }
     let origin = crate::lifecycle::default_origin();
-    let mut run = JobRun::start(
-        &ctx.store_path()?,
-        ctx.clock,
-        "cleanup",
-        "cleanup",
-        origin,
-        None,
-    )?;
+    let mut run = ctx.start_run(Job::Cleanup, "cleanup", origin, None)?;
     let mut parts = Vec::new();
     for rule in RETENTION.iter().filter(|r| wanted(r.name)) {
         let cut = cutoff(rule.name);

@@ -2,9 +2,7 @@
 //! from the command line's own definition.
 
 use anyhow::Result;
-use clap::CommandFactory;
 
-use crate::cli::Cli;
 use crate::exit::Code;
 
 /// Arguments of `completions`.
@@ -15,8 +13,8 @@ pub struct Args {
     pub shell: clap_complete::Shell,
 }
 
-pub fn completions(args: Args) -> Result<Code> {
-    let mut cmd = Cli::command();
+/// `cli`: the command line's definition (`Cli::command()`), handed down by the dispatch.
+pub fn completions(args: Args, mut cmd: clap::Command) -> Result<Code> {
     let mut out = Vec::new();
     clap_complete::generate(args.shell, &mut cmd, "crm-jobs", &mut out);
     crate::output::stdout(&out);
@@ -24,9 +22,9 @@ pub fn completions(args: Args) -> Result<Code> {
 }
 
 /// Prints the man page (roff) on stdout: `crm-jobs man > /usr/local/share/man/man1/crm-jobs.1`.
-pub fn man() -> Result<Code> {
+pub fn man(cli: clap::Command) -> Result<Code> {
     let mut out = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    clap_mangen::Man::new(cli).render(&mut out)?;
     crate::output::stdout(&out);
     Ok(Code::Success)
 }

@@ -9,8 +9,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use chrono::Datelike;
 
-use crate::cli::GlobalArgs;
 use crate::exit::Code;
+use crate::output::OutputOptions;
 use crate::sandbox::{DEFAULT_PASSPHRASE, Fault, Route, Sandbox, scenario};
 
 /// Arguments of `demo`.
@@ -27,7 +27,7 @@ pub struct Args {
     pub latency_ms: u64,
 }
 
-pub async fn run(args: Args, global: &GlobalArgs) -> Result<Code> {
+pub async fn run(args: Args, global: &OutputOptions) -> Result<Code> {
     let dir = tempfile::Builder::new()
         .prefix("crm-jobs-demo-")
         .tempdir()
@@ -256,7 +256,7 @@ async fn run_step(
     step: &[&str],
     stdin: Option<&str>,
     fernet_key: &str,
-    global: &GlobalArgs,
+    global: &OutputOptions,
 ) -> Result<i32> {
     eprintln!();
     eprintln!("$ crm-jobs {}", step.join(" "));

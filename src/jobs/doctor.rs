@@ -238,7 +238,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             reach(&mut r, name, url).await;
         }
         // SMTP: the same conversation `renew` starts (connect, EHLO, TLS, AUTH), no message.
-        if cfg.smtp.mode == "smtp"
+        if cfg.smtp.mode == crate::config::SmtpMode::Smtp
             && let Some(host) = &cfg.smtp.host
         {
             let password = match cfg.smtp.user {
@@ -261,11 +261,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
                             "ok",
                             format!(
                                 "`{at}` answers (EHLO, TLS `{}`, AUTH when a user is set)",
-                                cfg.smtp.tls
+                                cfg.smtp.tls.as_str()
                             ),
                         ),
                         Err(e @ crate::mailer::Unusable::Credentials(_)) => {
-                            r.add("smtp", "fail", e.to_string())
+                            r.add("smtp", "fail", e.to_string());
                         }
                         Err(e) => r.add(
                             "smtp",
@@ -326,13 +326,10 @@ fn private(r: &mut Report, path: &Path, mode: u32) {
     }
 }
 
+/// Bytes an unprivileged user may still write on the file system holding `path`.
 fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `s` a properly sized, writable struct.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    (rc == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
+    let s = rustix::fs::statvfs(path).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 /// Name resolution, then an HTTP(S) answer (any status) within 10 s.

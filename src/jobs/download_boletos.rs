@@ -20,12 +20,14 @@ use crate::boleto_files;
 use crate::canopus::{BoletoRow, Portal, PortalError, QuotaLink};
 use crate::clock::{self, Clock};
 use crate::config::CanopusConfig;
+use crate::config::{QuotaChoice, RowChoice};
 use crate::domain::boleto;
 use crate::domain::cpf::Cpf;
 use crate::exit::{Code, CodedError};
 use crate::files;
+use crate::job::Job;
 use crate::lifecycle::JobRun;
-use crate::store::{BoletoRecord, BoletoSelection, ClientWork, Store};
+use crate::store::{BoletoOutcome, BoletoRecord, BoletoSelection, ClientWork, Store};
 
 /// Arguments of `download-boletos`.
 #[derive(Debug, clap::Args)]
@@ -179,7 +181,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         }
         None => None,
     };
-    let store = ctx.open_store()?;
+    let store = if args.dry_run {
+        ctx.open_store_for_reading()?
+    } else {
+        ctx.open_store()?
+    };
     let force = cpf.is_some();
     let points: Vec<String> = match &wanted {
         Some(code) => vec![code.clone()],
@@ -241,14 +247,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         ));
     }
     let origin = crate::lifecycle::default_origin();
-    let mut run = JobRun::start(
-        &ctx.store_path()?,
-        ctx.clock,
-        "download-boletos",
-        "boletos",
-        origin,
-        None,
-    )?;
+    let mut run = ctx.start_run(Job::DownloadBoletos, "boletos", origin, None)?;
     let downloads = ctx.downloads_dir()?;
     let mut stopped: Vec<String> = Vec::new();
     for code in &points {
@@ -347,7 +346,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
 
 /// Runs one sales point; returns why it stopped early, if it did (a refused login, or no
 /// session able to log in).
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one sales point's credentials and the run's settings, each read once here"
+)]
 async fn sales_point(
     run: &mut JobRun,
     cfg: &CanopusConfig,
@@ -422,42 +424,31 @@ async fn sales_point(
     let cancel = run.cancel.clone();
     let mut stopped_by = None;
     let mut unreachable = None;
-    let mut deadline: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            msg = rx.recv() => match msg {
-                None => break,
-                Some(Msg::LoginFailed(m)) => {
-                    if stopped_by.is_none() {
-                        let m = format!("sales point {code}: {m}; its clients were left untouched");
-                        tracing::warn!("{m}");
-                        run.event("warn", m.clone());
-                        run.add("login_failed", 1);
-                        stopped_by = Some(m);
-                    }
+    crate::lifecycle::collect(&mut rx, &mut workers, &cancel, "clients", |msg| {
+        match msg {
+            Msg::LoginFailed(m) => {
+                if stopped_by.is_none() {
+                    let m = format!("sales point {code}: {m}; its clients were left untouched");
+                    tracing::warn!("{m}");
+                    run.event("warn", m.clone());
+                    run.add("login_failed", 1);
+                    stopped_by = Some(m);
                 }
-                Some(Msg::Unreachable(m)) => {
-                    tracing::warn!("sales point {code}: a portal session could not log in ({m}); the other sessions go on");
-                    unreachable = Some(m);
-                }
-                Some(Msg::Client(done, ack)) => {
-                    bar.set_message(done.client.name.clone());
-                    record_client(run, &ctx.printer, ctx.clock, downloads, target, done)?;
-                    ack.send(()).ok();
-                    bar.inc(1);
-                }
-            },
-            _ = cancel.cancelled(), if deadline.is_none() => {
-                deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                workers.abort_all();
-                tracing::warn!("clients still in flight 5s after the signal were abandoned; nothing was recorded for them");
-                break;
+            Msg::Unreachable(m) => {
+                tracing::warn!("sales point {code}: a portal session could not log in ({m}); the other sessions go on");
+                unreachable = Some(m);
+            }
+            Msg::Client(done, ack) => {
+                bar.set_message(done.client.name.clone());
+                record_client(run, &ctx.printer, ctx.clock, downloads, target, done)?;
+                ack.send(()).ok();
+                bar.inc(1);
             }
         }
-    }
-    workers.abort_all();
+        Ok(())
+    })
+    .await?;
     ctx.printer.finish_progress(&bar);
     let left = queue.lock().expect("queue").len();
     if stopped_by.is_none()
@@ -630,10 +621,10 @@ async fn client_boletos(
         progress.not_client = progress.quotas.is_empty();
         return Ok(());
     }
-    let chosen: Vec<QuotaLink> = match cfg.quotas.as_str() {
-        "first" => links.into_iter().take(1).collect(),
-        "last" => links.pop().into_iter().collect(),
-        _ => links,
+    let chosen: Vec<QuotaLink> = match cfg.quotas {
+        QuotaChoice::First => links.into_iter().take(1).collect(),
+        QuotaChoice::Last => links.pop().into_iter().collect(),
+        QuotaChoice::Each => links,
     };
     progress.count = chosen.len();
     // After a quota failed on a page the portal may be anywhere: search again before the next.
@@ -675,9 +666,9 @@ async fn client_boletos(
             }
         };
         let (year, month) = (s.target.year, s.target.month);
-        let row = match cfg.row.as_str() {
-            "last" => rows.last().cloned(),
-            _ => rows
+        let row = match cfg.row {
+            RowChoice::Last => rows.last().cloned(),
+            RowChoice::Month => rows
                 .iter()
                 .find(|r| r.due.year() == year && r.due.month() == month)
                 .cloned(),
@@ -740,7 +731,7 @@ fn record_client(
     let progress = done.progress;
     if progress.not_client && done.error.is_none() {
         run.store.record_boleto(&BoletoRecord {
-            outcome: "cpf_not_found",
+            outcome: BoletoOutcome::CpfNotFound,
             at: &at,
             ..base("")
         })?;
@@ -758,7 +749,7 @@ fn record_client(
             QuotaOutcome::NoBoleto { quota, detail } => {
                 run.store.record_boleto(&BoletoRecord {
                     quota: &quota,
-                    outcome: "no_boleto",
+                    outcome: BoletoOutcome::NoBoleto,
                     error: Some(&detail),
                     at: &at,
                     ..base("")
@@ -804,7 +795,7 @@ fn record_client(
                         let due = row.due.format("%Y-%m-%d").to_string();
                         run.store.record_boleto(&BoletoRecord {
                             quota: &quota,
-                            outcome: "success",
+                            outcome: BoletoOutcome::Success,
                             due_date: Some(&due),
                             value_centavos: row.value_centavos,
                             linha: linha.as_deref(),
@@ -840,15 +831,15 @@ fn record_client(
         notes.push(format!("error: {error}"));
     }
     let outcome = if failed > 0 {
-        "error"
+        BoletoOutcome::Error
     } else if saved > 0 || already > 0 {
-        "success"
+        BoletoOutcome::Success
     } else {
-        "no_boleto"
+        BoletoOutcome::NoBoleto
     };
-    run.add(outcome, 1);
+    run.add(outcome.as_str(), 1);
     run.add("already_done", already);
-    if outcome == "error" {
+    if outcome == BoletoOutcome::Error {
         run.counts.failed += 1;
     } else {
         run.counts.ok += 1;
@@ -870,7 +861,7 @@ fn record_client(
             }
         ),
     };
-    if outcome == "error" {
+    if outcome == BoletoOutcome::Error {
         tracing::warn!("{line}");
         run.event("warn", line);
     } else if printer.item_lines() {
@@ -881,7 +872,10 @@ fn record_client(
 
 /// Writes a client's boleto under its name, never over another client's file. A file of the
 /// same client and month from another year is put aside in a folder named after its year.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the boleto, its client and the parts of its file name"
+)]
 fn save(
     run: &mut JobRun,
     downloads: &Path,
@@ -991,7 +985,7 @@ fn empty_record<'a>(
         year: target.year,
         month: target.month,
         quota,
-        outcome: "error",
+        outcome: BoletoOutcome::Error,
         due_date: None,
         value_centavos: None,
         linha: None,

@@ -1,13 +1,16 @@
 //! `crm-jobs export invoices`: what the CRM needs back, as CSV or JSON, on stdout or into a
 //! file written atomically.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
+use serde::ser::{SerializeSeq, Serializer as _};
 
 use super::Ctx;
 use crate::exit::Code;
+use crate::store::QueueStatus;
 
 /// What to export.
 #[derive(Debug, clap::Subcommand)]
@@ -28,8 +31,8 @@ pub struct QueueArgs {
     #[arg(long, value_enum, default_value_t = Format::Csv)]
     pub format: Format,
     /// Only items in this status (`pending`, `processing`, `done`, `failed`, `superseded`).
-    #[arg(long, value_name = "STATUS")]
-    pub status: Option<String>,
+    #[arg(long, value_name = "STATUS", value_parser = |s: &str| s.parse::<QueueStatus>())]
+    pub status: Option<QueueStatus>,
     /// Write to this file (atomically) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -95,99 +98,180 @@ pub enum Format {
 }
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_for_reading()?;
     match command {
-        Command::Invoices(args) => {
-            let rows = store.export_invoices(args.safra.as_deref(), args.contract.as_deref())?;
-            write(
-                ctx,
-                &rows,
-                args.format,
-                args.out.as_deref(),
-                INVOICE_HEADER,
-                "invoice(s)",
-                args.raw_cells,
-            )
-        }
+        Command::Invoices(args) => write(
+            ctx,
+            Sink::new(args.format, args.out.as_deref(), args.raw_cells),
+            INVOICE_HEADER,
+            "invoice(s)",
+            |each| store.export_invoices(args.safra.as_deref(), args.contract.as_deref(), each),
+        ),
         Command::Boletos(args) => {
             let point = args
                 .ponto_venda
                 .as_deref()
                 .map(|p| super::credentials::sales_point_code(p).unwrap_or_else(|| p.to_string()));
-            let rows = store.export_boletos(args.ano, args.mes, point.as_deref())?;
             write(
                 ctx,
-                &rows,
-                args.format,
-                args.out.as_deref(),
+                Sink::new(args.format, args.out.as_deref(), args.raw_cells),
                 BOLETO_HEADER,
                 "boleto row(s)",
-                args.raw_cells,
+                |each| store.export_boletos(args.ano, args.mes, point.as_deref(), each),
             )
         }
-        Command::Queue(args) => {
-            let rows = store.export_queue(args.status.as_deref())?;
-            write(
-                ctx,
-                &rows,
-                args.format,
-                args.out.as_deref(),
-                QUEUE_HEADER,
-                "queue item(s)",
-                args.raw_cells,
-            )
+        Command::Queue(args) => write(
+            ctx,
+            Sink::new(args.format, args.out.as_deref(), args.raw_cells),
+            QUEUE_HEADER,
+            "queue item(s)",
+            |each| store.export_queue(args.status, each),
+        ),
+    }
+}
+
+/// Where and how an export is written.
+struct Sink<'a> {
+    format: Format,
+    out: Option<&'a Path>,
+    raw_cells: bool,
+}
+
+impl<'a> Sink<'a> {
+    fn new(format: Format, out: Option<&'a Path>, raw_cells: bool) -> Self {
+        Sink {
+            format,
+            out,
+            raw_cells,
         }
     }
 }
 
+/// Streams the rows `produce` hands over (one at a time, straight from the store) as CSV or
+/// JSON into the `--out` file (atomically) or stdout: the memory an export takes does not grow
+/// with its rows.
 fn write<T: serde::Serialize>(
     ctx: &Ctx,
-    rows: &[T],
-    format: Format,
-    out: Option<&std::path::Path>,
+    sink: Sink,
     empty_header: &[&str],
     what: &str,
-    raw_cells: bool,
+    produce: impl FnOnce(&mut dyn FnMut(T) -> Result<()>) -> Result<()>,
 ) -> Result<Code> {
-    let format = if ctx.global.json {
+    let format = if ctx.output.json {
         Format::Json
     } else {
-        format
+        sink.format
     };
-    let bytes = match format {
-        Format::Json => {
-            let mut b = serde_json::to_vec_pretty(rows)?;
-            b.push(b'\n');
-            b
+    let mut count = 0u64;
+    let fill = |w: &mut dyn Write| -> Result<()> {
+        match format {
+            Format::Json => {
+                {
+                    let mut ser = serde_json::Serializer::pretty(&mut *w);
+                    let mut seq = ser.serialize_seq(None)?;
+                    produce(&mut |row| {
+                        seq.serialize_element(&row)?;
+                        count += 1;
+                        Ok(())
+                    })?;
+                    SerializeSeq::end(seq)?;
+                }
+                w.write_all(b"\n")?;
+            }
+            Format::Csv => {
+                let mut csv = CsvOut::new(w, sink.raw_cells);
+                produce(&mut |row| {
+                    csv.row(&row)?;
+                    count += 1;
+                    Ok(())
+                })?;
+                csv.finish(empty_header)?;
+            }
         }
-        Format::Csv => {
-            let mut w = csv::Writer::from_writer(Vec::new());
-            for r in rows {
-                w.serialize(r)?;
-            }
-            if rows.is_empty() {
-                w.write_record(empty_header)?;
-            }
-            let bytes = w.into_inner().context("writing CSV")?;
-            if raw_cells {
-                bytes
-            } else {
-                neutralize_formulas(&bytes)?
-            }
-        }
+        Ok(())
     };
-    match out {
+    match sink.out {
         Some(path) => {
-            crate::files::write_output(path, &bytes)?;
-            ctx.printer.say(&format!(
-                "exported {} {what} to `{}`",
-                rows.len(),
-                path.display()
-            ));
+            crate::files::write_output_with(path, fill)?;
+            ctx.printer
+                .say(&format!("exported {count} {what} to `{}`", path.display()));
         }
-        None => crate::output::stdout(&bytes),
+        None => {
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, crate::output::StdoutSink);
+            let done = fill(&mut out).and_then(|()| Ok(out.flush()?));
+            // A reader gone away ends the export quietly; another failure to write stdout is
+            // reported once by the entry point. Any other failure (the store's) is this one.
+            if let Err(e) = done
+                && !crate::output::stdout_failed()
+            {
+                return Err(e);
+            }
+        }
     }
     Ok(Code::Success)
+}
+
+/// Rows per chunk of CSV made before its cells are checked and written out.
+const CSV_CHUNK_ROWS: usize = 1024;
+
+/// CSV written in chunks of [`CSV_CHUNK_ROWS`] rows: each chunk is serialized by serde (the
+/// header with the first row), then its cells a spreadsheet would run are neutralized on the
+/// way out, unless raw cells were asked for.
+struct CsvOut<'w> {
+    out: &'w mut dyn Write,
+    chunk: csv::Writer<Vec<u8>>,
+    rows_in_chunk: usize,
+    header_pending: bool,
+    any_row: bool,
+    raw_cells: bool,
+}
+
+impl<'w> CsvOut<'w> {
+    fn new(out: &'w mut dyn Write, raw_cells: bool) -> Self {
+        CsvOut {
+            out,
+            chunk: csv::Writer::from_writer(Vec::new()),
+            rows_in_chunk: 0,
+            header_pending: true,
+            any_row: false,
+            raw_cells,
+        }
+    }
+
+    fn row<T: serde::Serialize>(&mut self, row: &T) -> Result<()> {
+        self.chunk.serialize(row)?;
+        self.any_row = true;
+        self.rows_in_chunk += 1;
+        if self.rows_in_chunk >= CSV_CHUNK_ROWS {
+            self.drain()?;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        let next = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        let bytes = std::mem::replace(&mut self.chunk, next)
+            .into_inner()
+            .context("writing CSV")?;
+        if self.raw_cells {
+            self.out.write_all(&bytes)?;
+        } else {
+            neutralize_formulas(&bytes, self.header_pending, &mut *self.out)?;
+        }
+        self.header_pending = false;
+        self.rows_in_chunk = 0;
+        Ok(())
+    }
+
+    fn finish(mut self, empty_header: &[&str]) -> Result<()> {
+        if !self.any_row {
+            self.chunk.write_record(empty_header)?;
+        }
+        self.drain()?;
+        Ok(self.out.flush()?)
+    }
 }
 
 /// A cell a spreadsheet would run as a formula (OWASP's CSV injection): one that begins with
@@ -196,28 +280,32 @@ fn is_formula(cell: &str) -> bool {
     cell.starts_with(['=', '+', '-', '@', '\t', '\r'])
 }
 
-/// The CSV `bytes` with a `'` before every cell (but the header's) that a spreadsheet would run
-/// as a formula: a customer named `=cmd|' /C calc'!A0` is shown, not run.
-fn neutralize_formulas(bytes: &[u8]) -> Result<Vec<u8>> {
+/// Writes the CSV `bytes` to `out` with a `'` before every cell (but the header's, when the
+/// chunk begins with it) that a spreadsheet would run as a formula: a customer named
+/// `=cmd|' /C calc'!A0` is shown, not run.
+fn neutralize_formulas(bytes: &[u8], with_header: bool, out: &mut dyn Write) -> Result<()> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(bytes);
-    let mut w = csv::Writer::from_writer(Vec::with_capacity(bytes.len()));
-    for (i, record) in reader.records().enumerate() {
-        let record = record?;
-        if i == 0 {
+    let mut w = csv::Writer::from_writer(out);
+    let mut record = csv::StringRecord::new();
+    let mut first = true;
+    while reader.read_record(&mut record)? {
+        if std::mem::take(&mut first) && with_header {
             w.write_record(&record)?;
             continue;
         }
-        w.write_record(record.iter().map(|cell| {
+        for cell in &record {
             if is_formula(cell) {
-                format!("'{cell}")
+                w.write_field(format!("'{cell}"))?;
             } else {
-                cell.to_string()
+                w.write_field(cell)?;
             }
-        }))?;
+        }
+        w.write_record(None::<&[u8]>)?;
     }
-    w.into_inner().context("writing CSV")
+    w.flush()?;
+    Ok(())
 }
 
 /// The CSV header when there is no row (serde writes it only with the first row).
@@ -304,7 +392,9 @@ mod tests {
     #[test]
     fn cells_a_spreadsheet_would_run_get_a_quote() {
         let csv = "name,amount\n=cmd|' /C calc'!A0,1\n+SUM(1+1),-2+3\n@SUM(A1),\"\tx\"\nANA,12\n";
-        let out = String::from_utf8(neutralize_formulas(csv.as_bytes()).unwrap()).unwrap();
+        let mut out = Vec::new();
+        neutralize_formulas(csv.as_bytes(), true, &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
         assert_eq!(
             out,
             "name,amount\n'=cmd|' /C calc'!A0,1\n'+SUM(1+1),'-2+3\n'@SUM(A1),'\tx\nANA,12\n"

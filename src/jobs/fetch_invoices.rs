@@ -13,6 +13,7 @@ use clap::ValueEnum;
 use super::Ctx;
 use crate::exit::{Code, CodedError};
 use crate::fetching::Engine;
+use crate::job::Job;
 use crate::lifecycle::JobRun;
 use crate::nio::NioClient;
 use crate::store::FetchSelection;
@@ -112,10 +113,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         }
         .into());
     }
-    let mut run = JobRun::start(
-        &ctx.store_path()?,
-        ctx.clock,
-        "fetch-invoices",
+    let mut run = ctx.start_run(
+        Job::FetchInvoices,
         "invoices",
         origin.as_str(),
         args.safra.as_deref(),
@@ -228,7 +227,7 @@ fn dry_run(ctx: &Ctx, selection: &FetchSelection) -> Result<Code> {
         ));
         return Ok(Code::Success);
     }
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_for_reading()?;
     let work = store.contracts_to_fetch(selection)?;
     let mut rows = Vec::new();
     for w in &work {

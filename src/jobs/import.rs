@@ -13,7 +13,7 @@ use chrono::{Datelike, Days, NaiveDate};
 use super::Ctx;
 use crate::clock;
 use crate::domain::cpf::Cpf;
-use crate::domain::{money, schedule};
+use crate::domain::{due_dates, money};
 use crate::exit::Code;
 use crate::store::{ContractImport, ContractRow, ExpectedInvoice};
 
@@ -589,13 +589,13 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
                         continue;
                     }
                 };
-                let expected: Vec<ExpectedInvoice> = (1..=schedule::EXPECTED_INVOICES)
+                let expected: Vec<ExpectedInvoice> = (1..=due_dates::EXPECTED_INVOICES)
                     .map(|n| {
-                        let due = schedule::due_date(installed, n);
+                        let due = due_dates::due_date(installed, n);
                         ExpectedInvoice {
                             number: n,
                             due_date: due,
-                            available_from: schedule::available_from(installed, n, due),
+                            available_from: due_dates::available_from(installed, n, due),
                         }
                     })
                     .collect();
@@ -635,7 +635,7 @@ fn contracts(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
         report.ok,
         sheet.name,
         report.ok - new,
-        schedule::EXPECTED_INVOICES,
+        due_dates::EXPECTED_INVOICES,
         report.bad,
         sheet.ignored_note()
     ));
@@ -662,7 +662,7 @@ fn invoices(ctx: &Ctx, file: &Path, rejects: Option<&Path>) -> Result<Code> {
         let Some(number) = raw_n
             .parse::<u32>()
             .ok()
-            .filter(|n| (1..=schedule::EXPECTED_INVOICES).contains(n))
+            .filter(|n| (1..=due_dates::EXPECTED_INVOICES).contains(n))
         else {
             report.bad(
                 &sheet,

@@ -5,6 +5,7 @@ pub mod cleanup;
 pub mod completions;
 pub mod config;
 pub mod credentials;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod doctor;
 pub mod download_boletos;
@@ -16,6 +17,7 @@ pub mod pause;
 pub mod renew;
 pub mod report;
 pub mod retry;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod schedule;
 pub mod status;
@@ -25,53 +27,101 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::config::{self as cfg, Loaded};
-use crate::exit::{Code, CodedError};
-use crate::output::Printer;
+use crate::exit::CodedError;
+use crate::job::Job;
+use crate::lifecycle::{AfterRun, JobRun};
+use crate::metrics::Metrics;
+use crate::output::{OutputOptions, Printer};
+use crate::pings::Pings;
 use crate::store::Store;
 
 /// What every command gets: the configuration, the clock and the printer.
 pub struct Ctx {
-    pub global: GlobalArgs,
+    pub output: OutputOptions,
+    /// What runs after each job run (alerts, metrics, pings), from the configuration.
+    pub after_run: AfterRun,
+    /// `--db`: the store to use instead of `[store] path`.
+    pub db: Option<PathBuf>,
     pub loaded: Loaded,
     pub clock: Clock,
     pub printer: Printer,
 }
 
 impl Ctx {
-    fn load(global: GlobalArgs) -> Result<Ctx> {
-        let loaded = cfg::load(global.config.as_deref())?;
+    /// Loads the configuration (`config`: `--config`), the clock and the services' settings.
+    pub fn load(
+        config: Option<&std::path::Path>,
+        db: Option<PathBuf>,
+        output: OutputOptions,
+    ) -> Result<Ctx> {
+        let loaded = cfg::load(config)?;
         let clock = Clock::from_env().map_err(|e| CodedError::config(format!("{e:#}")))?;
-        let printer = Printer::new(&global);
+        let printer = Printer::new(&output);
         crate::http::configure(&loaded.config.tls)?;
-        crate::metrics::configure(loaded.config.metrics.textfile_dir.clone());
-        crate::pings::configure(loaded.config.pings.clone());
+        let mut after_run = AfterRun {
+            alerts: Alerts::default(),
+            metrics: Metrics {
+                dir: loaded.config.metrics.textfile_dir.clone(),
+            },
+            pings: Pings {
+                urls: loaded.config.pings.clone(),
+            },
+        };
         if loaded.config.alerts.to.is_some() {
             let smtp = &loaded.config.smtp;
             let password = match smtp.user {
                 Some(_) => cfg::secret("CRM_JOBS_SMTP_PASSWORD", smtp.password_file.as_deref())?,
                 None => None,
             };
-            crate::alerts::configure(&loaded.config, password);
+            after_run.alerts = Alerts::from_config(&loaded.config, password);
         }
         Ok(Ctx {
-            global,
+            output,
+            after_run,
+            db,
             loaded,
             clock,
             printer,
         })
     }
 
+    /// Starts a run of `job` (see [`JobRun::start`]) with this command's store, clock and what
+    /// runs after it.
+    pub fn start_run(
+        &self,
+        job: Job,
+        lock: &str,
+        origin: &str,
+        safra: Option<&str>,
+    ) -> Result<JobRun> {
+        JobRun::start(
+            &self.store_path()?,
+            self.clock,
+            &self.after_run,
+            job,
+            lock,
+            origin,
+            safra,
+        )
+    }
+
     /// The store path in force.
     pub fn store_path(&self) -> Result<PathBuf> {
-        self.loaded.store_path(self.global.db.as_deref())
+        self.loaded.store_path(self.db.as_deref())
     }
 
     /// Opens the store.
     pub fn open_store(&self) -> Result<Store> {
         Store::open(&self.store_path()?)
+    }
+
+    /// Opens the store for a command that only reads it: read-only when this user may not
+    /// write it ([`Store::open_for_reading`]).
+    pub fn open_store_for_reading(&self) -> Result<Store> {
+        Store::open_for_reading(&self.store_path()?)
     }
 
     /// The downloads root in force.
@@ -99,40 +149,5 @@ impl Ctx {
                 "the Nio passphrase is not set: export `CRM_JOBS_NIO_PASSPHRASE`, or point `[nio] passphrase_file` (or `CRM_JOBS_NIO_PASSPHRASE_FILE`) to a file holding it",
             )
         })
-    }
-}
-
-/// Runs the chosen subcommand.
-pub async fn dispatch(cli: Cli) -> Result<Code> {
-    match cli.command {
-        Command::Sandbox(args) => sandbox::run(args).await,
-        Command::Demo(args) => demo::run(args, &cli.global).await,
-        Command::Completions(args) => completions::completions(args),
-        Command::Man => completions::man(),
-        command => {
-            let ctx = Ctx::load(cli.global)?;
-            match command {
-                Command::FetchInvoices(args) => fetch_invoices::run(&ctx, args).await,
-                Command::Retry(args) => retry::run(&ctx, args).await,
-                Command::DownloadBoletos(args) => download_boletos::run(&ctx, args).await,
-                Command::Credentials(c) => credentials::run(&ctx, c),
-                Command::Enqueue(args) => enqueue::run(&ctx, args),
-                Command::SyncQueue(args) => sync_queue::run(&ctx, args).await,
-                Command::Cleanup(args) => cleanup::run(&ctx, args).await,
-                Command::Renew(args) => renew::run(&ctx, args).await,
-                Command::Status(args) => status::run(&ctx, args),
-                Command::Schedule(c) => schedule::run(&ctx, c),
-                Command::Report(args) => report::run(&ctx, args),
-                Command::Doctor(args) => doctor::run(&ctx, args).await,
-                Command::Pause(args) => pause::pause(&ctx, args),
-                Command::Resume(args) => pause::resume(&ctx, args),
-                Command::Import(c) => import::run(&ctx, c),
-                Command::Export(c) => export::run(&ctx, c),
-                Command::Config(c) => config::run(&ctx, c),
-                Command::Sandbox(_) | Command::Demo(_) | Command::Completions(_) | Command::Man => {
-                    unreachable!("handled above")
-                }
-            }
-        }
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use super::Ctx;
 use crate::clock;
 use crate::exit::{Code, CodedError};
-use crate::lifecycle::JOBS;
+use crate::job::Job;
 
 /// Arguments of `pause`.
 #[derive(Debug, clap::Args)]
@@ -26,14 +26,13 @@ pub struct ResumeArgs {
 }
 
 fn check(job: &str) -> Result<()> {
-    if JOBS.contains(&job) {
-        return Ok(());
-    }
-    Err(CodedError {
-        code: Code::Usage,
-        message: format!("`{job}` is not a job; jobs: {}", JOBS.join(", ")),
-    }
-    .into())
+    job.parse::<Job>().map(drop).map_err(|e| {
+        CodedError {
+            code: Code::Usage,
+            message: e.to_string(),
+        }
+        .into()
+    })
 }
 
 pub fn pause(ctx: &Ctx, args: PauseArgs) -> Result<Code> {

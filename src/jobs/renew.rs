@@ -1,8 +1,8 @@
-//! `crm-jobs renew`: the subscription lifecycle (DOMAIN.md "Subscriptions"). Steps, in order:
-//! `expiring` (warn subscriptions whose period ends within `--days`, once per period), `expired`
-//! (make overdue ones inactive and take the plan away), `stripe` (ask Stripe about the
-//! subscriptions whose period ends today and store the new period from Stripe's dates), then
-//! `emails` (send the outbox). Each state change, its audit rows and its email are written in
+//! `crm-jobs renew`: the subscription lifecycle (docs/src/reference/domain.md#subscriptions).
+//! Steps, in order: `expiring` (warn subscriptions whose period ends within `--days`, once per
+//! period), `expired` (make overdue ones inactive and take the plan away), `stripe` (ask Stripe
+//! about the subscriptions whose period ends today and store the new period from Stripe's dates),
+//! then `emails` (send the outbox). Each state change, its audit rows and its email are written in
 //! one transaction; an email is sent at most once knowingly, and one whose outcome is unknown is
 //! reported, not resent.
 
@@ -19,9 +19,10 @@ use super::Ctx;
 use crate::clock;
 use crate::email::{self, Kind};
 use crate::exit::{Code, CodedError};
+use crate::job::Job;
 use crate::lifecycle::JobRun;
 use crate::mailer::{Mailer, Outcome, Unusable};
-use crate::store::{Audit, Change, NewEmail, SubscriptionRow};
+use crate::store::{Audit, Change, EmailStatus, NewEmail, SubscriptionRow};
 use crate::stripe::{StripeClient, StripeError, StripeSubscription};
 
 /// Arguments of `renew`.
@@ -100,7 +101,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let stripe_from = clock::to_store(day_start - grace);
     let stripe_cutoff = clock::to_store(now - grace);
     if args.dry_run {
-        let store = ctx.open_store()?;
+        let store = ctx.open_store_for_reading()?;
         for step in &steps {
             let rows = match step {
                 Step::Expiring => store.expiring(&now_s, &until)?,
@@ -158,14 +159,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         None
     };
     let origin = crate::lifecycle::default_origin();
-    let mut run = JobRun::start(
-        &ctx.store_path()?,
-        ctx.clock,
-        "renew",
-        "subscriptions",
-        origin,
-        None,
-    )?;
+    let mut run = ctx.start_run(Job::Renew, "subscriptions", origin, None)?;
     let lost = run.store.recover_sending(&now_s)?;
     if !lost.is_empty() {
         let m = format!(
@@ -440,7 +434,8 @@ fn record_stripe(
     let cfg = &ctx.loaded.config.renew;
     let now = clock::to_store(ctx.clock.now());
     let current_end = instant(&sub.current_period_end)?;
-    // Only `active` renews: `trialing` (and the rest) is not a paid period (DOMAIN.md).
+    // Only `active` renews: `trialing` (and the rest) is not a paid period
+    // (docs/src/reference/domain.md#subscriptions).
     let renewable = s.status == "active";
     match s.period {
         Some((start, end)) if renewable && end > current_end => {
@@ -546,7 +541,8 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &mut Mailer) -> Result<()> 
         let now = clock::to_store(ctx.clock.now());
         // Marked before the SMTP conversation: a process killed during it leaves `sending`,
         // which the next run reports as unknown instead of sending again.
-        run.store.set_email_status(e.id, "sending", None, &now)?;
+        run.store
+            .set_email_status(e.id, EmailStatus::Sending, None, &now)?;
         let mut outcome = mailer.send(&e).await;
         if let Outcome::NotSent(m) = &outcome {
             // The server cannot have it (the data was not written): once more, on a new
@@ -560,13 +556,14 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &mut Mailer) -> Result<()> 
         run.counts.total += 1;
         match outcome {
             Outcome::Sent => {
-                run.store.set_email_status(e.id, "sent", None, &now)?;
+                run.store
+                    .set_email_status(e.id, EmailStatus::Sent, None, &now)?;
                 run.add("emails_sent", 1);
                 run.counts.ok += 1;
             }
             Outcome::Retry(m) | Outcome::NotSent(m) => {
                 run.store
-                    .set_email_status(e.id, "pending", Some(&m), &now)?;
+                    .set_email_status(e.id, EmailStatus::Pending, Some(&m), &now)?;
                 run.add("emails_waiting", 1);
                 run.counts.failed += 1;
                 tracing::warn!(
@@ -576,14 +573,15 @@ async fn emails(ctx: &Ctx, run: &mut JobRun, mailer: &mut Mailer) -> Result<()> 
                 );
             }
             Outcome::Failed(m) => {
-                run.store.set_email_status(e.id, "failed", Some(&m), &now)?;
+                run.store
+                    .set_email_status(e.id, EmailStatus::Failed, Some(&m), &now)?;
                 run.add("emails_failed", 1);
                 run.counts.failed += 1;
                 tracing::warn!("email #{} to {}: {m}", e.id, e.to);
             }
             Outcome::Unknown(m) => {
                 run.store
-                    .set_email_status(e.id, "unknown", Some(&m), &now)?;
+                    .set_email_status(e.id, EmailStatus::Unknown, Some(&m), &now)?;
                 run.add("emails_unknown", 1);
                 run.counts.failed += 1;
                 tracing::warn!(

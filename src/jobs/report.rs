@@ -4,11 +4,11 @@
 //! throughput and depth, boleto outcomes per consultant.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use chrono::NaiveDate;
+use serde::Serialize;
 
 use super::Ctx;
 use crate::clock;
@@ -30,15 +30,92 @@ const PALETTE: &[&str] = &[
     "#2e7d32", "#c62828", "#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#9e9d24", "#5d4037",
 ];
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The page's values, laid out by `templates/report.html` (auto-escaped: a contract number or an
+/// error from a service is shown as text, never read as markup).
+#[derive(Serialize)]
+struct Page {
+    generated: String,
+    store: String,
+    since: String,
+    success: Chart,
+    durations: Chart,
+    outcomes: Chart,
+    paid_share: Chart,
+    slowest: Vec<SlowInvoice>,
+    errors: Vec<ErrorRow>,
+    queue_throughput: Chart,
+    queue_depth: Chart,
+    boletos: Chart,
 }
 
-/// A horizontal stacked bar chart as inline SVG: one bar per category, one color per series.
-fn chart(title: &str, rows: &[(String, Vec<(String, f64)>)], unit: &str) -> String {
+#[derive(Serialize)]
+struct SlowInvoice {
+    contract: String,
+    invoice: i64,
+    ms: i64,
+}
+
+#[derive(Serialize)]
+struct ErrorRow {
+    contract: String,
+    invoice: i64,
+    status: String,
+    failed_attempts: i64,
+    error: String,
+}
+
+/// A horizontal stacked bar chart drawn as inline SVG: one bar per category, one color per
+/// series. Coordinates are in SVG user units, rounded to a tenth.
+#[derive(Serialize)]
+struct Chart {
+    title: String,
+    unit: String,
+    height: f64,
+    /// Right edge of the category labels, where the bars start.
+    label_x: f64,
+    /// Baseline of "no data yet" when there are no rows.
+    empty_y: f64,
+    bar_h: f64,
+    legend: Vec<Legend>,
+    rows: Vec<Row>,
+}
+
+#[derive(Serialize)]
+struct Legend {
+    name: String,
+    color: &'static str,
+    x: f64,
+    text_x: f64,
+}
+
+#[derive(Serialize)]
+struct Row {
+    label: String,
+    label_x: f64,
+    y: f64,
+    text_y: f64,
+    bars: Vec<Bar>,
+    /// The sum of the row, shown after its bar.
+    total: String,
+    total_x: f64,
+}
+
+#[derive(Serialize)]
+struct Bar {
+    series: String,
+    /// The value, as shown in the bar's tooltip.
+    n: String,
+    color: &'static str,
+    x: f64,
+    w: f64,
+}
+
+fn tenth(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// The geometry of one chart: `rows` are (category, [(series, value)]).
+fn chart(title: &str, rows: &[(String, Vec<(String, f64)>)], unit: &str) -> Chart {
     let mut series: Vec<String> = rows
         .iter()
         .flat_map(|(_, v)| v.iter().map(|(s, _)| s.clone()))
@@ -52,57 +129,61 @@ fn chart(title: &str, rows: &[(String, Vec<(String, f64)>)], unit: &str) -> Stri
         .fold(0.0, f64::max)
         .max(1.0);
     let (label_w, bar_w, row_h, top) = (200.0, 480.0, 20.0, 34.0);
-    let height = top + rows.len().max(1) as f64 * row_h + 10.0;
-    let mut svg = String::new();
-    write!(
-        svg,
-        r#"<figure><figcaption>{}</figcaption><svg class="chart" xmlns="http://www.w3.org/2000/svg" width="760" height="{height}" role="img" aria-label="{}">"#,
-        esc(title),
-        esc(title)
-    )
-    .ok();
+    let mut legend = Vec::new();
     let mut x = label_w;
     for s in &series {
-        write!(svg, r#"<rect x="{x}" y="6" width="10" height="10" fill="{}"/><text x="{}" y="15" font-size="11">{}</text>"#, color(s), x + 14.0, esc(s)).ok();
+        legend.push(Legend {
+            name: s.clone(),
+            color: color(s),
+            x,
+            text_x: x + 14.0,
+        });
         x += 24.0 + 7.0 * s.chars().count() as f64;
     }
-    if rows.is_empty() {
-        write!(
-            svg,
-            r#"<text x="{label_w}" y="{}" font-size="12" fill="gray">no data yet</text>"#,
-            top + 14.0
-        )
-        .ok();
+    let rows = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (cat, values))| {
+            let y = top + i as f64 * row_h;
+            let mut x = label_w;
+            let mut total = 0.0;
+            let bars = values
+                .iter()
+                .map(|(s, n)| {
+                    let w = n / max * bar_w;
+                    let bar = Bar {
+                        series: s.clone(),
+                        n: n.to_string(),
+                        color: color(s),
+                        x: tenth(x),
+                        w: tenth(w),
+                    };
+                    x += w;
+                    total += n;
+                    bar
+                })
+                .collect();
+            Row {
+                label: cat.clone(),
+                label_x: label_w - 6.0,
+                y,
+                text_y: y + 13.0,
+                bars,
+                total: total.to_string(),
+                total_x: tenth(x + 4.0),
+            }
+        })
+        .collect::<Vec<_>>();
+    Chart {
+        title: title.to_string(),
+        unit: unit.to_string(),
+        height: top + rows.len().max(1) as f64 * row_h + 10.0,
+        label_x: label_w,
+        empty_y: top + 14.0,
+        bar_h: row_h - 4.0,
+        legend,
+        rows,
     }
-    for (i, (cat, values)) in rows.iter().enumerate() {
-        let y = top + i as f64 * row_h;
-        write!(
-            svg,
-            r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"#,
-            label_w - 6.0,
-            y + 13.0,
-            esc(cat)
-        )
-        .ok();
-        let mut x = label_w;
-        let mut total = 0.0;
-        for (s, n) in values {
-            let w = n / max * bar_w;
-            write!(svg, r#"<rect x="{x:.1}" y="{y}" width="{w:.1}" height="{}" fill="{}"><title>{}: {} {}</title></rect>"#, row_h - 4.0, color(s), esc(s), n, esc(unit)).ok();
-            x += w;
-            total += n;
-        }
-        write!(
-            svg,
-            r#"<text x="{:.1}" y="{}" font-size="10" fill="dimgray">{}</text>"#,
-            x + 4.0,
-            y + 13.0,
-            total
-        )
-        .ok();
-    }
-    svg.push_str("</svg></figure>\n");
-    svg
 }
 
 /// Groups (category, series, n) triples into chart rows, categories in first-seen order.
@@ -145,7 +226,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         })
         .map(|t| clock::to_store(t.with_timezone(&chrono::Utc)))
         .unwrap_or_else(|| format!("{since}T00:00:00.000Z"));
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_for_reading()?;
     let (all, ok) = store.runs_per_day(&since_s)?;
     let ok_map: BTreeMap<(String, String), i64> =
         ok.into_iter().map(|(j, d, n)| ((j, d), n)).collect();
@@ -176,78 +257,62 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Code> {
             })
             .collect()
     };
-    let mut html = String::new();
-    write!(
-        html,
-        r#"<!DOCTYPE html>
-<html lang="pt-BR"><head><meta charset="utf-8"><title>crm-jobs report</title>
-<style>
-body {{ font-family: Arial, Helvetica, sans-serif; margin: 24px; color: #222; }}
-h1 {{ font-size: 22px; }} h2 {{ font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }}
-figure {{ margin: 8px 0; }} figcaption {{ font-weight: bold; font-size: 13px; margin-bottom: 4px; }}
-table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
-.muted {{ color: #777; font-size: 12px; }}
-</style></head><body>
-<h1>crm-jobs report</h1>
-<p class="muted">Generated {} from <code>{}</code>; run history since {since}.</p>
-"#,
-        esc(&clock::to_store(ctx.clock.now())),
-        esc(&store.path().display().to_string())
-    )
-    .ok();
-    html.push_str("<h2>Runs</h2>\n");
-    html.push_str(&chart("Success per day and job", &success, "runs"));
-    html.push_str(&chart("Run durations (last 30 runs)", &durations, "s"));
-    html.push_str("<h2>Invoices</h2>\n");
-    html.push_str(&chart(
-        "Invoice outcomes per safra",
-        &rows(&store.outcomes_per_safra()?),
-        "invoices",
-    ));
-    html.push_str(&chart(
-        "Safra against safra: % paid of each invoice number (of those seen at Nio)",
-        &rows(&store.paid_share_per_safra()?),
-        "% paid",
-    ));
-    html.push_str("<table><caption>The 10 slowest invoice lookups</caption><tr><th>contract</th><th>invoice</th><th>ms</th></tr>\n");
-    for (c, n, ms) in store.slowest_invoices(10)? {
-        writeln!(
-            html,
-            "<tr><td>{}</td><td>{n}</td><td>{ms}</td></tr>",
-            esc(&c)
-        )
-        .ok();
-    }
-    html.push_str("</table>\n<table><caption>Invoices with persistent errors</caption><tr><th>contract</th><th>invoice</th><th>status</th><th>failed attempts</th><th>last error</th></tr>\n");
-    for (c, n, st, fa, err) in store.persistent_errors()? {
-        writeln!(
-            html,
-            "<tr><td>{}</td><td>{n}</td><td>{}</td><td>{fa}</td><td>{}</td></tr>",
-            esc(&c),
-            esc(&st),
-            esc(&err)
-        )
-        .ok();
-    }
-    html.push_str("</table>\n<h2>CRM queue</h2>\n");
-    html.push_str(&chart(
-        "Requests per day",
-        &rows(&store.queue_throughput(&since_s)?),
-        "requests",
-    ));
     let depth: Vec<(String, Vec<(String, f64)>)> = store
         .queue_counts()?
         .into_iter()
         .map(|(s, n)| (s.clone(), vec![(s, n as f64)]))
         .collect();
-    html.push_str(&chart("Queue depth by status (now)", &depth, "items"));
-    html.push_str("<h2>Boletos</h2>\n");
-    html.push_str(&chart(
-        "Boleto outcomes per consultant",
-        &rows(&store.boletos_per_consultant()?),
-        "clients",
-    ));
-    html.push_str("</body></html>\n");
+    let page = Page {
+        generated: clock::to_store(ctx.clock.now()),
+        store: store.path().display().to_string(),
+        since: since.to_string(),
+        success: chart("Success per day and job", &success, "runs"),
+        durations: chart("Run durations (last 30 runs)", &durations, "s"),
+        outcomes: chart(
+            "Invoice outcomes per safra",
+            &rows(&store.outcomes_per_safra()?),
+            "invoices",
+        ),
+        paid_share: chart(
+            "Safra against safra: % paid of each invoice number (of those seen at Nio)",
+            &rows(&store.paid_share_per_safra()?),
+            "% paid",
+        ),
+        slowest: store
+            .slowest_invoices(10)?
+            .into_iter()
+            .map(|(contract, invoice, ms)| SlowInvoice {
+                contract,
+                invoice,
+                ms,
+            })
+            .collect(),
+        errors: store
+            .persistent_errors()?
+            .into_iter()
+            .map(
+                |(contract, invoice, status, failed_attempts, error)| ErrorRow {
+                    contract,
+                    invoice,
+                    status,
+                    failed_attempts,
+                    error,
+                },
+            )
+            .collect(),
+        queue_throughput: chart(
+            "Requests per day",
+            &rows(&store.queue_throughput(&since_s)?),
+            "requests",
+        ),
+        queue_depth: chart("Queue depth by status (now)", &depth, "items"),
+        boletos: chart(
+            "Boleto outcomes per consultant",
+            &rows(&store.boletos_per_consultant()?),
+            "clients",
+        ),
+    };
+    let html = crate::templates::render("report.html", &page)?;
     match &args.out {
         Some(path) => {
             crate::files::write_output(path, html.as_bytes())?;
@@ -257,4 +322,73 @@ table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px so
         None => crate::output::stdout(html.as_bytes()),
     }
     Ok(Code::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(contract: &str, error: &str, category: &str) -> Page {
+        let c = |title: &str| chart(title, &[], "items");
+        Page {
+            generated: "2025-11-10T12:00:00.000Z".into(),
+            store: "/var/lib/crm-jobs/crm.db".into(),
+            since: "2025-11-01".into(),
+            success: chart(
+                "Success per day and job",
+                &[(category.to_string(), vec![(category.to_string(), 3.0)])],
+                "runs",
+            ),
+            durations: c("Run durations (last 30 runs)"),
+            outcomes: c("Invoice outcomes per safra"),
+            paid_share: c("Safra against safra"),
+            slowest: vec![SlowInvoice {
+                contract: contract.into(),
+                invoice: 1,
+                ms: 1200,
+            }],
+            errors: vec![ErrorRow {
+                contract: contract.into(),
+                invoice: 2,
+                status: "gave_up".into(),
+                failed_attempts: 3,
+                error: error.into(),
+            }],
+            queue_throughput: c("Requests per day"),
+            queue_depth: c("Queue depth by status (now)"),
+            boletos: c("Boleto outcomes per consultant"),
+        }
+    }
+
+    /// A contract number, a service's error or a job name is text on the page, never markup.
+    #[test]
+    fn hostile_values_are_escaped_in_the_report() {
+        let html = crate::templates::render(
+            "report.html",
+            page(
+                "<script>alert(1)</script>",
+                r#"Nio said "no" & <b>closed</b>"#,
+                "<img src=x>",
+            ),
+        )
+        .unwrap();
+        assert!(!html.contains("<script") && !html.contains("<b>"), "{html}");
+        assert!(
+            html.contains("<tr><td>&lt;script&gt;alert(1)&lt;&#x2f;script&gt;</td><td>1</td><td>1200</td></tr>"),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "<td>3</td><td>Nio said &quot;no&quot; &amp; &lt;b&gt;closed&lt;&#x2f;b&gt;</td></tr>"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"text-anchor="end">&lt;img src=x&gt;</text>"#),
+            "{html}"
+        );
+        assert_eq!(html.matches("<svg").count(), 7);
+        assert_eq!(html.matches("no data yet").count(), 6);
+        assert!(html.ends_with("</body></html>\n"));
+    }
 }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::Ctx;
 use crate::exit::Code;
 use crate::fetching::Engine;
-use crate::lifecycle::JobRun;
+use crate::job::Job;
 use crate::nio::NioClient;
 
 /// Arguments of `retry`.
@@ -55,14 +55,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     }
     let passphrase = ctx.nio_passphrase()?;
     ctx.require_nio_base_url()?;
-    let mut run = JobRun::start(
-        &ctx.store_path()?,
-        ctx.clock,
-        "retry",
-        "invoices",
-        "retry",
-        None,
-    )?;
+    let mut run = ctx.start_run(Job::Retry, "invoices", "retry", None)?;
     let downloads = ctx.downloads_dir()?;
     crate::fetching::remove_partial_pdfs(&downloads);
     let (gave_up, pdfs_gave_up) = run.store.give_up_exhausted(max_attempts)?;

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::exit::Code;
-use crate::schedule::{self, Install};
+use crate::timers::{self, Install};
 
 /// `schedule` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -63,7 +63,7 @@ fn install(paths: &Paths, user: &str, on_failure: Option<String>) -> Install {
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
     let config = &ctx.loaded.config;
-    let plan = schedule::plan(config)?;
+    let plan = timers::plan(config)?;
     match command {
         Command::List => {
             let now = ctx.clock.now();
@@ -117,13 +117,13 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
             Ok(Code::Success)
         }
         Command::Crontab(paths) => {
-            let text = schedule::crontab(config, &plan, &install(&paths, "crm-jobs", None));
+            let text = timers::crontab(config, &plan, &install(&paths, "crm-jobs", None));
             crate::output::stdout(text.as_bytes());
             Ok(Code::Success)
         }
         Command::Systemd(args) => {
             let inst = install(&args.paths, &args.user, args.on_failure.clone());
-            let files = schedule::systemd(config, &plan, &inst);
+            let files = timers::systemd(config, &plan, &inst);
             std::fs::create_dir_all(&args.out)
                 .with_context(|| format!("cannot create `{}`", args.out.display()))?;
             for (name, text) in &files {
@@ -143,7 +143,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 })
                 .unwrap_or_default();
             stale.sort();
-            if !ctx.global.quiet {
+            if !ctx.output.quiet {
                 crate::outln!(
                     "wrote {} units into {} ({} entries); then: systemctl daemon-reload && systemctl enable --now {}",
                     files.len(),

@@ -9,24 +9,25 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::exit::Code;
-use crate::lifecycle::JOBS;
+use crate::job::Job;
 use crate::output::human_duration;
+use crate::store::RunStatus;
 
 /// Arguments of `status` (`--json` gives the same as JSON).
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
 pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
-    let store = ctx.open_store()?;
-    let states: Vec<_> = JOBS
+    let store = ctx.open_store_for_reading()?;
+    let states: Vec<_> = Job::ALL
         .iter()
-        .map(|j| store.job_state(j))
+        .map(|j| store.job_state(j.as_str()))
         .collect::<Result<_>>()?;
-    let plan = crate::schedule::plan(&ctx.loaded.config)?;
+    let plan = crate::timers::plan(&ctx.loaded.config)?;
     let now = ctx.clock.now();
-    let next: Vec<Option<chrono::DateTime<chrono::Utc>>> = JOBS
+    let next: Vec<Option<chrono::DateTime<chrono::Utc>>> = Job::ALL
         .iter()
-        .map(|j| crate::schedule::next_start(&plan, j, now))
+        .map(|j| crate::timers::next_start(&plan, j.as_str(), now))
         .collect();
     let today = ctx.clock.today();
     let invoices = store.invoice_status_counts()?;
@@ -99,7 +100,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
         };
         // While a run is going, the last run shown is that one: it has no duration yet.
         let took = match (&s.last_run, s.last_duration_ms) {
-            (Some(r), _) if r.status == "running" => "running".to_string(),
+            (Some(r), _) if r.status == RunStatus::Running => "running".to_string(),
             (_, Some(ms)) => human_duration(ms),
             _ => "-".to_string(),
         };
@@ -132,7 +133,10 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
     let failures: Vec<String> = states
         .iter()
         .filter_map(|s| {
-            let r = s.last_run.as_ref().filter(|r| r.status == "failed")?;
+            let r = s
+                .last_run
+                .as_ref()
+                .filter(|r| r.status == RunStatus::Failed)?;
             Some(format!(
                 "{} run #{} failed: {}",
                 s.job,

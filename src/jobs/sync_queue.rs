@@ -25,8 +25,9 @@ use super::Ctx;
 use crate::clock;
 use crate::crm::{self, CrmClient, CrmError, NaturalKey, Reference, Request};
 use crate::exit::{Code, CodedError};
+use crate::job::Job;
 use crate::lifecycle::JobRun;
-use crate::store::{QueueItem, RequestLog};
+use crate::store::{QueueItem, QueueStatus, RequestLog};
 
 /// The shared rate limit's name in the store.
 const BUCKET: &str = "crm";
@@ -126,20 +127,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     let cfg = &ctx.loaded.config;
     let batch = args.batch.unwrap_or(cfg.sync.batch);
     if args.dry_run {
-        let store = ctx.open_store()?;
-        let rows = store.export_queue(Some("pending"))?;
+        let store = ctx.open_store_for_reading()?;
         let now = clock::to_store(ctx.clock.now());
-        let due: Vec<_> = rows
-            .iter()
-            .filter(|r| r.due_at.as_deref().is_none_or(|d| d <= now.as_str()))
-            .collect();
-        for r in due.iter().take(batch as usize) {
-            crate::outln!("{}\t{}\t{}\t{}", r.id, r.entity, r.record_id, r.action);
-        }
+        let mut due = 0usize;
+        store.export_queue(Some(QueueStatus::Pending), &mut |r| {
+            if r.due_at.as_deref().is_none_or(|d| d <= now.as_str()) {
+                if due < batch as usize {
+                    crate::outln!("{}\t{}\t{}\t{}", r.id, r.entity, r.record_id, r.action);
+                }
+                due += 1;
+            }
+            Ok(())
+        })?;
         ctx.printer.say(&format!(
-            "dry run: {} item(s) due, {} would be sent by this run (before superseding and priorities); nothing was sent or written",
-            due.len(),
-            due.len().min(batch as usize)
+            "dry run: {due} item(s) due, {} would be sent by this run (before superseding and priorities); nothing was sent or written",
+            due.min(batch as usize)
         ));
         return Ok(Code::Success);
     }
@@ -193,14 +195,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
     };
 
     let origin = crate::lifecycle::default_origin();
-    let mut run = JobRun::start(
-        &ctx.store_path()?,
-        ctx.clock,
-        "sync-queue",
-        "queue",
-        origin,
-        None,
-    )?;
+    let mut run = ctx.start_run(Job::SyncQueue, "queue", origin, None)?;
     let now = clock::to_store(ctx.clock.now());
     let recovered = run.store.recover_in_flight(&now)?;
     if !recovered.unknown.is_empty() {
@@ -337,7 +332,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         .store
         .queue_counts()?
         .iter()
-        .filter(|(s, _)| s == "pending")
+        .filter(|(s, _)| QueueStatus::Pending == s.as_str())
         .map(|(_, c)| c)
         .sum();
     detail.push_str(&format!("; {depth} pending in the queue"));
@@ -357,8 +352,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
 fn check_failed(ctx: &Ctx, ids: &[i64]) -> Result<()> {
     let store = ctx.open_store()?;
     for (id, status) in store.item_statuses(ids)? {
-        let problem = match status.as_deref() {
-            Some("failed") => continue,
+        let problem = match status {
+            Some(QueueStatus::Failed) => continue,
             Some(other) => format!(
                 "item #{id} is `{other}`, not `failed`: `--retry-failed` sends failed items only"
             ),

@@ -44,10 +44,10 @@ impl NioError {
     }
 
     /// `transient` or `permanent`, as stored (a stop is neither).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> crate::store::ErrorKind {
         match self {
-            NioError::Transient { .. } => "transient",
-            _ => "permanent",
+            NioError::Transient { .. } => crate::store::ErrorKind::Transient,
+            _ => crate::store::ErrorKind::Permanent,
         }
     }
 }
@@ -256,7 +256,7 @@ impl NioClient {
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Err(NioError::Transient {
                 message: format!("the Nio session endpoint answered {status}"),
-                retry_after: retry_after(&resp),
+                retry_after: crate::retry::retry_after(resp.headers()),
             });
         }
         if !status.is_success() {
@@ -362,21 +362,24 @@ impl NioClient {
         else {
             return Err(err);
         };
-        if *tries >= self.cfg.request_retries {
-            return Err(err);
-        }
-        let wait = match retry_after {
-            Some(d) if d.as_secs() > self.cfg.max_retry_after_secs => {
+        let policy = crate::retry::Backoff {
+            retries: self.cfg.request_retries,
+            first: Duration::from_millis(self.cfg.retry_backoff_ms),
+            jitter: 0.0,
+            max_retry_after: Some(Duration::from_secs(self.cfg.max_retry_after_secs)),
+        };
+        let wait = match policy.wait(*tries, *retry_after) {
+            Ok(wait) => wait,
+            Err(crate::retry::GiveUp::TooLong { asked }) => {
                 return Err(NioError::Transient {
                     message: format!(
                         "{message} (Retry-After {}s is longer than `[nio] max_retry_after_secs`)",
-                        d.as_secs()
+                        asked.as_secs()
                     ),
                     retry_after: *retry_after,
                 });
             }
-            Some(d) => *d,
-            None => Duration::from_millis(self.cfg.retry_backoff_ms << (*tries).min(10)),
+            Err(crate::retry::GiveUp::Spent { .. }) => return Err(err),
         };
         *tries += 1;
         tracing::debug!("transient Nio failure ({message}); trying again in {wait:?}");
@@ -428,13 +431,13 @@ impl NioClient {
                 429 => {
                     return Err(PageError::Other(NioError::Transient {
                         message: "the Nio API answered 429 Too Many Requests".into(),
-                        retry_after: retry_after(&resp),
+                        retry_after: crate::retry::retry_after(resp.headers()),
                     }));
                 }
                 500..=599 => {
                     return Err(PageError::Other(NioError::Transient {
                         message: format!("the Nio API answered {status}"),
-                        retry_after: retry_after(&resp),
+                        retry_after: crate::retry::retry_after(resp.headers()),
                     }));
                 }
                 _ => {
@@ -462,8 +465,9 @@ impl NioClient {
                         self.cfg.fields.debts
                     )))
                 })?;
-            // `limit` caps the invoices of one answer, summed over its debts (SERVICES.md §1):
-            // a debt may be split over two pages, and a page of few debts may still be full.
+            // `limit` caps the invoices of one answer, summed over its debts
+            // (docs/src/reference/services.md#nio-negocia-api): a debt may be split over two pages,
+            // and a page of few debts may still be full.
             let before = invoices.len();
             let mut listed = 0u32;
             for debt in debts {
@@ -626,7 +630,7 @@ fn check_status(resp: reqwest::Response, what: &str) -> Result<reqwest::Response
         // 401/403: the session may have just expired; the next attempt bootstraps again.
         401 | 403 | 429 | 500..=599 => Err(NioError::Transient {
             message: format!("{what} answered {status}"),
-            retry_after: retry_after(&resp),
+            retry_after: crate::retry::retry_after(resp.headers()),
         }),
         _ => Err(NioError::Permanent(format!("{what} answered {status}"))),
     }
@@ -638,14 +642,6 @@ fn header_value(v: &str) -> Result<HeaderValue, NioError> {
             "the Nio token holds characters not allowed in a header: the API changed".into(),
         )
     })
-}
-
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    resp.headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> NioError {

@@ -1,4 +1,5 @@
-//! The Nio Negocia API (SERVICES.md §1): the encrypted bootstrap, sessions, debts and PDFs.
+//! The Nio Negocia API (docs/src/reference/services.md#nio-negocia-api): the encrypted bootstrap,
+//! sessions, debts and PDFs.
 
 pub mod client;
 pub mod crypto;

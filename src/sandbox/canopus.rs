@@ -1,17 +1,17 @@
-//! The sandbox's Canopus portal (SERVICES.md §2), a faithful ASP.NET WebForms imitation: every
-//! page carries hidden state that must be posted back from the page being answered, event
-//! validation rejects postbacks the page did not offer, the search criterion is an
+//! The sandbox's Canopus portal (docs/src/reference/services.md#canopus-portal), a faithful ASP.NET
+//! WebForms imitation: every page carries hidden state that must be posted back from the page being
+//! answered, event validation rejects postbacks the page did not offer, the search criterion is an
 //! auto-postback, quota links are `__doPostBack` UniqueIDs, the emit button is an image button,
-//! user codes are zero-padded, sessions expire to the login page, and the printed boleto is an
-//! HTML wrapper labelled `application/pdf` in front of the real PDF.
+//! user codes are zero-padded, sessions expire to the login page, and the printed boleto is an HTML
+//! wrapper labelled `application/pdf` in front of the real PDF.
 //!
-//! Written from SERVICES.md §2 rather than from the client: pages are rendered the ASP.NET 4 way
-//! by default (attribute values HTML-encoded, `&#39;` inside `__doPostBack`), and in other
-//! [`Dress`]es a client tuned to one rendering fails on; the result grid starts with a link that
-//! is not a quota (posting it answers "Selecione um registro válido." and leaves the session on
-//! its previous client); the client page shows the client's CPF; sessions can be capped at a
-//! number of requests; and the PDF names the client, CPF and quota it belongs to, so that tests
-//! check a file's owner by its content. Downloads are counted per quota.
+//! Written from docs/src/reference/services.md#canopus-portal rather than from the client: pages
+//! are rendered the ASP.NET 4 way by default (attribute values HTML-encoded, `&#39;` inside
+//! `__doPostBack`), and in other [`Dress`]es a client tuned to one rendering fails on; the result
+//! grid starts with a link that is not a quota (posting it answers "Selecione um registro válido."
+//! and leaves the session on its previous client); the client page shows the client's CPF; sessions
+//! can be capped at a number of requests; and the PDF names the client, CPF and quota it belongs
+//! to, so that tests check a file's owner by its content. Downloads are counted per quota.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,9 @@
-//! The sandbox's CRM REST API (SERVICES.md §3): the two credential headers, the four resources,
-//! the answer envelope, validation errors with the CRM's message, references that must be CRM
-//! ids (a venda's and an orçamento's client and products), lists with their filters and pages,
-//! idempotency keys (switchable off), faults after a write is committed (see `faults`), and a
-//! global limit per window answering `429` with `Retry-After`. It counts what a test needs:
-//! records created per idempotency key.
+//! The sandbox's CRM REST API (docs/src/reference/services.md#the-crm): the two credential headers,
+//! the four resources, the answer envelope, validation errors with the CRM's message, references
+//! that must be CRM ids (a venda's and an orçamento's client and products), lists with their
+//! filters and pages, idempotency keys (switchable off), faults after a write is committed (see
+//! `faults`), and a global limit per window answering `429` with `Retry-After`. It counts what a
+//! test needs: records created per idempotency key.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

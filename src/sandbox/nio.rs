@@ -1,7 +1,7 @@
-//! The sandbox's Nio Negocia API (SERVICES.md §1): params encrypted with a passphrase, tokens
-//! that expire on demand, session ids, debts paged by invoices (a page holds at most `limit`
-//! invoices, summed over its debts), `400` for unknown CPFs, PDFs (direct, redirected, behind a
-//! JSON link, or a body that is not a PDF), and a captcha wall.
+//! The sandbox's Nio Negocia API (docs/src/reference/services.md#nio-negocia-api): params encrypted
+//! with a passphrase, tokens that expire on demand, session ids, debts paged by invoices (a page
+//! holds at most `limit` invoices, summed over its debts), `400` for unknown CPFs, PDFs (direct,
+//! redirected, behind a JSON link, or a body that is not a PDF), and a captcha wall.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -346,10 +346,10 @@ async fn debts(
     axum::Json(body).into_response()
 }
 
-/// One answer of the debts list as SERVICES.md §1 pages it: `limit` caps the **invoices** of the
-/// answer, summed over its debts, and `offset` counts invoices too. The customer's invoices are
-/// taken in order (debt by debt); a debt whose invoices straddle two answers appears in both,
-/// each time with its invoices of that answer. Past the end: no debt.
+/// One answer of the debts list as docs/src/reference/services.md#nio-negocia-api pages it: `limit`
+/// caps the **invoices** of the answer, summed over its debts, and `offset` counts invoices too.
+/// The customer's invoices are taken in order (debt by debt); a debt whose invoices straddle two
+/// answers appears in both, each time with its invoices of that answer. Past the end: no debt.
 fn page_of(debts: &[SbDebt], offset: usize, limit: usize, cpf: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut skip = offset;

@@ -7,7 +7,7 @@ use chrono::{Days, NaiveDate};
 
 use super::nio::{NioState, PdfKind, SbDebt, SbInvoice};
 use crate::domain::cpf::Cpf;
-use crate::domain::schedule;
+use crate::domain::due_dates;
 
 const NAMES: &[&str] = &[
     "MARIA DA SILVA",
@@ -59,9 +59,9 @@ pub fn build(nio: &NioState, n: usize, today: NaiveDate, opts: Options) -> Scena
         }
         let amount = if i % 3 == 0 { 12_990 } else { 9_990 };
         let mut invoices = Vec::new();
-        for n in 1..=schedule::EXPECTED_INVOICES {
-            let due = schedule::due_date(installed, n);
-            if schedule::available_from(installed, n, due) > today {
+        for n in 1..=due_dates::EXPECTED_INVOICES {
+            let due = due_dates::due_date(installed, n);
+            if due_dates::available_from(installed, n, due) > today {
                 break;
             }
             let paid =
@@ -87,7 +87,7 @@ pub fn build(nio: &NioState, n: usize, today: NaiveDate, opts: Options) -> Scena
             invoices.push(twin);
         }
         if opts.varied && i % 19 == 3 {
-            let due = schedule::due_date(installed, 1);
+            let due = due_dates::due_date(installed, 1);
             invoices_csv.push_str(&format!(
                 "{contract},1,{},\"{}\"\n",
                 due.format("%d/%m/%Y"),

@@ -513,10 +513,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             "AUTH" if !greeted => reply(io, 503, "5.5.1 Send EHLO first").await?,
             "AUTH" if auth_user.is_some() => reply(io, 503, "5.5.1 Already authenticated").await?,
             "AUTH" if envelope.is_some() => {
-                reply(io, 503, "5.5.1 AUTH not allowed during a mail transaction").await?
+                reply(io, 503, "5.5.1 AUTH not allowed during a mail transaction").await?;
             }
             "AUTH" if tls_missing => {
-                reply(io, 530, "5.7.0 Must issue a STARTTLS command first").await?
+                reply(io, 530, "5.7.0 Must issue a STARTTLS command first").await?;
             }
             "AUTH" => match authenticate(shared, io, &mut line, args).await? {
                 Auth::Accepted(user) => {
@@ -525,17 +525,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     reply(io, 235, "2.7.0 Authentication successful").await?;
                 }
                 Auth::Rejected => {
-                    reply(io, 535, "5.7.8 Authentication credentials invalid").await?
+                    reply(io, 535, "5.7.8 Authentication credentials invalid").await?;
                 }
                 Auth::Answered => {}
                 Auth::Hangup => return Ok(Ending::Close),
             },
             "MAIL" if !greeted => reply(io, 503, "5.5.1 Send EHLO/HELO first").await?,
             "MAIL" if tls_missing => {
-                reply(io, 530, "5.7.0 Must issue a STARTTLS command first").await?
+                reply(io, 530, "5.7.0 Must issue a STARTTLS command first").await?;
             }
             "MAIL" if require_auth && auth_user.is_none() => {
-                reply(io, 530, "5.7.0 Authentication required").await?
+                reply(io, 530, "5.7.0 Authentication required").await?;
             }
             "MAIL" if envelope.is_some() => reply(io, 503, "5.5.1 Nested MAIL command").await?,
             "MAIL" => match parse_path(args, "FROM:") {
@@ -563,10 +563,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 (None, _) => reply(io, 503, "5.5.1 Need MAIL before RCPT").await?,
                 (Some(_), None) => reply(io, 501, "5.5.4 Syntax: RCPT TO:<address>").await?,
                 (Some(_), Some((to, _))) if to.is_empty() => {
-                    reply(io, 501, "5.1.3 Empty recipient").await?
+                    reply(io, 501, "5.1.3 Empty recipient").await?;
                 }
                 (Some(env), Some(_)) if env.to.len() >= MAX_RECIPIENTS => {
-                    reply(io, 452, "4.5.3 Too many recipients").await?
+                    reply(io, 452, "4.5.3 Too many recipients").await?;
                 }
                 (Some(env), Some((to, _))) => {
                     env.to.push(to);
@@ -1143,7 +1143,7 @@ mod tests {
         let err = plain(&server).send(message("Teste")).await.unwrap_err();
         assert!(err.status().is_none(), "{err:?}");
         let refused = TcpStream::connect(server.addr()).await.unwrap_err();
-        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
         server.set_down(false);
         plain(&server).send(message("Teste")).await.expect("send");
         assert_eq!(server.received().len(), 1);

@@ -55,7 +55,7 @@ pub struct BoletoRecord<'a> {
     pub year: i32,
     pub month: u32,
     pub quota: &'a str,
-    pub outcome: &'a str,
+    pub outcome: super::BoletoOutcome,
     pub due_date: Option<&'a str>,
     pub value_centavos: Option<i64>,
     pub linha: Option<&'a str>,
@@ -86,7 +86,7 @@ pub struct BoletoExport {
     pub year: i32,
     pub month: u32,
     pub quota: String,
-    pub outcome: String,
+    pub outcome: super::BoletoOutcome,
     pub due_date: Option<String>,
     pub value_centavos: Option<i64>,
     pub linha: Option<String>,
@@ -387,7 +387,8 @@ impl Store {
         year: Option<i32>,
         month: Option<u32>,
         sales_point: Option<&str>,
-    ) -> Result<Vec<BoletoExport>> {
+        each: &mut dyn FnMut(BoletoExport) -> Result<()>,
+    ) -> Result<()> {
         let mut stmt = self.conn.prepare(
             "SELECT s.code, k.name, c.cpf, c.name, b.year, b.month, b.quota, b.outcome, b.due_date,
                     b.value_centavos, b.linha, b.pdf_path, b.pdf_sha256, b.error, b.attempts, b.attempted_at
@@ -397,28 +398,27 @@ impl Store {
              WHERE (?1 IS NULL OR b.year = ?1) AND (?2 IS NULL OR b.month = ?2) AND (?3 IS NULL OR s.code = ?3)
              ORDER BY b.year, b.month, k.name, c.name, b.quota",
         )?;
-        let rows = stmt
-            .query_map(params![year, month, sales_point], |r| {
-                Ok(BoletoExport {
-                    sales_point: r.get(0)?,
-                    consultant: r.get(1)?,
-                    cpf: r.get(2)?,
-                    client: r.get(3)?,
-                    year: r.get(4)?,
-                    month: r.get(5)?,
-                    quota: r.get(6)?,
-                    outcome: r.get(7)?,
-                    due_date: r.get(8)?,
-                    value_centavos: r.get(9)?,
-                    linha: r.get(10)?,
-                    pdf_path: r.get(11)?,
-                    pdf_sha256: r.get(12)?,
-                    error: r.get(13)?,
-                    attempts: r.get(14)?,
-                    attempted_at: r.get(15)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        let mut rows = stmt.query(params![year, month, sales_point])?;
+        while let Some(r) = rows.next()? {
+            each(BoletoExport {
+                sales_point: r.get(0)?,
+                consultant: r.get(1)?,
+                cpf: r.get(2)?,
+                client: r.get(3)?,
+                year: r.get(4)?,
+                month: r.get(5)?,
+                quota: r.get(6)?,
+                outcome: r.get(7)?,
+                due_date: r.get(8)?,
+                value_centavos: r.get(9)?,
+                linha: r.get(10)?,
+                pdf_path: r.get(11)?,
+                pdf_sha256: r.get(12)?,
+                error: r.get(13)?,
+                attempts: r.get(14)?,
+                attempted_at: r.get(15)?,
+            })?;
+        }
+        Ok(())
     }
 }

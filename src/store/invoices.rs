@@ -6,7 +6,7 @@ use anyhow::Result;
 use chrono::{Datelike, NaiveDate};
 use rusqlite::{OptionalExtension, params};
 
-use super::Store;
+use super::{ErrorKind, FetchStatus, MatchState, PaymentStatus, PdfStatus, Store};
 
 const DATE: &str = "%Y-%m-%d";
 
@@ -152,11 +152,11 @@ pub struct FetchSelection<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct InvoiceAnswer {
     pub invoice_id: i64,
-    pub outcome: &'static str,
+    pub outcome: MatchState,
     pub detail: Option<String>,
     pub amount_centavos: Option<i64>,
-    /// `Some("open")` or `Some("paid")` when the answer says so.
-    pub payment_status: Option<&'static str>,
+    /// `Some(Open)` or `Some(Paid)` when the answer says so.
+    pub payment_status: Option<PaymentStatus>,
     pub nio_debt_id: Option<String>,
     pub nio_invoice_id: Option<String>,
     pub nio_status: Option<String>,
@@ -167,7 +167,7 @@ pub struct InvoiceAnswer {
     pub pdf: Option<PdfOutcome>,
     /// A part of the answer that failed its check (PIX, barcode, amount): the invoice is
     /// `partial`.
-    pub problem: Option<(String, &'static str)>,
+    pub problem: Option<(String, ErrorKind)>,
 }
 
 /// One try of an invoice's PDF. Its status, attempts and give-up are the PDF's own: they never
@@ -176,15 +176,15 @@ pub struct InvoiceAnswer {
 pub enum PdfOutcome {
     /// Written to `path`.
     Saved { path: String, sha256: String },
-    /// Not saved; `kind` is `transient` or `permanent`.
-    Failed { error: String, kind: &'static str },
+    /// Not saved, for a transient or a permanent reason.
+    Failed { error: String, kind: ErrorKind },
 }
 
 /// How one recorded invoice ended, as stored (in the order of the answers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
-    pub fetch_status: String,
-    pub pdf_status: Option<String>,
+    pub fetch_status: FetchStatus,
+    pub pdf_status: Option<PdfStatus>,
 }
 
 /// Tracking fields common to every attempt.
@@ -208,14 +208,14 @@ pub struct InvoiceExport {
     pub due_date: Option<String>,
     pub due_date_source: String,
     pub amount_centavos: Option<i64>,
-    pub payment_status: String,
+    pub payment_status: PaymentStatus,
     pub pix_code: Option<String>,
     pub barcode: Option<String>,
     pub pdf_path: Option<String>,
     pub pdf_sha256: Option<String>,
-    pub match_outcome: Option<String>,
+    pub match_outcome: Option<MatchState>,
     pub match_detail: Option<String>,
-    pub fetch_status: String,
+    pub fetch_status: FetchStatus,
     pub fetch_origin: Option<String>,
     pub attempts: i64,
     pub failed_attempts: i64,
@@ -226,7 +226,7 @@ pub struct InvoiceExport {
     pub nio_invoice_id: Option<String>,
     pub expected_amount_centavos: Option<i64>,
     pub paid_detected_at: Option<String>,
-    pub pdf_status: Option<String>,
+    pub pdf_status: Option<PdfStatus>,
     pub pdf_attempts: i64,
     pub pdf_failed_attempts: i64,
     pub pdf_error: Option<String>,
@@ -331,14 +331,15 @@ impl Store {
             };
             let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 6);
             for i in chunk {
-                values.extend([
-                    &i.contract_id as &dyn rusqlite::ToSql,
+                let row: [&dyn rusqlite::ToSql; 6] = [
+                    &i.contract_id,
                     &i.number,
                     &i.due,
                     &i.available,
                     &i.amount,
                     &i.source,
-                ]);
+                ];
+                values.extend(row);
             }
             insert.execute(values.as_slice())?;
         }
@@ -541,7 +542,7 @@ impl Store {
         invoice_ids: &[i64],
         attempt: &Attempt,
         error: &str,
-        kind: &str,
+        kind: ErrorKind,
     ) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let mut gave_up = 0;
@@ -555,7 +556,7 @@ impl Store {
                  WHERE id = ?1 RETURNING fetch_status",
             )?;
             for id in invoice_ids {
-                let status: String = stmt.query_row(
+                let status: FetchStatus = stmt.query_row(
                     params![
                         id,
                         attempt.origin,
@@ -568,7 +569,7 @@ impl Store {
                     ],
                     |r| r.get(0),
                 )?;
-                if status == "gave_up" {
+                if status == FetchStatus::GaveUp {
                     gave_up += 1;
                 }
             }
@@ -683,11 +684,14 @@ impl Store {
     }
 
     /// Invoices for export, by contract and number.
+    /// Hands every invoice row for export to `each`, in order, one at a time: a million rows
+    /// never stand in memory together.
     pub fn export_invoices(
         &self,
         safra: Option<&str>,
         contract: Option<&str>,
-    ) -> Result<Vec<InvoiceExport>> {
+        each: &mut dyn FnMut(InvoiceExport) -> Result<()>,
+    ) -> Result<()> {
         let mut stmt = self.conn.prepare(
             "SELECT c.contract_number, c.service_order, c.cpf, c.customer_name, c.safra, i.number,
                     i.due_date, i.due_date_source, i.amount_centavos, i.payment_status, i.pix_code,
@@ -700,44 +704,43 @@ impl Store {
              WHERE (?1 IS NULL OR c.safra = ?1) AND (?2 IS NULL OR c.contract_number = ?2)
              ORDER BY c.contract_number, i.number",
         )?;
-        let rows = stmt
-            .query_map(params![safra, contract], |r| {
-                Ok(InvoiceExport {
-                    contract: r.get(0)?,
-                    service_order: r.get(1)?,
-                    cpf: r.get(2)?,
-                    customer: r.get(3)?,
-                    safra: r.get(4)?,
-                    number: r.get(5)?,
-                    due_date: r.get(6)?,
-                    due_date_source: r.get(7)?,
-                    amount_centavos: r.get(8)?,
-                    payment_status: r.get(9)?,
-                    pix_code: r.get(10)?,
-                    barcode: r.get(11)?,
-                    pdf_path: r.get(12)?,
-                    pdf_sha256: r.get(13)?,
-                    match_outcome: r.get(14)?,
-                    match_detail: r.get(15)?,
-                    fetch_status: r.get(16)?,
-                    fetch_origin: r.get(17)?,
-                    attempts: r.get(18)?,
-                    failed_attempts: r.get(19)?,
-                    last_attempt_at: r.get(20)?,
-                    last_duration_ms: r.get(21)?,
-                    last_error: r.get(22)?,
-                    nio_debt_id: r.get(23)?,
-                    nio_invoice_id: r.get(24)?,
-                    expected_amount_centavos: r.get(25)?,
-                    paid_detected_at: r.get(26)?,
-                    pdf_status: r.get(27)?,
-                    pdf_attempts: r.get(28)?,
-                    pdf_failed_attempts: r.get(29)?,
-                    pdf_error: r.get(30)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        let mut rows = stmt.query(params![safra, contract])?;
+        while let Some(r) = rows.next()? {
+            each(InvoiceExport {
+                contract: r.get(0)?,
+                service_order: r.get(1)?,
+                cpf: r.get(2)?,
+                customer: r.get(3)?,
+                safra: r.get(4)?,
+                number: r.get(5)?,
+                due_date: r.get(6)?,
+                due_date_source: r.get(7)?,
+                amount_centavos: r.get(8)?,
+                payment_status: r.get(9)?,
+                pix_code: r.get(10)?,
+                barcode: r.get(11)?,
+                pdf_path: r.get(12)?,
+                pdf_sha256: r.get(13)?,
+                match_outcome: r.get(14)?,
+                match_detail: r.get(15)?,
+                fetch_status: r.get(16)?,
+                fetch_origin: r.get(17)?,
+                attempts: r.get(18)?,
+                failed_attempts: r.get(19)?,
+                last_attempt_at: r.get(20)?,
+                last_duration_ms: r.get(21)?,
+                last_error: r.get(22)?,
+                nio_debt_id: r.get(23)?,
+                nio_invoice_id: r.get(24)?,
+                expected_amount_centavos: r.get(25)?,
+                paid_detected_at: r.get(26)?,
+                pdf_status: r.get(27)?,
+                pdf_attempts: r.get(28)?,
+                pdf_failed_attempts: r.get(29)?,
+                pdf_error: r.get(30)?,
+            })?;
+        }
+        Ok(())
     }
 
     /// The cached Nio bootstrap, if any.

@@ -8,6 +8,7 @@ mod operations;
 mod queue;
 mod report;
 mod runs;
+pub mod states;
 mod subscriptions;
 
 pub use boletos::*;
@@ -16,6 +17,7 @@ pub use operations::*;
 pub use queue::*;
 pub use report::*;
 pub use runs::*;
+pub use states::*;
 pub use subscriptions::*;
 
 use std::path::{Path, PathBuf};
@@ -140,6 +142,91 @@ impl Store {
         })
     }
 
+    /// Opens the store for a command that only reads (`status`, `export`, `report`, a
+    /// `--dry-run`): as [`Store::open`] when this user may write it (so that a store made by an
+    /// older version is brought up to date), and otherwise read-only, so that a store this user
+    /// may only read (its file or folder not writable: another user's, a read-only mount, a
+    /// copy handed over for a look) is still served. A store that does not exist yet is created,
+    /// as every command does.
+    pub fn open_for_reading(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            return Store::open(path);
+        }
+        match Store::open(path) {
+            Ok(store) => Ok(store),
+            Err(writable) => match Store::open_read_only(path) {
+                Ok(store) => {
+                    tracing::debug!(store = %path.display(), error = %format!("{writable:#}"), "the store cannot be written: opened read-only");
+                    Ok(store)
+                }
+                Err(read_only) => {
+                    tracing::debug!(error = %format!("{read_only:#}"), "the store cannot be read read-only either");
+                    Err(writable)
+                }
+            },
+        }
+    }
+
+    /// Opens an existing store read-only: nothing is created, converted or migrated; a schema
+    /// older or newer than this version's is an error that says what to do. SQLite reads a WAL
+    /// store read-only through its `-shm` file; when that cannot be opened (a folder this user
+    /// may not write, a `-shm` of the owner's), the file is read as it stands (`immutable`),
+    /// which misses what is still in the `-wal` file: then a warning says so.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let cannot = || format!("cannot open the store `{}` read-only", path.display());
+        let probe = |conn: &Connection| -> rusqlite::Result<i32> {
+            conn.busy_timeout(Duration::from_secs(10))?;
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        };
+        let (conn, version) = match Connection::open_with_flags(path, flags)
+            .and_then(|c| probe(&c).map(|v| (c, v)))
+        {
+            Ok(found) => found,
+            Err(_) => {
+                let conn =
+                    Connection::open_with_flags(immutable_uri(path), flags).with_context(cannot)?;
+                let version = probe(&conn).with_context(cannot)?;
+                let wal = sidecar(path, "-wal");
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                    tracing::warn!(
+                        "the store `{}` is read as of its last checkpoint: its `{}` cannot be read by this user (run the command as the store's owner to see the latest writes)",
+                        path.display(),
+                        wal.display()
+                    );
+                }
+                (conn, version)
+            }
+        };
+        let pending = MIGRATIONS.pending_migrations(&conn).with_context(cannot)?;
+        if version == 0 {
+            anyhow::bail!(
+                "`{}` is not a crm-jobs store (or an empty one), and this user cannot write it",
+                path.display()
+            );
+        }
+        if pending > 0 {
+            anyhow::bail!(
+                "the store `{}` has an older schema than this version of crm-jobs and this user cannot write it: run any job once as the store's owner to bring it up to date",
+                path.display()
+            );
+        }
+        if pending < 0 {
+            anyhow::bail!(
+                "the store `{}` was written by a newer version of crm-jobs: use that version",
+                path.display()
+            );
+        }
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`): everything `f` writes is
     /// committed together when it returns `Ok`, and nothing of it when it fails or the process
     /// dies (SQLite rolls an unfinished transaction back). Imports write their rows this way:
@@ -191,6 +278,21 @@ impl Store {
     }
 }
 
+/// The URI that opens `path` as an immutable file (`file:...?immutable=1`), with the characters
+/// a URI reserves escaped.
+fn immutable_uri(path: &Path) -> String {
+    use std::fmt::Write as _;
+    let mut uri = String::from("file:");
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'?' | b'#' | b'%' | 0x80.. => write!(uri, "%{b:02X}").unwrap_or(()),
+            _ => uri.push(char::from(*b)),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
 /// `store.db-wal` for `store.db` and `-wal`.
 fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -237,8 +339,7 @@ mod tests {
     #[test]
     fn a_new_store_and_its_wal_files_are_private_under_umask_022() {
         use std::os::unix::fs::PermissionsExt;
-        // SAFETY: umask only sets the process's file-creation mask; 022 is the usual default.
-        unsafe { libc::umask(0o022) };
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("crm.db");
         let store = Store::open(&path).unwrap();

@@ -94,7 +94,7 @@ impl Store {
             .conn
             .query_row("SELECT id FROM runs WHERE job = ?1 AND status = 'running' ORDER BY id DESC LIMIT 1", [job], |r| r.get(0))
             .optional()?;
-        let statuses: Vec<String> = {
+        let statuses: Vec<super::RunStatus> = {
             let mut stmt = self.conn.prepare(
                 "SELECT status FROM runs WHERE job = ?1 AND status <> 'running' ORDER BY id DESC LIMIT 100",
             )?;
@@ -103,7 +103,7 @@ impl Store {
         };
         let consecutive_failures = statuses
             .iter()
-            .take_while(|s| s.as_str() == "failed")
+            .take_while(|s| **s == super::RunStatus::Failed)
             .count() as i64;
         Ok(JobState {
             job: job.to_string(),

@@ -5,6 +5,7 @@
 
 use anyhow::Result;
 use rusqlite::{OptionalExtension, params};
+use serde_json::Value;
 
 use super::Store;
 
@@ -37,8 +38,8 @@ pub struct QueueExport {
     pub id: i64,
     pub entity: String,
     pub record_id: String,
-    pub action: String,
-    pub status: String,
+    pub action: super::QueueAction,
+    pub status: super::QueueStatus,
     pub priority: Option<i64>,
     pub attempts: i64,
     pub external_id: Option<String>,
@@ -250,13 +251,13 @@ impl Store {
                 .iter()
                 .rposition(|p| p.action == "delete")
                 .map_or(0, |k| k + 1);
-            let mut merged: Option<serde_json::Value> = None;
+            let mut merged: Option<Value> = None;
             let mut foldable = true;
             if newest.action != "delete" {
                 for p in &items[since_delete..] {
-                    match serde_json::from_str::<serde_json::Value>(&p.payload) {
-                        Ok(v @ serde_json::Value::Object(_)) => match merged.as_mut() {
-                            Some(m) => crate::crm::merge(m, v),
+                    match serde_json::from_str::<Value>(&p.payload) {
+                        Ok(v @ Value::Object(_)) => match merged.as_mut() {
+                            Some(m) => merge(m, v),
                             None => merged = Some(v),
                         },
                         _ => foldable = false,
@@ -391,7 +392,7 @@ impl Store {
     }
 
     /// The status of each item named (`None`: no such item).
-    pub fn item_statuses(&self, ids: &[i64]) -> Result<Vec<(i64, Option<String>)>> {
+    pub fn item_statuses(&self, ids: &[i64]) -> Result<Vec<(i64, Option<super::QueueStatus>)>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT status FROM sync_queue WHERE id = ?1")?;
@@ -633,7 +634,7 @@ impl Store {
     /// Records a transient failure: due again at `due_at`, or `failed` at the attempt limit;
     /// `unknown`: the request may have been applied (a create's outcome is then unknown).
     /// Returns whether it failed for good.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per column written")]
     pub fn record_retry(
         &mut self,
         id: i64,
@@ -658,7 +659,7 @@ impl Store {
     }
 
     /// Appends to the request log.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per column written")]
     pub fn log_request(
         &mut self,
         item_id: i64,
@@ -794,8 +795,12 @@ impl Store {
         Ok(rows)
     }
 
-    /// Queue rows for export, oldest first.
-    pub fn export_queue(&self, status: Option<&str>) -> Result<Vec<QueueExport>> {
+    /// Hands queue rows for export to `each`, oldest first, one at a time.
+    pub fn export_queue(
+        &self,
+        status: Option<super::QueueStatus>,
+        each: &mut dyn FnMut(QueueExport) -> Result<()>,
+    ) -> Result<()> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT q.id, q.entity, q.record_id, q.action, q.status, q.priority, q.attempts, q.external_id,
                     q.unknown_outcome, q.waiting_for, q.due_at, q.last_status, q.last_error, q.idempotency_key,
@@ -803,31 +808,30 @@ impl Store {
              FROM sync_queue q LEFT JOIN sync_queue b ON b.id = ({BLOCKED_BY})
              WHERE (?1 IS NULL OR q.status = ?1) ORDER BY q.id"
         ))?;
-        let rows = stmt
-            .query_map([status], |r| {
-                Ok(QueueExport {
-                    id: r.get(0)?,
-                    entity: r.get(1)?,
-                    record_id: r.get(2)?,
-                    action: r.get(3)?,
-                    status: r.get(4)?,
-                    priority: r.get(5)?,
-                    attempts: r.get(6)?,
-                    external_id: r.get(7)?,
-                    unknown_outcome: r.get(8)?,
-                    waiting_for: r.get(9)?,
-                    due_at: r.get(10)?,
-                    last_status: r.get(11)?,
-                    last_error: r.get(12)?,
-                    idempotency_key: r.get(13)?,
-                    created_at: r.get(14)?,
-                    finished_at: r.get(15)?,
-                    blocked_by_item: r.get(16)?,
-                    blocked_by_error: r.get(17)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        let mut rows = stmt.query([status])?;
+        while let Some(r) = rows.next()? {
+            each(QueueExport {
+                id: r.get(0)?,
+                entity: r.get(1)?,
+                record_id: r.get(2)?,
+                action: r.get(3)?,
+                status: r.get(4)?,
+                priority: r.get(5)?,
+                attempts: r.get(6)?,
+                external_id: r.get(7)?,
+                unknown_outcome: r.get(8)?,
+                waiting_for: r.get(9)?,
+                due_at: r.get(10)?,
+                last_status: r.get(11)?,
+                last_error: r.get(12)?,
+                idempotency_key: r.get(13)?,
+                created_at: r.get(14)?,
+                finished_at: r.get(15)?,
+                blocked_by_item: r.get(16)?,
+                blocked_by_error: r.get(17)?,
+            })?;
+        }
+        Ok(())
     }
 
     /// How many rows a retention rule would remove.
@@ -897,9 +901,51 @@ impl Store {
     }
 }
 
+/// Folds a later change of a record over an earlier one: the later's fields win, objects merge
+/// key by key (at every depth), anything else (a list, a text, `null`) is replaced whole.
+pub fn merge(earlier: &mut Value, later: Value) {
+    match (earlier, later) {
+        (Value::Object(e), Value::Object(l)) => {
+            for (k, v) in l {
+                match e.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        e.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, later) => *slot = later,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_later_change_folds_over_an_earlier_one_field_by_field() {
+        let mut create = json!({"nome": "Maria", "email": "m@x.com", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "extra": {"a": "1", "b": "2"}});
+        merge(
+            &mut create,
+            json!({"telefone": "62 9999", "nome": "Maria S", "extra": {"b": "3", "c": null}}),
+        );
+        assert_eq!(
+            create,
+            json!({"nome": "Maria S", "email": "m@x.com", "telefone": "62 9999", "enderecos": [{"endereco": {"cidade": "Goiânia"}}], "extra": {"a": "1", "b": "3", "c": null}})
+        );
+        // A list is replaced whole, a null wins.
+        let mut venda = json!({"produtos": [{"produto": {"id": "1"}}], "obs": "x"});
+        merge(
+            &mut venda,
+            json!({"produtos": [{"produto": {"id": "2"}}], "obs": null}),
+        );
+        assert_eq!(
+            venda,
+            json!({"produtos": [{"produto": {"id": "2"}}], "obs": null})
+        );
+    }
 
     #[test]
     fn a_429_in_flight_when_a_pause_began_does_not_extend_it() {

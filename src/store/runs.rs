@@ -17,7 +17,7 @@ pub struct NewRun<'a> {
 
 /// What is written when a run ends.
 pub struct FinishedRun<'a> {
-    pub status: &'a str,
+    pub status: super::RunStatus,
     pub finished_at: &'a str,
     pub duration_ms: i64,
     pub items_total: i64,
@@ -36,7 +36,7 @@ pub struct RunRow {
     pub id: i64,
     pub job: String,
     pub origin: String,
-    pub status: String,
+    pub status: super::RunStatus,
     pub started_at: String,
     pub finished_at: Option<String>,
     pub error: Option<String>,

@@ -266,7 +266,7 @@ impl Store {
     pub fn set_email_status(
         &mut self,
         id: i64,
-        status: &str,
+        status: super::EmailStatus,
         error: Option<&str>,
         now: &str,
     ) -> Result<()> {
@@ -416,7 +416,7 @@ impl Store {
 
     /// Upserts a subscription by its host id. `warned`: the host sent the expiry warning of
     /// this period already (`warned_period_end` becomes its end; otherwise it is kept).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per column written")]
     pub fn upsert_subscription(
         &mut self,
         ext: &str,
@@ -472,7 +472,7 @@ impl Store {
     }
 
     /// Upserts a payment by its host id.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per column written")]
     pub fn upsert_payment(
         &mut self,
         ext: &str,

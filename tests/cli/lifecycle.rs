@@ -138,7 +138,7 @@ fn an_unknown_config_key_names_the_key_and_the_file() {
     let file = env.path("config.toml");
     assert!(
         out.stderr.starts_with(&format!(
-            "error: invalid config file `{}`: unknown field `concurency`",
+            "error: invalid config file `{}`: `[nio] concurency`: unknown field `concurency`",
             file.display()
         )),
         "{out:?}"
@@ -157,7 +157,7 @@ fn an_unknown_environment_override_is_an_error_too() {
     assert_eq!(out.status.code(), Some(78));
     assert!(
         stderr.contains(
-            "invalid environment variable `CRM_JOBS_NIO_CONCURENCY`: unknown field `concurency`"
+            "invalid environment variable `CRM_JOBS_NIO_CONCURENCY`: `[nio] concurency`: unknown field `concurency`"
         ),
         "{stderr}"
     );

@@ -4,13 +4,16 @@
 
 mod support;
 
+mod architecture;
 mod boletos;
 mod corpus;
+mod docs;
 mod fetch;
 mod hardening;
 mod imports;
 mod lifecycle;
 mod operate;
 mod proving;
+mod reading;
 mod renew;
 mod sync;

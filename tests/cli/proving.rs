@@ -623,7 +623,7 @@ fn abort_at_commit(env: &Env, args: &[&str], n: u64) -> bool {
         .env("CRM_JOBS_TEST_ABORT_AT_COMMIT", n.to_string())
         .output()
         .unwrap();
-    if o.status.signal() == Some(libc::SIGABRT) {
+    if o.status.signal() == Some(rustix::process::Signal::ABORT.as_raw()) {
         return true;
     }
     if std::env::var("CRM_JOBS_CORPUS_PRINT").is_ok() {

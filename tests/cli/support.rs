@@ -156,6 +156,10 @@ impl Env {
     /// Runs the binary with stdin read from `stdin` (else nothing) and its data capped at 1 GB
     /// (`RLIMIT_DATA`: a runaway read fails at once instead of filling the machine); returns
     /// its output and its peak resident memory in kB, as the kernel counted it (`wait4`).
+    #[allow(
+        unsafe_code,
+        reason = "setrlimit between fork and exec, and wait4 for the child's peak memory: no safe API gives either"
+    )]
     pub fn run_measured(&self, args: &[&str], stdin: Option<&Path>) -> (Out, i64) {
         use std::os::unix::process::{CommandExt, ExitStatusExt};
         let (out_path, err_path) = (self.path("measured.out"), self.path("measured.err"));
@@ -179,7 +183,7 @@ impl Env {
             });
         }
         // Reaped below by wait4, which also tells its peak memory.
-        #[allow(clippy::zombie_processes)]
+        #[allow(clippy::zombie_processes, reason = "reaped below by wait4")]
         let child = cmd.spawn().unwrap();
         let pid = child.id() as libc::pid_t;
         let mut status = 0;
@@ -236,7 +240,7 @@ impl Env {
 
 /// The due date of invoice `n` of a contract installed on 2025-06-05.
 pub fn due(n: u32) -> NaiveDate {
-    crm_jobs::domain::schedule::due_date(date("2025-06-05"), n)
+    crm_jobs::domain::due_dates::due_date(date("2025-06-05"), n)
 }
 
 /// One debt holding open invoices for the given numbers, 99,90 each.
