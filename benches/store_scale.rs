@@ -12,7 +12,8 @@
 //! Every command is the release binary in its own process; its peak memory is the kernel's
 //! count for it (`wait4`). `cargo bench --bench store_scale`; `STORE_SCALE=0.1` (or any
 //! fraction) scales every count down for a quick run. The targets are not failures: the
-//! benchmark prints each figure, its target, and `over target` when it misses.
+//! benchmark prints each figure, its target, and `OVER TARGET` when it misses.
+#![allow(clippy::print_stdout, reason = "a benchmark's figures are its output")]
 
 mod common;
 
@@ -31,12 +32,15 @@ struct Measured {
 
 /// Runs `crm-jobs ARGS` in `dir` and measures its wall time and peak memory; panics unless it
 /// exits 0.
+#[allow(
+    unsafe_code,
+    reason = "wait4 for the child's peak memory: no safe API gives it"
+)]
 fn run(dir: &Path, args: &[&str]) -> Measured {
     use std::os::unix::process::ExitStatusExt;
     let (out_path, err_path) = (dir.join("bench.out"), dir.join("bench.err"));
     let started = Instant::now();
-    // Reaped below by wait4, which also tells its peak memory.
-    #[allow(clippy::zombie_processes)]
+    #[allow(clippy::zombie_processes, reason = "reaped below by wait4")]
     let child = Command::new(env!("CARGO_BIN_EXE_crm-jobs"))
         .args(args)
         .current_dir(dir)

@@ -8,11 +8,6 @@
 CREATE INDEX sync_queue_status_finished ON sync_queue (status, finished_at) WHERE finished_at IS NOT NULL;
 -- `runs`: the runs still `running` (one per job at most) are stepped over.
 CREATE INDEX runs_started ON runs (started_at);
--- A run removed empties the `last_run_id` / `run_id` of the invoices and boletos that name it
--- (ON DELETE SET NULL): without these, each run removed read every invoice and every boleto
--- (250,000 runs among a million invoices: hours).
-CREATE INDEX invoices_last_run ON invoices (last_run_id) WHERE last_run_id IS NOT NULL;
-CREATE INDEX boletos_run ON boletos (run_id) WHERE run_id IS NOT NULL;
 -- `job_skips`.
 CREATE INDEX job_skips_at ON job_skips (at);
 -- `email_outbox`: only `sent` and `failed` emails are removed.

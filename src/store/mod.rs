@@ -41,6 +41,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../sql/0009_sync_sent_and_pause.sql")),
         M::up(include_str!("../../sql/0010_app_data.sql")),
         M::up(include_str!("../../sql/0011_retention_indexes.sql")),
+        M::up(include_str!("../../sql/0012_run_reference_indexes.sql")),
     ])
 });
 
