@@ -146,8 +146,9 @@ impl CrmClient {
                 })
                 .unwrap_or_else(|| format!("the CRM answered {status}"))
         };
-        match status {
-            s if s.is_success() => Ok(Answer {
+        use crate::retry::Verdict;
+        match (status, crate::retry::classify(status)) {
+            (s, Verdict::Done) => Ok(Answer {
                 status: s.as_u16(),
                 external_id: json
                     .as_ref()
@@ -159,25 +160,25 @@ impl CrmClient {
                     None
                 },
             }),
-            StatusCode::NOT_FOUND if req.method == Method::DELETE => Ok(Answer {
+            (StatusCode::NOT_FOUND, _) if req.method == Method::DELETE => Ok(Answer {
                 status: 404,
                 external_id: None,
                 body: None,
             }),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CrmError::Stop(format!(
+            (_, Verdict::Refused) => Err(CrmError::Stop(format!(
                 "the CRM refused the credentials ({status}: {}): check `CRM_JOBS_CRM_ACCESS_TOKEN` and `CRM_JOBS_CRM_SECRET_ACCESS_TOKEN`; the run stopped and left the items untouched",
                 message()
             ))),
-            StatusCode::TOO_MANY_REQUESTS => Err(CrmError::RateLimited {
+            (_, Verdict::TooMany) => Err(CrmError::RateLimited {
                 retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
             }),
-            s if s.is_server_error() => Err(CrmError::Transient {
+            (s, Verdict::Transient) => Err(CrmError::Transient {
                 status: Some(s.as_u16()),
                 message: format!("the CRM answered {s}"),
                 // A server may fail after it committed the change.
                 maybe_applied: true,
             }),
-            s => Err(CrmError::Permanent {
+            (s, Verdict::Permanent) => Err(CrmError::Permanent {
                 status: s.as_u16(),
                 message: format!("the CRM answered {}: {}", s.as_u16(), message()),
             }),

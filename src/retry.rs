@@ -10,10 +10,38 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
+/// What an HTTP status says of a request: one reading for every client, each of which decides
+/// what it means for its service (a refusal stops the CRM's and Stripe's runs; to the Nio API it
+/// is a session to renew).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx.
+    Done,
+    /// 401 or 403: the credentials (or the session) were refused.
+    Refused,
+    /// 429: the server asks to slow down (see [`retry_after`]).
+    TooMany,
+    /// 408, 425 or 5xx: the same request may succeed if tried again.
+    Transient,
+    /// Anything else: this request will not succeed as it is.
+    Permanent,
+}
+
+/// Reads an HTTP status as a [`Verdict`].
+pub fn classify(status: StatusCode) -> Verdict {
+    match status.as_u16() {
+        200..=299 => Verdict::Done,
+        401 | 403 => Verdict::Refused,
+        429 => Verdict::TooMany,
+        408 | 425 | 500..=599 => Verdict::Transient,
+        _ => Verdict::Permanent,
+    }
+}
+
 /// Whether an HTTP status is worth another try of the same request: a timeout (408), too early
 /// (425), too many requests (429), or a server error (5xx).
 pub fn is_transient_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 408 | 425 | 429) || status.is_server_error()
+    matches!(classify(status), Verdict::TooMany | Verdict::Transient)
 }
 
 /// How long an answer's `Retry-After` asks to wait (RFC 9110 §10.2.3): delay-seconds, or an
@@ -185,6 +213,21 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
         headers.insert(RETRY_AFTER, "30".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn every_status_has_one_reading() {
+        let v = |s: u16| classify(StatusCode::from_u16(s).unwrap());
+        assert_eq!(v(200), Verdict::Done);
+        assert_eq!(v(204), Verdict::Done);
+        assert_eq!(v(401), Verdict::Refused);
+        assert_eq!(v(403), Verdict::Refused);
+        assert_eq!(v(429), Verdict::TooMany);
+        assert_eq!(v(408), Verdict::Transient);
+        assert_eq!(v(503), Verdict::Transient);
+        assert_eq!(v(404), Verdict::Permanent);
+        assert_eq!(v(422), Verdict::Permanent);
+        assert_eq!(v(301), Verdict::Permanent);
     }
 
     #[test]

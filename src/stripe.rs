@@ -137,8 +137,9 @@ impl StripeClient {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        match status.as_u16() {
-            200 => parse_subscription(&body).ok_or_else(|| {
+        use crate::retry::Verdict;
+        match crate::retry::classify(status) {
+            Verdict::Done => parse_subscription(&body).ok_or_else(|| {
                 Failed(
                     StripeError::Permanent(format!(
                         "Stripe's answer for `{id}` has no status: the API changed?"
@@ -146,29 +147,31 @@ impl StripeClient {
                     None,
                 )
             }),
-            401 | 403 => Err(Failed(
+            Verdict::Refused => Err(Failed(
                 StripeError::Stop(format!(
                     "Stripe refused the secret key ({status}: {message}): check `CRM_JOBS_STRIPE_SECRET_KEY`; the step stopped"
                 )),
                 None,
             )),
             // A Retry-After longer than 2 minutes is not waited out in place: the next run tries.
-            429 if retry_after.is_some_and(|d| d > Duration::from_secs(120)) => Err(Failed(
-                StripeError::Permanent(format!(
-                    "Stripe answered 429 ({message}) asking to wait {}s: left for the next run",
-                    retry_after.unwrap_or_default().as_secs()
-                )),
-                None,
-            )),
-            429 => Err(Failed(
+            Verdict::TooMany if retry_after.is_some_and(|d| d > Duration::from_secs(120)) => {
+                Err(Failed(
+                    StripeError::Permanent(format!(
+                        "Stripe answered 429 ({message}) asking to wait {}s: left for the next run",
+                        retry_after.unwrap_or_default().as_secs()
+                    )),
+                    None,
+                ))
+            }
+            Verdict::TooMany => Err(Failed(
                 StripeError::Transient(format!("Stripe answered 429 ({message})")),
                 retry_after,
             )),
-            500..=599 => Err(Failed(
+            Verdict::Transient => Err(Failed(
                 StripeError::Transient(format!("Stripe answered {status}")),
                 retry_after,
             )),
-            _ => Err(Failed(
+            Verdict::Permanent => Err(Failed(
                 StripeError::Permanent(format!(
                     "Stripe answered {status} for `{id}` ({code}: {message})"
                 )),

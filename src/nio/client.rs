@@ -622,17 +622,16 @@ impl NioClient {
 }
 
 fn check_status(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, NioError> {
+    use crate::retry::Verdict;
     let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    match status.as_u16() {
-        // 401/403: the session may have just expired; the next attempt bootstraps again.
-        401 | 403 | 429 | 500..=599 => Err(NioError::Transient {
+    match crate::retry::classify(status) {
+        Verdict::Done => Ok(resp),
+        // Refused: the session may have just expired; the next attempt bootstraps again.
+        Verdict::Refused | Verdict::TooMany | Verdict::Transient => Err(NioError::Transient {
             message: format!("{what} answered {status}"),
             retry_after: crate::retry::retry_after(resp.headers()),
         }),
-        _ => Err(NioError::Permanent(format!("{what} answered {status}"))),
+        Verdict::Permanent => Err(NioError::Permanent(format!("{what} answered {status}"))),
     }
 }
 
