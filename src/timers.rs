@@ -113,7 +113,7 @@ const DEFAULTS: &[Builtin] = &[
     (
         "cleanup",
         "0 3 * * *",
-        "cleanup --only sync_log --only queue_done --only queue_failed --only runs --only email_outbox",
+        "cleanup --only sync_log --only queue_done --only queue_failed --only runs --only job_skips --only email_outbox --only diagnostics",
         None,
         "old log rows, finished queue items, old runs and sent emails, then a WAL checkpoint",
         "5min",

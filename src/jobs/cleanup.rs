@@ -12,6 +12,20 @@ use crate::exit::Code;
 use crate::job::Job;
 use crate::store::RETENTION;
 
+/// Every rule `--only` takes: the removals of `store::RETENTION`, then the changes and the
+/// saved pages.
+const RULES: [&str; 9] = [
+    "sync_log",
+    "queue_done",
+    "queue_failed",
+    "runs",
+    "job_skips",
+    "email_outbox",
+    "sessions",
+    "payments",
+    "diagnostics",
+];
+
 /// Arguments of `cleanup`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,7 +34,7 @@ pub struct Args {
     pub dry_run: bool,
     /// Only these rules (repeatable): `sync_log`, `queue_done`, `queue_failed`, `runs`,
     /// `job_skips`, `email_outbox`, `sessions`, `payments`, `diagnostics`. Default: all.
-    #[arg(long, value_name = "RULE", value_parser = ["sync_log", "queue_done", "queue_failed", "runs", "job_skips", "email_outbox", "sessions", "payments", "diagnostics"])]
+    #[arg(long, value_name = "RULE", value_parser = RULES)]
     pub only: Vec<String>,
 }
 
@@ -144,4 +158,33 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Code> {
         );
     }
     run.finish(&ctx.printer, None, &format!("removed {}", parts.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `job_skips` and `diagnostics` were in no built-in entry: they never ran on schedule.
+    #[test]
+    fn the_built_in_schedule_applies_every_rule() {
+        let plan = crate::timers::plan(&crate::config::Config::default()).unwrap();
+        let mut scheduled: Vec<&str> = plan
+            .iter()
+            .filter(|p| p.job == crate::job::Job::Cleanup)
+            .flat_map(|p| {
+                p.command
+                    .windows(2)
+                    .filter(|w| w[0] == "--only")
+                    .map(|w| w[1].as_str())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        scheduled.sort_unstable();
+        let mut all = RULES.to_vec();
+        all.sort_unstable();
+        assert_eq!(scheduled, all);
+        for rule in RETENTION {
+            assert!(RULES.contains(&rule.name), "{}", rule.name);
+        }
+    }
 }
