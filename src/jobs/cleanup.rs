@@ -170,7 +170,7 @@ mod tests {
         let plan = crate::timers::plan(&crate::config::Config::default()).unwrap();
         let mut scheduled: Vec<&str> = plan
             .iter()
-            .filter(|p| p.job == crate::job::Job::Cleanup)
+            .filter(|p| p.job == Job::Cleanup)
             .flat_map(|p| {
                 p.command
                     .windows(2)
