@@ -436,18 +436,19 @@ fn secrets_of(config: &Config, p: &Planned) -> Vec<(&'static str, &'static str)>
     let mut lines = vec![&p.command];
     lines.extend(p.then.iter());
     for w in lines {
-        match w[0].as_str() {
-            "fetch-invoices" | "retry" => {
+        // A `then` may be any subcommand; only the jobs need secrets.
+        match w[0].parse::<Job>().ok() {
+            Some(Job::FetchInvoices | Job::Retry) => {
                 out.push(("nio-passphrase", "CRM_JOBS_NIO_PASSPHRASE_FILE"));
             }
-            "download-boletos" => {
+            Some(Job::DownloadBoletos) => {
                 out.push(("fernet-key", "CRM_JOBS_CREDENTIALS_FERNET_KEY_FILE"));
             }
-            "sync-queue" => {
+            Some(Job::SyncQueue) => {
                 out.push(("crm-access-token", "CRM_JOBS_CRM_ACCESS_TOKEN_FILE"));
                 out.push(("crm-secret-token", "CRM_JOBS_CRM_SECRET_ACCESS_TOKEN_FILE"));
             }
-            "renew" => {
+            Some(Job::Renew) => {
                 let step = w
                     .iter()
                     .position(|a| a == "--step")
@@ -459,7 +460,7 @@ fn secrets_of(config: &Config, p: &Planned) -> Vec<(&'static str, &'static str)>
                     out.push(("smtp-password", "CRM_JOBS_SMTP_PASSWORD_FILE"));
                 }
             }
-            _ => {}
+            Some(Job::Cleanup) | None => {}
         }
     }
     if config.alerts.to.is_some() && config.smtp.user.is_some() {
