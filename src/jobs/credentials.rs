@@ -2,7 +2,7 @@
 //! password is read from the terminal (not echoed) or from stdin, and stored as a Fernet token
 //! (key from `CRM_JOBS_FERNET_KEY` or a file), compatible with Python's `cryptography.fernet`.
 
-use std::io::{IsTerminal, Read};
+use std::io::{BufRead, IsTerminal, Read};
 
 use anyhow::{Context, Result};
 
@@ -91,11 +91,24 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
             }
             let sealer = sealer(ctx)?;
             let password = if password_stdin {
-                let mut text = String::new();
+                // One line, at most 64 kB (the limit of a secret file): `/dev/zero` on stdin is
+                // an error at once, not a process that grows until memory runs out.
+                const LIMIT: u64 = 64 * 1024;
+                let mut line = Vec::new();
                 std::io::stdin()
-                    .read_to_string(&mut text)
+                    .lock()
+                    .take(LIMIT + 1)
+                    .read_until(b'\n', &mut line)
                     .context("cannot read the password from stdin")?;
-                text.lines().next().unwrap_or_default().to_string()
+                if line.len() as u64 > LIMIT {
+                    anyhow::bail!(
+                        "the password on stdin is longer than 64 kB: send one line, the password; nothing was stored"
+                    );
+                }
+                let text = String::from_utf8(line).map_err(|_| {
+                    anyhow::anyhow!("the password on stdin is not UTF-8 text; nothing was stored")
+                })?;
+                text.trim_end_matches(['\n', '\r']).to_string()
             } else if std::io::stdin().is_terminal() {
                 rpassword::prompt_password(format!(
                     "portal password for sales point {code}, user {usuario}: "

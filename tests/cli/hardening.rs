@@ -524,6 +524,18 @@ fn an_endless_input_stops_after_a_megabyte_without_growing_memory() {
             &["import", "contracts", "/dev/zero"][..],
             "`/dev/zero`: line 1 is longer than 1 MB: it is not a CSV file of rows; nothing was imported",
         ),
+        (
+            &[
+                "credentials",
+                "set",
+                "--ponto-venda",
+                "17308",
+                "--usuario",
+                "24627",
+                "--password-stdin",
+            ][..],
+            "the password on stdin is longer than 64 kB: send one line, the password; nothing was stored",
+        ),
     ] {
         let (out, peak_kb) = env.run_measured(args, Some(zero));
         assert_eq!(out.code, 1, "{args:?}: {out:?}");
