@@ -26,8 +26,9 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    /// The alerts `config` asks for (`password`: the SMTP password, if any).
-    pub fn from_config(config: &Config, password: Option<String>) -> Alerts {
+    /// The alerts `config` asks for, on its schedule `plan` (`password`: the SMTP password,
+    /// if any).
+    pub fn from_config(config: &Config, plan: &[Planned], password: Option<String>) -> Alerts {
         Alerts {
             settings: config.alerts.to.is_some().then(|| {
                 std::sync::Arc::new(Settings {
@@ -35,7 +36,7 @@ impl Alerts {
                     smtp: config.smtp.clone(),
                     password,
                     domain: config.renew.message_id_domain.clone(),
-                    plan: crate::timers::plan(config).unwrap_or_default(),
+                    plan: plan.to_vec(),
                 })
             }),
         }

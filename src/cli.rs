@@ -132,7 +132,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
         Command::Man => completions::man(Cli::command()),
         command => {
             let ctx = Ctx::load(cli.global.config.as_deref(), cli.global.db, output)?;
-            check_schedule(&ctx.loaded.config)?;
+            check_schedule(&ctx.plan)?;
             match command {
                 Command::FetchInvoices(args) => fetch_invoices::run(&ctx, args).await,
                 Command::Retry(args) => retry::run(&ctx, args).await,
@@ -159,16 +159,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
     }
 }
 
-/// Checks the schedule (`[schedule]`) when the configuration loads: its entries
-/// ([`crate::timers::plan`]), then each command line (`command`, `then`) against the
-/// arguments of its own subcommand, so that a misspelt flag is a configuration error now
-/// rather than a failed start at 3 a.m.
-fn check_schedule(config: &crate::config::Config) -> anyhow::Result<()> {
-    for p in crate::timers::plan(config)? {
+/// Checks each command line of the schedule (`command`, `then`; the entries themselves were
+/// checked by [`crate::timers::plan`]) against the arguments of its own subcommand, when the
+/// configuration loads, so that a misspelt flag is a configuration error now rather than a
+/// failed start at 3 a.m.
+fn check_schedule(plan: &[crate::timers::Planned]) -> anyhow::Result<()> {
+    let mut cli = Cli::command();
+    cli.build();
+    for p in plan {
         let lines =
             std::iter::once(("command", &p.command)).chain(p.then.iter().map(|t| ("then", t)));
         for (key, words) in lines {
-            if let Err(why) = check_command_line(words) {
+            if let Err(why) = check_command_line(&cli, words) {
                 return Err(crate::exit::CodedError::config(format!(
                     "`[schedule.{}] {key}` = `{}` is not a crm-jobs command line: {why}",
                     p.name,
@@ -181,10 +183,9 @@ fn check_schedule(config: &crate::config::Config) -> anyhow::Result<()> {
 }
 
 /// Parses `words` (a subcommand and its flags) with that subcommand's own arguments (and the
-/// global options), not the whole command line; the first line of clap's error otherwise.
-pub fn check_command_line(words: &[String]) -> Result<(), String> {
-    let mut cli = Cli::command();
-    cli.build();
+/// global options: `cli` is the built command line), not the whole command line; the first
+/// line of clap's error otherwise.
+pub fn check_command_line(cli: &clap::Command, words: &[String]) -> Result<(), String> {
     let Some((first, rest)) = words.split_first() else {
         return Err("it is empty".into());
     };
@@ -213,6 +214,12 @@ mod tests {
         line.split_whitespace().map(String::from).collect()
     }
 
+    fn check_command_line(words: &[String]) -> Result<(), String> {
+        let mut cli = Cli::command();
+        cli.build();
+        super::check_command_line(&cli, words)
+    }
+
     #[test]
     fn a_scheduled_command_is_checked_against_its_own_subcommand() {
         assert_eq!(
@@ -236,7 +243,8 @@ mod tests {
                 ..Default::default()
             },
         );
-        let e = format!("{:#}", check_schedule(&c).unwrap_err());
+        let plan = crate::timers::plan(&c).unwrap();
+        let e = format!("{:#}", check_schedule(&plan).unwrap_err());
         assert!(e.contains("[schedule.fetch-invoices] command"), "{e}");
         assert!(e.contains("--limt"), "{e}");
     }

@@ -41,6 +41,8 @@ use crate::store::Store;
 /// What every command gets: the configuration, the clock and the printer.
 pub struct Ctx {
     pub output: OutputOptions,
+    /// The schedule (`[schedule]` over the built-in entries), checked.
+    pub plan: Vec<crate::timers::Planned>,
     /// What runs after each job run (alerts, metrics, pings), from the configuration.
     pub after_run: AfterRun,
     /// `--db`: the store to use instead of `[store] path`.
@@ -61,6 +63,8 @@ impl Ctx {
         let clock = Clock::from_env().map_err(|e| CodedError::config(format!("{e:#}")))?;
         let printer = Printer::new(&output);
         crate::http::configure(&loaded.config.tls)?;
+        // Planned once: the command-line check, alerts, `status` and `schedule` read this.
+        let plan = crate::timers::plan(&loaded.config)?;
         let mut after_run = AfterRun {
             alerts: Alerts::default(),
             metrics: Metrics {
@@ -76,10 +80,11 @@ impl Ctx {
                 Some(_) => cfg::secret("CRM_JOBS_SMTP_PASSWORD", smtp.password_file.as_deref())?,
                 None => None,
             };
-            after_run.alerts = Alerts::from_config(&loaded.config, password);
+            after_run.alerts = Alerts::from_config(&loaded.config, &plan, password);
         }
         Ok(Ctx {
             output,
+            plan,
             after_run,
             db,
             loaded,

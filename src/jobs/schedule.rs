@@ -63,7 +63,7 @@ fn install(paths: &Paths, user: &str, on_failure: Option<String>) -> Install {
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
     let config = &ctx.loaded.config;
-    let plan = timers::plan(config)?;
+    let plan = &ctx.plan;
     match command {
         Command::List => {
             let now = ctx.clock.now();
@@ -93,7 +93,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
                 "cron",
                 "next start"
             );
-            for p in &plan {
+            for p in plan {
                 let next = p
                     .next_after(now)
                     .map(|t| {
@@ -117,13 +117,13 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Code> {
             Ok(Code::Success)
         }
         Command::Crontab(paths) => {
-            let text = timers::crontab(config, &plan, &install(&paths, "crm-jobs", None));
+            let text = timers::crontab(config, plan, &install(&paths, "crm-jobs", None));
             crate::output::stdout(text.as_bytes());
             Ok(Code::Success)
         }
         Command::Systemd(args) => {
             let inst = install(&args.paths, &args.user, args.on_failure.clone());
-            let files = timers::systemd(config, &plan, &inst);
+            let files = timers::systemd(config, plan, &inst);
             std::fs::create_dir_all(&args.out)
                 .with_context(|| format!("cannot create `{}`", args.out.display()))?;
             for (name, text) in &files {

@@ -23,11 +23,11 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Code> {
         .iter()
         .map(|j| store.job_state(j.as_str()))
         .collect::<Result<_>>()?;
-    let plan = crate::timers::plan(&ctx.loaded.config)?;
+    let plan = &ctx.plan;
     let now = ctx.clock.now();
     let next: Vec<Option<chrono::DateTime<chrono::Utc>>> = Job::ALL
         .iter()
-        .map(|j| crate::timers::next_start(&plan, j.as_str(), now))
+        .map(|j| crate::timers::next_start(plan, j.as_str(), now))
         .collect();
     let today = ctx.clock.today();
     let invoices = store.invoice_status_counts()?;
