@@ -336,6 +336,29 @@ pub fn safe_component(raw: &str) -> String {
 mod tests {
     use super::*;
 
+    /// An export that fails half-way (a store error, a full disk) leaves the file that was
+    /// there as it was, and no temporary file beside it.
+    #[test]
+    fn a_streamed_write_that_fails_leaves_the_old_file_and_no_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invoices.csv");
+        write_output(&path, b"old\n").unwrap();
+        let err = write_output_with(&path, |w| {
+            w.write_all(&[b'x'; 200_000])?;
+            anyhow::bail!("the store failed at row 1000")
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("the store failed at row 1000"),
+            "{err:#}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"old\n");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        write_output_with(&path, |w| Ok(w.write_all(b"new\n")?)).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new\n");
+    }
+
     #[test]
     fn an_atomic_write_never_replaces_what_is_not_a_file() {
         let dir = tempfile::tempdir().unwrap();

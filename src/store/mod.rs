@@ -331,6 +331,57 @@ fn crash_point(_: &Connection) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// What a user who may only read is told of a store an upgrade has not migrated, of a
+    /// newer one, and of a file that is not a store; a current store opens.
+    #[test]
+    fn a_store_opened_read_only_says_what_is_wrong_with_its_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str, version: Option<usize>| {
+            let path = dir.path().join(name);
+            let mut conn = Connection::open(&path).unwrap();
+            match version {
+                Some(v) => MIGRATIONS.to_version(&mut conn, v).unwrap(),
+                None => conn.execute_batch("CREATE TABLE t (x)").unwrap(),
+            }
+            path
+        };
+        let error = |path: &Path| format!("{:#}", Store::open_read_only(path).err().unwrap());
+        // The schema version of a current store.
+        let latest = {
+            let mut conn = Connection::open_in_memory().unwrap();
+            MIGRATIONS.to_latest(&mut conn).unwrap();
+            conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+        };
+        let old = at("old.db", Some(7));
+        assert!(
+            error(&old).contains("has an older schema than this version of crm-jobs and this user cannot write it: run any job once as the store's owner"),
+            "{}",
+            error(&old)
+        );
+        let other = at("other.db", None);
+        assert!(
+            error(&other).contains("is not a crm-jobs store"),
+            "{}",
+            error(&other)
+        );
+        let newer = at("newer.db", Some(latest as usize));
+        Connection::open(&newer)
+            .unwrap()
+            .pragma_update(None, "user_version", latest + 1)
+            .unwrap();
+        assert!(
+            error(&newer).contains("written by a newer version"),
+            "{}",
+            error(&newer)
+        );
+        let current = at("current.db", Some(latest as usize));
+        let store = Store::open_read_only(&current).unwrap();
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+        // Read-only: a write is refused by SQLite itself.
+        assert!(store.conn.execute_batch("CREATE TABLE t (x)").is_err());
+    }
+
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
