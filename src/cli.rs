@@ -185,7 +185,7 @@ fn check_schedule(plan: &[crate::timers::Planned]) -> anyhow::Result<()> {
 /// Parses `words` (a subcommand and its flags) with that subcommand's own arguments (and the
 /// global options: `cli` is the built command line), not the whole command line; the first
 /// line of clap's error otherwise.
-pub fn check_command_line(cli: &clap::Command, words: &[String]) -> Result<(), String> {
+fn check_command_line(cli: &clap::Command, words: &[String]) -> Result<(), String> {
     let Some((first, rest)) = words.split_first() else {
         return Err("it is empty".into());
     };
